@@ -1,0 +1,41 @@
+# Conduit. `make help` lists the targets.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+# Tests and the demo use this server; pgtest creates its own databases on it.
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
+export DATABASE_URL
+
+SQLC := go -C tools tool sqlc
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: generate
+generate: ## Regenerate internal/dbgen from db/queries and db/migrations with sqlc.
+	$(SQLC) generate -f ../sqlc.yaml
+
+.PHONY: verify
+verify: ## Fail if generated code, go.mod/go.sum or formatting is stale, or go vet complains.
+	$(SQLC) diff -f ../sqlc.yaml
+	go mod tidy -diff
+	go -C tools mod tidy -diff
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+
+.PHONY: test
+test: verify ## Verify, then run every test with the race detector against DATABASE_URL.
+	go test -race -count=1 -timeout 20m ./...
+
+.PHONY: test-short
+test-short: ## Run the tests without the race detector.
+	go test -count=1 ./...
+
+.PHONY: demo
+demo: ## Run the demo shop against DATABASE_URL.
+	go run ./cmd/conduit-demo
+
+.PHONY: bench
+bench: ## Run the benchmarks against DATABASE_URL and write BENCHMARKS.md.
+	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md

@@ -1,0 +1,206 @@
+package conduit
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Limits on input, checked before anything is written.
+const (
+	// MaxStreamIDLength is the longest stream id, in bytes.
+	MaxStreamIDLength = 2048
+	// MaxEventTypeLength is the longest event type name, in bytes.
+	MaxEventTypeLength = 255
+	// MaxEventsPerAppend is the most events one Append call takes.
+	MaxEventsPerAppend = 10_000
+)
+
+// EventData is an event to append.
+type EventData struct {
+	// ID identifies the event. A zero ID gets a fresh UUIDv7. Supplying your
+	// own makes a retried append idempotent: the same ids at the same place
+	// are not written twice.
+	ID uuid.UUID
+	// Type names the event, such as "person_registered". 1 to 255 bytes.
+	Type string
+	// Data is the event's JSON body. Required.
+	Data json.RawMessage
+	// Metadata is optional JSON (correlation ids, actor, ...).
+	Metadata json.RawMessage
+}
+
+// NewEvent makes an EventData of the given type, with v marshalled as JSON.
+func NewEvent(eventType string, v any) (EventData, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return EventData{}, &ValidationError{Field: "data", Index: -1, Reason: err.Error()}
+	}
+	return EventData{Type: eventType, Data: data}, nil
+}
+
+// Event is an event as stored.
+type Event struct {
+	StreamID string
+	// StreamVersion is the event's place in its stream; the first is 1.
+	StreamVersion int64
+	// Position is the event's place in the global log.
+	Position   Position
+	ID         uuid.UUID
+	Type       string
+	Data       json.RawMessage
+	Metadata   json.RawMessage // nil when none was given
+	RecordedAt time.Time
+}
+
+// Position is a place in the global log: the writing transaction's id and
+// the event's global position. The global log is ordered by the pair; the
+// zero Position is before every event.
+type Position struct {
+	TransactionID  uint64
+	GlobalPosition int64
+}
+
+// Compare returns -1, 0 or +1 as p is before, equal to or after q.
+func (p Position) Compare(q Position) int {
+	switch {
+	case p.TransactionID < q.TransactionID:
+		return -1
+	case p.TransactionID > q.TransactionID:
+		return 1
+	case p.GlobalPosition < q.GlobalPosition:
+		return -1
+	case p.GlobalPosition > q.GlobalPosition:
+		return 1
+	}
+	return 0
+}
+
+// Before reports whether p comes before q in the global log.
+func (p Position) Before(q Position) bool { return p.Compare(q) < 0 }
+
+// IsZero reports whether p is the start of the log.
+func (p Position) IsZero() bool { return p == Position{} }
+
+func (p Position) String() string {
+	return strconv.FormatUint(p.TransactionID, 10) + "/" + strconv.FormatInt(p.GlobalPosition, 10)
+}
+
+// ExpectedVersion is what an append expects of its stream. Use Any,
+// NoStream, StreamExists or Exactly(n).
+type ExpectedVersion int64
+
+const (
+	// Any appends whatever the stream's version.
+	Any ExpectedVersion = -1
+	// NoStream appends only if the stream has no events.
+	NoStream ExpectedVersion = -2
+	// StreamExists appends only if the stream has at least one event.
+	StreamExists ExpectedVersion = -3
+)
+
+// Exactly appends only if the stream's version is n (0: no events yet).
+func Exactly(n int64) ExpectedVersion { return ExpectedVersion(n) }
+
+func (v ExpectedVersion) String() string {
+	switch v {
+	case Any:
+		return "any"
+	case NoStream:
+		return "no stream"
+	case StreamExists:
+		return "stream exists"
+	}
+	if v < 0 {
+		return fmt.Sprintf("invalid(%d)", int64(v))
+	}
+	return strconv.FormatInt(int64(v), 10)
+}
+
+func (v ExpectedVersion) valid() bool { return v >= StreamExists }
+
+// validateStreamID checks a stream id against the documented limits.
+func validateStreamID(streamID string) error {
+	switch {
+	case streamID == "":
+		return &ValidationError{Field: "stream id", Index: -1, Reason: "empty"}
+	case len(streamID) > MaxStreamIDLength:
+		return &ValidationError{Field: "stream id", Index: -1,
+			Reason: fmt.Sprintf("%d bytes, limit %d", len(streamID), MaxStreamIDLength)}
+	case !utf8.ValidString(streamID):
+		return &ValidationError{Field: "stream id", Index: -1, Reason: "not valid UTF-8"}
+	case containsNUL(streamID):
+		return &ValidationError{Field: "stream id", Index: -1, Reason: "contains a NUL byte"}
+	}
+	return nil
+}
+
+// validateEvent checks one event; i is its index in the call.
+func validateEvent(i int, e *EventData, maxSize int) error {
+	switch {
+	case e.Type == "":
+		return &ValidationError{Field: "type", Index: i, Reason: "empty"}
+	case len(e.Type) > MaxEventTypeLength:
+		return &ValidationError{Field: "type", Index: i,
+			Reason: fmt.Sprintf("%d bytes, limit %d", len(e.Type), MaxEventTypeLength)}
+	case !utf8.ValidString(e.Type) || containsNUL(e.Type):
+		return &ValidationError{Field: "type", Index: i, Reason: "not valid UTF-8 text"}
+	case len(e.Data) == 0:
+		return &ValidationError{Field: "data", Index: i, Reason: "empty; use {} or null for no data"}
+	case len(e.Data)+len(e.Metadata) > maxSize:
+		return &ValidationError{Field: "data", Index: i, Err: ErrEventTooLarge,
+			Reason: fmt.Sprintf("data and metadata are %d bytes, limit %d", len(e.Data)+len(e.Metadata), maxSize)}
+	}
+	if reason := checkJSON(e.Data); reason != "" {
+		return &ValidationError{Field: "data", Index: i, Reason: reason}
+	}
+	if len(e.Metadata) > 0 {
+		if reason := checkJSON(e.Metadata); reason != "" {
+			return &ValidationError{Field: "metadata", Index: i, Reason: reason}
+		}
+	}
+	return nil
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// checkJSON returns why b cannot be stored as jsonb, or "".
+// Beyond json.Valid, jsonb refuses the escape \u0000 in strings (and the
+// failure would abort the caller's transaction), so look for it.
+func checkJSON(b []byte) string {
+	if !json.Valid(b) {
+		return "not valid JSON"
+	}
+	inString := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !inString {
+			if c == '"' {
+				inString = true
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = false
+		case '\\':
+			// json.Valid guarantees a complete escape follows.
+			if b[i+1] == 'u' && string(b[i+2:i+6]) == "0000" {
+				return `contains \u0000, which PostgreSQL's jsonb cannot store`
+			}
+			i++ // skip the escaped character; a \uXXXX's digits are plain
+		}
+	}
+	return ""
+}

@@ -1,0 +1,418 @@
+package conduit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/conduit-es/conduit/internal/dbgen"
+)
+
+// Defaults for Config fields left zero.
+const (
+	// MaxEventSizeDefault is the default Config.MaxEventSize: 1 MiB.
+	MaxEventSizeDefault = 1 << 20
+	// ReadPageSizeDefault is the default Config.ReadPageSize.
+	ReadPageSizeDefault = 1000
+)
+
+// Config configures a Store. The zero value (or a nil *Config) means
+// defaults.
+type Config struct {
+	// MaxEventSize is the largest event accepted, in bytes of data plus
+	// metadata. Defaults to MaxEventSizeDefault (1 MiB).
+	MaxEventSize int
+
+	// ReadPageSize is how many events ReadStream and ReadAll fetch per round
+	// trip; memory use is bounded by it. Defaults to ReadPageSizeDefault.
+	ReadPageSize int
+
+	// Projections run synchronously inside every append's transaction, in
+	// this order, for each appended event. An error from any of them rolls
+	// back the append. Defaults to none.
+	Projections []Projection
+
+	// Logger receives structured logs. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	if out.MaxEventSize < 0 {
+		return out, fmt.Errorf("conduit: Config.MaxEventSize must not be negative, got %d", out.MaxEventSize)
+	}
+	if out.MaxEventSize == 0 {
+		out.MaxEventSize = MaxEventSizeDefault
+	}
+	if out.ReadPageSize < 0 {
+		return out, fmt.Errorf("conduit: Config.ReadPageSize must not be negative, got %d", out.ReadPageSize)
+	}
+	if out.ReadPageSize == 0 {
+		out.ReadPageSize = ReadPageSizeDefault
+	}
+	names := map[string]bool{}
+	for i, p := range out.Projections {
+		if p == nil {
+			return out, fmt.Errorf("conduit: Config.Projections[%d] is nil", i)
+		}
+		if p.Name() == "" || names[p.Name()] {
+			return out, fmt.Errorf("conduit: Config.Projections[%d]: name %q is empty or used twice", i, p.Name())
+		}
+		names[p.Name()] = true
+	}
+	out.Projections = append([]Projection(nil), out.Projections...)
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	return out, nil
+}
+
+// Store appends and reads events. It is safe for concurrent use.
+type Store struct {
+	pool    *pgxpool.Pool
+	queries *dbgen.Queries
+	cfg     Config
+	appended appendSignal
+}
+
+// NewStore returns a Store over pool. It does not touch the database; run
+// Migrate first. A nil cfg means defaults.
+func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
+	if pool == nil {
+		return nil, errors.New("conduit: NewStore: nil pool")
+	}
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal()}, nil
+}
+
+// Pool returns the pool the store was made with.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// AppendResult is what an append returns.
+type AppendResult struct {
+	// Version is the stream's version after the append (its last event's).
+	Version int64
+	// Position is the last appended event's place in the global log; pass
+	// it to a projector's WaitFor to read your own writes.
+	Position Position
+	// Duplicate reports an idempotent retry: the events were already stored
+	// at this place, and nothing was written.
+	Duplicate bool
+}
+
+// Append appends events to a stream atomically, if the stream is at the
+// expected version, in one round trip whatever the number of events (at most
+// MaxEventsPerAppend). With synchronous projections configured it runs them
+// in the same transaction.
+//
+// Errors: *ValidationError (ErrInvalidEvent) before anything is sent,
+// *VersionConflictError (ErrVersionConflict), *DuplicateEventIDError
+// (ErrDuplicateEventID), *ProjectionError (ErrProjection), or a database
+// error.
+func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
+	params, err := s.appendParams(streamID, expected, events)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	var res AppendResult
+	if len(s.cfg.Projections) == 0 {
+		// One statement, one implicit transaction, one round trip.
+		res, _, err = s.appendWith(ctx, s.queries, params, expected)
+	} else {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var stored []Event
+			res, stored, err = s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
+			if err != nil || res.Duplicate {
+				return err
+			}
+			return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+		})
+	}
+	if err != nil {
+		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
+	}
+	if !res.Duplicate {
+		s.appended.notify(res.Position)
+	}
+	return res, nil
+}
+
+// AppendTx is Append inside the caller's transaction: the events, and the
+// rows written by synchronous projections, commit or roll back with it.
+//
+// Besides Append's errors it may return *TransactionOrderError
+// (ErrTransactionOrder) when tx wrote earlier than the transaction that
+// wrote the stream's last event; roll back and retry the transaction.
+// Version conflicts and validation errors leave tx usable; a duplicate event
+// id found only by the database's unique index, a projection error or a
+// database error leave it aborted.
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
+	params, err := s.appendParams(streamID, expected, events)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	res, stored, err := s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
+	if err == nil && !res.Duplicate {
+		err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+	}
+	if err != nil {
+		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
+	}
+	if !res.Duplicate {
+		// The caller has not committed yet. A projector woken now may find
+		// nothing and wait for its next wake-up or poll: a hint, not a
+		// guarantee.
+		s.appended.notify(res.Position)
+	}
+	return res, nil
+}
+
+// appendParams validates input and builds the query's arrays.
+func (s *Store) appendParams(streamID string, expected ExpectedVersion, events []EventData) (dbgen.EventAppendParams, error) {
+	if err := validateStreamID(streamID); err != nil {
+		return dbgen.EventAppendParams{}, err
+	}
+	if !expected.valid() {
+		return dbgen.EventAppendParams{}, &ValidationError{Field: "expected version", Index: -1, Reason: fmt.Sprintf("%d is not a version", int64(expected))}
+	}
+	switch {
+	case len(events) == 0:
+		return dbgen.EventAppendParams{}, &ValidationError{Field: "events", Index: -1, Reason: "none given"}
+	case len(events) > MaxEventsPerAppend:
+		return dbgen.EventAppendParams{}, &ValidationError{Field: "events", Index: -1, Err: ErrEventTooLarge,
+			Reason: fmt.Sprintf("%d events, limit %d per append", len(events), MaxEventsPerAppend)}
+	}
+	p := dbgen.EventAppendParams{
+		StreamID: streamID,
+		Expected: int64(expected),
+		EventIds: make([]uuid.UUID, len(events)),
+		Types:    make([]string, len(events)),
+		Data:     make([]string, len(events)),
+		Metadata: make([]string, len(events)),
+	}
+	var seen map[uuid.UUID]int
+	if len(events) > 1 {
+		seen = make(map[uuid.UUID]int, len(events))
+	}
+	for i := range events {
+		e := &events[i]
+		if err := validateEvent(i, e, s.cfg.MaxEventSize); err != nil {
+			return dbgen.EventAppendParams{}, err
+		}
+		id := e.ID
+		if id == uuid.Nil {
+			var err error
+			if id, err = uuid.NewV7(); err != nil {
+				return dbgen.EventAppendParams{}, fmt.Errorf("conduit: make event id: %w", err)
+			}
+			e.ID = id // the caller's slice: a retry with the same slice is idempotent
+		}
+		if seen != nil {
+			if j, dup := seen[id]; dup {
+				return dbgen.EventAppendParams{}, &ValidationError{Field: "event id", Index: i,
+					Reason: fmt.Sprintf("%s is also the id of event %d", id, j)}
+			}
+			seen[id] = i
+		}
+		p.EventIds[i] = id
+		p.Types[i] = e.Type
+		p.Data[i] = string(e.Data)
+		p.Metadata[i] = string(e.Metadata)
+	}
+	return p, nil
+}
+
+// appendWith runs the append query and turns its status rows into a result
+// or a typed error. The returned events lack data (see withData).
+func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, p dbgen.EventAppendParams, expected ExpectedVersion) (AppendResult, []Event, error) {
+	rows, err := q.EventAppend(ctx, p)
+	if err != nil {
+		return AppendResult{}, nil, err
+	}
+	if len(rows) == 0 {
+		return AppendResult{}, nil, errors.New("conduit: append returned no rows")
+	}
+	first := rows[0]
+	switch first.Status {
+	case "ok", "duplicate":
+	case "version_conflict":
+		return AppendResult{}, nil, &VersionConflictError{StreamID: p.StreamID, Expected: expected, Actual: first.StreamVersion}
+	case "event_id_conflict":
+		return AppendResult{}, nil, &DuplicateEventIDError{EventID: p.EventIds[0], StreamID: first.ConflictStream, Version: first.StreamVersion}
+	case "transaction_order":
+		return AppendResult{}, nil, &TransactionOrderError{StreamID: p.StreamID, Version: first.StreamVersion}
+	default:
+		return AppendResult{}, nil, fmt.Errorf("conduit: append returned unknown status %q", first.Status)
+	}
+	if len(rows) != len(p.EventIds) {
+		return AppendResult{}, nil, fmt.Errorf("conduit: append returned %d rows for %d events", len(rows), len(p.EventIds))
+	}
+	stored := make([]Event, len(rows))
+	for i, r := range rows {
+		stored[i] = Event{
+			StreamID:      p.StreamID,
+			StreamVersion: r.StreamVersion,
+			Position:      Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+			ID:            p.EventIds[i],
+			Type:          p.Types[i],
+			RecordedAt:    r.RecordedAt,
+		}
+	}
+	last := stored[len(stored)-1]
+	return AppendResult{Version: last.StreamVersion, Position: last.Position, Duplicate: first.Status == "duplicate"}, stored, nil
+}
+
+// withData fills stored events' data and metadata from the input.
+func withData(stored []Event, in []EventData) []Event {
+	for i := range stored {
+		stored[i].Data = in[i].Data
+		stored[i].Metadata = in[i].Metadata
+	}
+	return stored
+}
+
+// interpretAppendError maps database errors to the library's typed errors.
+func (s *Store) interpretAppendError(ctx context.Context, err error, streamID string, expected ExpectedVersion) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+		if errors.Is(err, ErrVersionConflict) || errors.Is(err, ErrDuplicateEventID) ||
+			errors.Is(err, ErrTransactionOrder) || errors.Is(err, ErrProjection) {
+			return err
+		}
+		return fmt.Errorf("conduit: append to stream %q: %w", streamID, err)
+	}
+	switch pgErr.ConstraintName {
+	case "events_stream_version_key":
+		// A concurrent append won the race between our version check and
+		// our insert. It has committed (or we would not have failed), so
+		// the pool sees the version that beat us.
+		actual, verr := s.StreamVersion(ctx, streamID)
+		if verr != nil {
+			actual = -1
+		}
+		return &VersionConflictError{StreamID: streamID, Expected: expected, Actual: actual}
+	case "events_event_id_key":
+		return &DuplicateEventIDError{EventID: eventIDFromDetail(pgErr.Detail)}
+	}
+	return fmt.Errorf("conduit: append to stream %q: %w", streamID, err)
+}
+
+// eventIDFromDetail extracts the id from "Key (event_id)=(…) already exists.".
+func eventIDFromDetail(detail string) uuid.UUID {
+	const prefix = "Key (event_id)=("
+	if len(detail) >= len(prefix)+36 && detail[:len(prefix)] == prefix {
+		if id, err := uuid.Parse(detail[len(prefix) : len(prefix)+36]); err == nil {
+			return id
+		}
+	}
+	return uuid.Nil
+}
+
+// StreamVersion returns the stream's current version: 0 if it has no events.
+func (s *Store) StreamVersion(ctx context.Context, streamID string) (int64, error) {
+	if err := validateStreamID(streamID); err != nil {
+		return 0, err
+	}
+	v, err := s.queries.StreamVersionGet(ctx, streamID)
+	if err != nil {
+		return 0, fmt.Errorf("conduit: version of stream %q: %w", streamID, err)
+	}
+	return v, nil
+}
+
+// ReadStream yields the stream's events from fromVersion (1: the start) in
+// version order, fetching Config.ReadPageSize events per round trip. A
+// stream with no events yields nothing. The first error ends the sequence.
+func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int64) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		if err := validateStreamID(streamID); err != nil {
+			yield(Event{}, err)
+			return
+		}
+		from := max(fromVersion, 1)
+		for {
+			rows, err := s.queries.EventListByStream(ctx, dbgen.EventListByStreamParams{
+				StreamID: streamID, FromVersion: from, MaxCount: int32(s.cfg.ReadPageSize),
+			})
+			if err != nil {
+				yield(Event{}, fmt.Errorf("conduit: read stream %q: %w", streamID, err))
+				return
+			}
+			for _, r := range rows {
+				if !yield(eventFromRow(dbgen.EventListAllRow(r)), nil) {
+					return
+				}
+			}
+			if len(rows) < s.cfg.ReadPageSize {
+				return
+			}
+			from = rows[len(rows)-1].StreamVersion + 1
+		}
+	}
+}
+
+// ReadAll yields the global log after position after (the zero Position:
+// from the start), in (transaction id, global position) order, fetching
+// Config.ReadPageSize events per round trip.
+//
+// It yields only events below the safe horizon: while any transaction that
+// could still commit events before them is open, it stops short of them
+// rather than skip them. So a reader that resumes from the last position it
+// saw never misses an event that committed late.
+func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		for {
+			rows, err := s.readAllPage(ctx, s.queries, after, s.cfg.ReadPageSize)
+			if err != nil {
+				yield(Event{}, err)
+				return
+			}
+			for _, r := range rows {
+				e := eventFromRow(r)
+				if !yield(e, nil) {
+					return
+				}
+				after = e.Position
+			}
+			if len(rows) < s.cfg.ReadPageSize {
+				return
+			}
+		}
+	}
+}
+
+func (s *Store) readAllPage(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]dbgen.EventListAllRow, error) {
+	rows, err := q.EventListAll(ctx, dbgen.EventListAllParams{
+		AfterTx: int64(after.TransactionID), AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("conduit: read all after %s: %w", after, err)
+	}
+	return rows, nil
+}
+
+func eventFromRow(r dbgen.EventListAllRow) Event {
+	return Event{
+		StreamID:      r.StreamID,
+		StreamVersion: r.StreamVersion,
+		Position:      Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+		ID:            r.EventID,
+		Type:          r.EventType,
+		Data:          r.Data,
+		Metadata:      r.Metadata,
+		RecordedAt:    r.RecordedAt,
+	}
+}

@@ -1,0 +1,102 @@
+package conduit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Projection turns events into rows of read tables. Registered in
+// Config.Projections it runs synchronously, inside every append's
+// transaction; run by a Projector it follows the global log asynchronously.
+//
+// Apply must write only through tx; an error rolls back the whole
+// transaction (the append, or the projector's batch).
+type Projection interface {
+	// Name identifies the projection (checkpoints, status, errors). Stable.
+	Name() string
+	// Apply handles one event. Events of types it does not handle must be
+	// ignored (return nil).
+	Apply(ctx context.Context, tx pgx.Tx, e Event) error
+}
+
+// EventTypeFilter is implemented by projections that handle only some event
+// types. An async projector then reads only those, while still advancing its
+// checkpoint past the others.
+type EventTypeFilter interface {
+	EventTypes() []string
+}
+
+// ReadTableOwner is implemented by projections that declare the read tables
+// they write. Rebuilding the projection truncates them.
+type ReadTableOwner interface {
+	ReadTables() []string
+}
+
+// Router is a Projection that dispatches events by type to typed handlers,
+// so a projection is a list of functions instead of a switch. Unknown types
+// are ignored. Build it with NewRouter and On; it is not safe to add
+// handlers once it is in use.
+type Router struct {
+	name     string
+	tables   []string
+	handlers map[string]func(ctx context.Context, tx pgx.Tx, e Event) error
+	types    []string
+}
+
+// NewRouter returns an empty Router named name, owning the given read tables
+// (schema-qualified names; used by rebuilds).
+func NewRouter(name string, readTables ...string) *Router {
+	return &Router{name: name, tables: readTables, handlers: map[string]func(context.Context, pgx.Tx, Event) error{}}
+}
+
+// On registers fn for events of eventType, with the event's data decoded
+// from JSON into a T. A decoding failure is returned as the projection's
+// error. Registering a type twice panics: it is a programming error.
+func On[T any](r *Router, eventType string, fn func(ctx context.Context, tx pgx.Tx, e Event, data T) error) *Router {
+	if _, dup := r.handlers[eventType]; dup {
+		panic(fmt.Sprintf("conduit: router %q: event type %q registered twice", r.name, eventType))
+	}
+	r.handlers[eventType] = func(ctx context.Context, tx pgx.Tx, e Event) error {
+		var data T
+		if err := json.Unmarshal(e.Data, &data); err != nil {
+			return fmt.Errorf("decode %s data: %w", eventType, err)
+		}
+		return fn(ctx, tx, e, data)
+	}
+	r.types = append(r.types, eventType)
+	return r
+}
+
+// Name implements Projection.
+func (r *Router) Name() string { return r.name }
+
+// Apply implements Projection.
+func (r *Router) Apply(ctx context.Context, tx pgx.Tx, e Event) error {
+	if h, ok := r.handlers[e.Type]; ok {
+		return h(ctx, tx, e)
+	}
+	return nil
+}
+
+// EventTypes implements EventTypeFilter: the types with a handler.
+func (r *Router) EventTypes() []string { return slices.Clone(r.types) }
+
+// ReadTables implements ReadTableOwner.
+func (r *Router) ReadTables() []string { return slices.Clone(r.tables) }
+
+// applyProjections runs each projection on each event, in registration
+// order per event, wrapping a failure with the projection's name.
+func applyProjections(ctx context.Context, tx pgx.Tx, projections []Projection, events []Event) error {
+	for _, e := range events {
+		for _, p := range projections {
+			if err := p.Apply(ctx, tx, e); err != nil {
+				return &ProjectionError{Projection: p.Name(), Event: e, Err: err}
+			}
+		}
+	}
+	return nil
+}
