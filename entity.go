@@ -1,0 +1,87 @@
+package conduit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// EntityMaxAttemptsDefault is the default Entity.MaxAttempts.
+const EntityMaxAttemptsDefault = 5
+
+// Entity folds a stream into a state value of type S: the event-sourced
+// entity (aggregate) pattern. Load rebuilds the state; Update loads,
+// decides, and appends the decision at the version it loaded, retrying on a
+// conflict.
+//
+//	var accounts = conduit.Entity[Account]{Evolve: Account.apply}
+//	acct, version, err := accounts.Load(ctx, store, "account-42")
+type Entity[S any] struct {
+	// Initial returns the state of a stream with no events. Defaults to
+	// the zero S.
+	Initial func() S
+	// Evolve returns the state after one event. Required.
+	Evolve func(state S, e Event) (S, error)
+	// MaxAttempts bounds Update's tries when concurrent writers conflict.
+	// Defaults to EntityMaxAttemptsDefault.
+	MaxAttempts int
+}
+
+// Load folds the stream's events into a state and returns it with the
+// stream's version (0 for a stream with no events).
+func (en Entity[S]) Load(ctx context.Context, store *Store, streamID string) (S, int64, error) {
+	var state S
+	if en.Initial != nil {
+		state = en.Initial()
+	}
+	if en.Evolve == nil {
+		return state, 0, errors.New("conduit: Entity.Evolve is nil")
+	}
+	var version int64
+	for e, err := range store.ReadStream(ctx, streamID, 1) {
+		if err != nil {
+			return state, 0, err
+		}
+		if state, err = en.Evolve(state, e); err != nil {
+			return state, 0, fmt.Errorf("conduit: evolve stream %q at version %d: %w", streamID, e.StreamVersion, err)
+		}
+		version = e.StreamVersion
+	}
+	return state, version, nil
+}
+
+// Update loads the state, asks decide for new events and appends them with
+// the loaded version as the expected version. If another writer got there
+// first, it reloads and decides again, up to MaxAttempts times; then it
+// returns the last *VersionConflictError. A decide that returns no events
+// appends nothing and returns the current version. An error from decide is
+// returned as is.
+func (en Entity[S]) Update(ctx context.Context, store *Store, streamID string, decide func(state S) ([]EventData, error)) (AppendResult, error) {
+	attempts := en.MaxAttempts
+	if attempts <= 0 {
+		attempts = EntityMaxAttemptsDefault
+	}
+	var err error
+	for range attempts {
+		var (
+			state   S
+			version int64
+			events  []EventData
+		)
+		if state, version, err = en.Load(ctx, store, streamID); err != nil {
+			return AppendResult{}, err
+		}
+		if events, err = decide(state); err != nil {
+			return AppendResult{}, err
+		}
+		if len(events) == 0 {
+			return AppendResult{Version: version}, nil
+		}
+		var res AppendResult
+		res, err = store.Append(ctx, streamID, Exactly(version), events...)
+		if !errors.Is(err, ErrVersionConflict) {
+			return res, err
+		}
+	}
+	return AppendResult{}, err
+}
