@@ -1,0 +1,138 @@
+// Package conduit is an event store for Go that lives in your PostgreSQL
+// database, beside your own tables.
+//
+// # Why
+//
+// Keeping events in one system and read models in another means two
+// writes that can disagree: an event stored whose read row never came, or
+// the reverse. Conduit keeps the events (table conduit.events) and your
+// read tables in the same database, so an append and the rows it produces
+// commit in one transaction, and the read tables are plain SQL you query,
+// index and join as you like. An append sends its events in one statement
+// whatever their number; every expected-version mode is enforced
+// atomically by the database; and the global log can be followed without
+// ever skipping an event that committed late.
+//
+// # Appending and expected versions
+//
+// A stream is a sequence of events under one id ("order-42"), numbered from
+// version 1. [Store.Append] writes events to a stream atomically if the
+// stream is where the caller expects it:
+//
+//   - [Any]: wherever the stream is (a new stream included);
+//   - [NoStream]: the stream has no events yet;
+//   - [StreamExists]: the stream has at least one event;
+//   - [Exactly](n): the stream's version is n, the version the caller
+//     decided on (optimistic concurrency; Exactly(0) is NoStream).
+//
+// When the expectation fails the append writes nothing and returns a
+// [*VersionConflictError] carrying the expected and actual versions. Two
+// racing appends cannot both pass: a UNIQUE (stream_id, stream_version)
+// constraint backs the check.
+//
+// [Store.AppendTx] does the same inside your own pgx transaction, so events
+// commit or roll back with your other writes. Within such a transaction
+// an append can also fail with [*TransactionOrderError]: retry the whole
+// transaction (see Reading and the safe horizon).
+//
+// Events with a zero [EventData.ID] get a fresh UUIDv7, written back into
+// the caller's slice. Re-appending the same event ids at the same place
+// (after a lost commit acknowledgement) is an idempotent retry: it writes
+// nothing and returns [AppendResult.Duplicate] true. An event id already
+// used elsewhere is a [*DuplicateEventIDError].
+//
+// Input is checked before anything is written: stream ids of 1 to
+// [MaxStreamIDLength] bytes, event types of 1 to [MaxEventTypeLength]
+// bytes, at most [MaxEventsPerAppend] events per call, data that is valid
+// JSON storable as jsonb (no \u0000), and data plus metadata within
+// [Config.MaxEventSize] (1 MiB by default).
+//
+// # Reading and the safe horizon
+//
+// [Store.ReadStream] yields a stream's events in version order;
+// [Store.ReadAll] yields the global log of every stream. Both are
+// iter.Seq2[Event, error] values that page through the table
+// ([Config.ReadPageSize] events per round trip), so memory stays bounded.
+//
+// Positions in the global log are taken when a row is inserted but become
+// visible when its transaction commits, so they can commit out of order: a
+// reader that remembers only "the last position I saw" may skip an event
+// that commits late. Each event therefore also records its writer's
+// transaction id, a [Position] is the pair (transaction id, global
+// position), and ReadAll returns, in one statement, only events of
+// transactions older than every transaction still running (the safe
+// horizon), in (transaction id, global position) order. A reader that
+// resumes after the last Position it saw never misses an event; while a
+// write transaction stays open, ReadAll stops short of it instead of
+// skipping it. The price: a long-running write transaction anywhere in
+// the cluster delays readers of the global log until it ends.
+//
+// Ordering by transaction id could put a stream's events out of version
+// order when a transaction that started writing early appends after a
+// younger one; AppendTx refuses that case with the retryable
+// [*TransactionOrderError], so a stream's order always equals its order in
+// the global log.
+//
+// # Synchronous projections
+//
+// A [Projection] turns events into rows of read tables. Projections listed
+// in [Config.Projections] run inside every append's transaction (Append's
+// and AppendTx's), in order, for each appended event: when the append
+// returns, the read tables already show it, and a projection error rolls
+// the whole append back and comes back as a [*ProjectionError] naming the
+// projection. An idempotent retry does not run them again.
+//
+// A [Router] is a projection built from typed handlers, one per event
+// type, instead of a switch; [On] registers a handler that receives the
+// event's data decoded into your own struct:
+//
+//	totals := conduit.NewRouter("order_totals", "shop.order_totals")
+//	conduit.On(totals, "item_added", func(ctx context.Context, tx pgx.Tx, e conduit.Event, d ItemAdded) error {
+//		_, err := tx.Exec(ctx, `UPDATE shop.order_totals SET total = total + $2 WHERE order_id = $1`,
+//			e.StreamID, d.Quantity*d.Price)
+//		return err
+//	})
+//	store, err := conduit.NewStore(pool, &conduit.Config{Projections: []conduit.Projection{totals}})
+//
+// # Entities
+//
+// [Entity] is the event-sourced entity (aggregate) pattern: [Entity.Load]
+// folds a stream into a state value with your Evolve function and returns
+// it with the stream's version; [Entity.Update] loads, asks your decide
+// function for new events, and appends them with Exactly(the loaded
+// version), reloading and deciding again when another writer got there
+// first, up to [Entity.MaxAttempts] times.
+//
+// # Migrations
+//
+// Conduit's tables and functions live in the conduit schema, created by
+// embedded goose migrations. [Migrate] applies them, with its own goose
+// version table ([MigrationTable]) and a session advisory lock, so two
+// deploys migrating at once are safe; [MigrateTo] moves up or down to a
+// version. To run them from your own goose pipeline instead, take
+// [Migrations] and give them their own version table, apart from yours
+// (goose creates that table before the first migration, so create its
+// schema first):
+//
+//	_, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS conduit")
+//	provider, err := goose.NewProvider(goose.DialectPostgres, db, conduit.Migrations(),
+//		goose.WithTableName(conduit.MigrationTable))
+//
+// # Errors
+//
+// Every error the store returns for an expected outcome is a typed error
+// that matches a sentinel with errors.Is, and carries its data for
+// errors.As:
+//
+//   - [ErrVersionConflict]: [*VersionConflictError] (stream, expected, actual);
+//   - [ErrDuplicateEventID]: [*DuplicateEventIDError] (the id, and where it is used when known);
+//   - [ErrTransactionOrder]: [*TransactionOrderError], only from AppendTx;
+//   - [ErrInvalidEvent]: [*ValidationError] naming the field and event index;
+//     [ErrEventTooLarge] for size limits also matches it;
+//   - [ErrProjection]: [*ProjectionError], unwrapping to the projection's error.
+//
+// [IsRetryable] reports whether retrying the whole operation may succeed
+// (version conflicts after re-reading, and transaction-order refusals).
+// Events are immutable: the database refuses UPDATE, DELETE and TRUNCATE
+// on conduit.events.
+package conduit
