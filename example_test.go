@@ -69,7 +69,7 @@ func exampleDatabase() (pool *pgxpool.Pool, done func(), ok bool) {
 	if err != nil {
 		return fail("connect", err)
 	}
-	name := "conduit_example_" + randomHex(6)
+	name := exampleDBName()
 	quoted := pgx.Identifier{name}.Sanitize()
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+quoted); err != nil {
 		admin.Close(context.Background())
@@ -95,10 +95,11 @@ func exampleDatabase() (pool *pgxpool.Pool, done func(), ok bool) {
 	return pool, done, true
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
+// exampleDBName returns a new database name.
+func exampleDBName() string {
+	b := make([]byte, 6)
 	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
+	return "conduit_example_" + hex.EncodeToString(b)
 }
 
 // NewEvent fails only for values encoding/json cannot marshal; the
@@ -298,42 +299,6 @@ func ExampleOn() {
 	// mouse 2
 }
 
-// account is an entity's state, folded from its stream's events.
-type account struct {
-	Balance int64
-}
-
-type amount struct {
-	Cents int64 `json:"cents"`
-}
-
-func (a account) evolve(e conduit.Event) (account, error) {
-	var d amount
-	if err := json.Unmarshal(e.Data, &d); err != nil {
-		return a, err
-	}
-	switch e.Type {
-	case "deposited":
-		a.Balance += d.Cents
-	case "withdrawn":
-		a.Balance -= d.Cents
-	}
-	return a, nil
-}
-
-var errInsufficientFunds = errors.New("insufficient funds")
-
-// withdraw decides: it returns the events to append, or an error.
-func withdraw(cents int64) func(account) ([]conduit.EventData, error) {
-	return func(a account) ([]conduit.EventData, error) {
-		if a.Balance < cents {
-			return nil, errInsufficientFunds
-		}
-		e, err := conduit.NewEvent("withdrawn", amount{Cents: cents})
-		return []conduit.EventData{e}, err
-	}
-}
-
 func ExampleEntity_Update() {
 	store, done, ok := exampleStore(nil)
 	if !ok {
@@ -342,7 +307,38 @@ func ExampleEntity_Update() {
 	defer done()
 	ctx := context.Background()
 
-	accounts := conduit.Entity[account]{Evolve: account.evolve}
+	type account struct{ Balance int64 }
+	type amount struct {
+		Cents int64 `json:"cents"`
+	}
+	accounts := conduit.Entity[account]{
+		// Evolve returns the state after one event.
+		Evolve: func(a account, e conduit.Event) (account, error) {
+			var d amount
+			if err := json.Unmarshal(e.Data, &d); err != nil {
+				return a, err
+			}
+			switch e.Type {
+			case "deposited":
+				a.Balance += d.Cents
+			case "withdrawn":
+				a.Balance -= d.Cents
+			}
+			return a, nil
+		},
+	}
+	// withdraw decides: the events to append, or an error.
+	errInsufficientFunds := errors.New("insufficient funds")
+	withdraw := func(cents int64) func(account) ([]conduit.EventData, error) {
+		return func(a account) ([]conduit.EventData, error) {
+			if a.Balance < cents {
+				return nil, errInsufficientFunds
+			}
+			e, err := conduit.NewEvent("withdrawn", amount{Cents: cents})
+			return []conduit.EventData{e}, err
+		}
+	}
+
 	deposit, _ := conduit.NewEvent("deposited", amount{Cents: 10000})
 	if _, err := store.Append(ctx, "account-1", conduit.NoStream, deposit); err != nil {
 		fmt.Println(err)
