@@ -39,6 +39,12 @@ type Config struct {
 	// back the append. Defaults to none.
 	Projections []Projection
 
+	// DisableNotify stops the NOTIFY that Append sends (coalesced, after
+	// commit) to wake projectors in other processes; they then find new
+	// events at their next poll. Projectors in this process are woken either
+	// way. Defaults to false.
+	DisableNotify bool
+
 	// Logger receives structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -79,10 +85,13 @@ func (c *Config) withDefaults() (Config, error) {
 
 // Store appends and reads events. It is safe for concurrent use.
 type Store struct {
-	pool    *pgxpool.Pool
-	queries *dbgen.Queries
-	cfg     Config
-	appended appendSignal
+	pool     *pgxpool.Pool
+	queries  *dbgen.Queries
+	cfg      Config
+	appended appendSignal // wakes projectors in this process
+	progress appendSignal // a projector in this process moved its checkpoint
+	notifier commitNotifier
+	listener *listener
 }
 
 // NewStore returns a Store over pool. It does not touch the database; run
@@ -95,7 +104,38 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal()}, nil
+	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal(), progress: newAppendSignal()}
+	s.notifier.store = s
+	s.listener = newListener(s)
+	return s, nil
+}
+
+// Close waits for notifications in flight. It does not close the pool.
+// Stop projectors (cancel their Run) before.
+func (s *Store) Close() {
+	s.notifier.wg.Wait()
+}
+
+// Notify tells projectors that events were committed: those in this process
+// at once, those in other processes by a NOTIFY (coalesced, unless
+// Config.DisableNotify). Append calls it after its commit; call it after
+// committing a transaction in which you called AppendTx, or use InTx, which
+// does. Without it projectors still find the events at their next poll.
+func (s *Store) Notify() {
+	s.appended.notify(Position{})
+	if !s.cfg.DisableNotify {
+		s.notifier.poke()
+	}
+}
+
+// InTx runs fn in a transaction, commits it if fn returns nil (else rolls
+// back), and then calls Notify. Use it around AppendTx.
+func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	if err := pgx.BeginFunc(ctx, s.pool, fn); err != nil {
+		return err
+	}
+	s.Notify()
+	return nil
 }
 
 // Pool returns the pool the store was made with.
@@ -145,7 +185,7 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
 	}
 	if !res.Duplicate {
-		s.appended.notify(res.Position)
+		s.Notify()
 	}
 	return res, nil
 }
@@ -159,6 +199,9 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 // Version conflicts and validation errors leave tx usable; a duplicate event
 // id found only by the database's unique index, a projection error or a
 // database error leave it aborted.
+//
+// AppendTx cannot know when tx commits, so it wakes no projector: call
+// Notify after the commit, or use InTx.
 func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
 	params, err := s.appendParams(streamID, expected, events)
 	if err != nil {
@@ -170,12 +213,6 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 	}
 	if err != nil {
 		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
-	}
-	if !res.Duplicate {
-		// The caller has not committed yet. A projector woken now may find
-		// nothing and wait for its next wake-up or poll: a hint, not a
-		// guarantee.
-		s.appended.notify(res.Position)
 	}
 	return res, nil
 }

@@ -24,8 +24,9 @@ type Projection interface {
 }
 
 // EventTypeFilter is implemented by projections that handle only some event
-// types. An async projector then reads only those, while still advancing its
-// checkpoint past the others.
+// types. An async projector then fetches the data of only those, and applies
+// only those, while still advancing its checkpoint past the others. An empty
+// list means every type.
 type EventTypeFilter interface {
 	EventTypes() []string
 }

@@ -24,3 +24,35 @@ type ConduitEvent struct {
 	Metadata       json.RawMessage
 	RecordedAt     time.Time
 }
+
+type ConduitParkedEvent struct {
+	Projection     string
+	EventID        uuid.UUID
+	TransactionID  pgtype.Uint64
+	GlobalPosition int64
+	StreamID       string
+	StreamVersion  int64
+	EventType      string
+	Error          string
+	Attempts       int32
+	Status         string
+	ParkedAt       time.Time
+	UpdatedAt      time.Time
+}
+
+type ConduitProjection struct {
+	Name               string
+	CheckpointTx       pgtype.Uint64
+	CheckpointPosition int64
+	Owner              pgtype.Text
+	Epoch              int64
+	LeaseExpiresAt     *time.Time
+	ReadTables         []string
+	State              string
+	StallReason        pgtype.Text
+	StalledEventID     uuid.NullUUID
+	LastProgressAt     *time.Time
+	EventsApplied      int64
+	RebuildStartedAt   *time.Time
+	UpdatedAt          time.Time
+}

@@ -1,0 +1,252 @@
+package conduit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/conduit-es/conduit/internal/dbgen"
+)
+
+// ProjectionState is a projection's state as reported by status.
+type ProjectionState string
+
+const (
+	// StateRunning: an instance holds the lease and is working through a
+	// backlog.
+	StateRunning ProjectionState = "running"
+	// StateCaughtUp: an instance holds the lease and has read up to the
+	// safe horizon.
+	StateCaughtUp ProjectionState = "caught_up"
+	// StateStalled: stopped at a poison event (see StallReason).
+	StateStalled ProjectionState = "stalled"
+	// StateStopped: no instance holds a live lease.
+	StateStopped ProjectionState = "stopped"
+	// StateRebuilding: replaying after a rebuild, not caught up yet.
+	StateRebuilding ProjectionState = "rebuilding"
+)
+
+// ProjectionStatus is one projection's status, as conduit.projection_status()
+// reports it in SQL.
+type ProjectionStatus struct {
+	Name  string
+	State ProjectionState
+	// Checkpoint is the last event the projection has passed.
+	Checkpoint Position
+	// LagEvents counts events after the checkpoint; Lag is the age of the
+	// oldest of them (0 when none).
+	LagEvents int64
+	Lag       time.Duration
+	// LastProgress is when a batch last applied events (zero: never).
+	LastProgress time.Time
+	// StallReason and StalledEventID describe a poison event (StateStalled).
+	StallReason    string
+	StalledEventID uuid.UUID
+	// Parked counts parked events waiting for a decision.
+	Parked int64
+	// Owner is the instance holding the lease, Epoch its fencing token.
+	Owner        string
+	Epoch        int64
+	LeaseExpires time.Time
+	// EventsApplied counts events applied since the last rebuild.
+	EventsApplied  int64
+	RebuildStarted time.Time
+	// Horizon is set when a running transaction holds back events this
+	// projection could otherwise read.
+	Horizon *HorizonHolder
+}
+
+// HorizonHolder is the transaction holding back the safe horizon: until it
+// ends, no reader of the global log passes the events written after it
+// began writing. A long-running write transaction anywhere in the cluster
+// delays every projector (it never loses events).
+type HorizonHolder struct {
+	// HeldEvents counts the projection's pending events it holds back.
+	HeldEvents  int64
+	PID         int32
+	Since       time.Time
+	Application string
+	Query       string
+}
+
+// ProjectionStatuses returns the status of every projection that has run.
+func (s *Store) ProjectionStatuses(ctx context.Context) ([]ProjectionStatus, error) {
+	rows, err := s.queries.ProjectionStatusList(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("conduit: projection status: %w", err)
+	}
+	out := make([]ProjectionStatus, len(rows))
+	for i, r := range rows {
+		out[i] = statusFromRow(dbgen.ProjectionStatusGetRow(r))
+	}
+	return out, nil
+}
+
+// ProjectionStatus returns one projection's status, or ErrNotFound if it
+// has never run.
+func (s *Store) ProjectionStatus(ctx context.Context, name string) (ProjectionStatus, error) {
+	r, err := s.queries.ProjectionStatusGet(ctx, name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ProjectionStatus{}, fmt.Errorf("conduit: projection %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return ProjectionStatus{}, fmt.Errorf("conduit: projection %q status: %w", name, err)
+	}
+	return statusFromRow(r), nil
+}
+
+func statusFromRow(r dbgen.ProjectionStatusGetRow) ProjectionStatus {
+	st := ProjectionStatus{
+		Name:           r.Name,
+		State:          ProjectionState(r.State),
+		Checkpoint:     Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition},
+		LagEvents:      r.LagEvents,
+		Lag:            time.Duration(r.LagSeconds * float64(time.Second)),
+		LastProgress:   zeroTime(r.LastProgressAt),
+		StallReason:    r.StallReason,
+		StalledEventID: r.StalledEventID,
+		Parked:         r.ParkedCount,
+		Owner:          r.Owner,
+		Epoch:          r.Epoch,
+		LeaseExpires:   zeroTime(r.LeaseExpiresAt),
+		EventsApplied:  r.EventsApplied,
+		RebuildStarted: zeroTime(r.RebuildStartedAt),
+	}
+	if r.HorizonPid != 0 {
+		st.Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,
+			Since: zeroTime(r.HorizonSince), Application: r.HorizonApplication, Query: r.HorizonQuery}
+	}
+	return st
+}
+
+// zeroTime maps the queries' stand-in for NULL (year 1) to time.Time{}.
+func zeroTime(t time.Time) time.Time {
+	if t.Year() <= 1 {
+		return time.Time{}
+	}
+	return t
+}
+
+// WaitFor returns once the projection has committed past position pos (as
+// returned by Append), so a read of its tables sees the append: read your
+// own writes. It returns ctx's error if ctx ends first.
+func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) error {
+	wait := time.Millisecond
+	for {
+		progressed := s.progress.wait()
+		r, err := s.queries.ProjectionCheckpointGet(ctx, projection)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Not registered yet: its first run will be.
+		case err != nil:
+			if ctx.Err() != nil {
+				return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
+			}
+			return fmt.Errorf("conduit: wait for %q: %w", projection, err)
+		default:
+			cp := Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition}
+			if !cp.Before(pos) {
+				return nil
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
+		case <-progressed:
+			t.Stop()
+		case <-t.C:
+			wait = min(wait*2, 50*time.Millisecond)
+		}
+	}
+}
+
+// RebuildProjection truncates the projection's read tables and resets its
+// checkpoint in one transaction, by calling the SQL function
+// conduit.rebuild_projection (which you can also call from psql). The
+// running instance then replays the log from the start; its status says
+// rebuilding until it has caught up. It waits for a batch in flight and
+// never interleaves with one. ErrNotFound if the projection never ran.
+func (s *Store) RebuildProjection(ctx context.Context, name string) error {
+	err := s.queries.ProjectionRebuild(ctx, name)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "CDI02" {
+		return fmt.Errorf("conduit: rebuild %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("conduit: rebuild %q: %w", name, err)
+	}
+	s.Notify()
+	return nil
+}
+
+// ParkedEvent is an event a projection gave up on under PoisonPark.
+type ParkedEvent struct {
+	Projection    string
+	EventID       uuid.UUID
+	Position      Position
+	StreamID      string
+	StreamVersion int64
+	Type          string
+	Error         string
+	Attempts      int
+	// Status: "parked" (waiting), "retry" (to be re-applied by the next
+	// batch) or "skipped".
+	Status   string
+	ParkedAt time.Time
+	Updated  time.Time
+}
+
+// ParkedEvents lists the projection's parked events in log order.
+func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEvent, error) {
+	rows, err := s.queries.ParkedEventList(ctx, projection)
+	if err != nil {
+		return nil, fmt.Errorf("conduit: parked events of %q: %w", projection, err)
+	}
+	out := make([]ParkedEvent, len(rows))
+	for i, r := range rows {
+		out[i] = ParkedEvent{
+			Projection: r.Projection, EventID: r.EventID,
+			Position: Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+			StreamID: r.StreamID, StreamVersion: r.StreamVersion, Type: r.EventType, Error: r.Error,
+			Attempts: int(r.Attempts), Status: r.Status, ParkedAt: r.ParkedAt, Updated: r.UpdatedAt,
+		}
+	}
+	return out, nil
+}
+
+// RetryParked asks the projection's active instance to re-apply a parked
+// event in its next batch: on success it leaves the parked table, on failure
+// it is parked again with the new error. ErrNotFound if no such parked
+// event. SQL: SELECT conduit.retry_parked_event(projection, event_id).
+func (s *Store) RetryParked(ctx context.Context, projection string, eventID uuid.UUID) error {
+	found, err := s.queries.ParkedEventRetry(ctx, dbgen.ParkedEventRetryParams{Projection: projection, EventID: eventID})
+	if err != nil {
+		return fmt.Errorf("conduit: retry parked event %s of %q: %w", eventID, projection, err)
+	}
+	if !found {
+		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)
+	}
+	s.Notify()
+	return nil
+}
+
+// SkipParked gives up on a parked event for good; it stays listed as
+// "skipped". ErrNotFound if no such parked event.
+// SQL: SELECT conduit.skip_parked_event(projection, event_id).
+func (s *Store) SkipParked(ctx context.Context, projection string, eventID uuid.UUID) error {
+	found, err := s.queries.ParkedEventSkip(ctx, dbgen.ParkedEventSkipParams{Projection: projection, EventID: eventID})
+	if err != nil {
+		return fmt.Errorf("conduit: skip parked event %s of %q: %w", eventID, projection, err)
+	}
+	if !found {
+		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,597 @@
+package conduit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/conduit-es/conduit/internal/dbgen"
+)
+
+// PoisonPolicy says what a projector does with an event its projection keeps
+// failing on.
+type PoisonPolicy int
+
+const (
+	// PoisonStop retries the event ProjectorConfig.MaxAttempts times, then
+	// stops at it: the projection's state becomes stalled, with the event
+	// and the error, and the projector retries it every
+	// ProjectorConfig.StalledRetryInterval until it succeeds (after a fix is
+	// deployed) or the projection is rebuilt. Other projections go on.
+	PoisonStop PoisonPolicy = iota
+	// PoisonPark retries the event MaxAttempts times, then parks it in
+	// conduit.parked_events, in the same transaction as the checkpoint that
+	// passes it, and goes on. Parked events can be listed, retried and
+	// skipped (Store.ParkedEvents, RetryParked, SkipParked).
+	PoisonPark
+)
+
+// Defaults for ProjectorConfig fields left zero.
+const (
+	BatchSizeDefault            = 1000
+	LeaseDurationDefault        = 10 * time.Second
+	PollIntervalDefault         = time.Second
+	MaxAttemptsDefault          = 3
+	RetryBackoffDefault         = 100 * time.Millisecond
+	StalledRetryIntervalDefault = 30 * time.Second
+)
+
+// ProjectorConfig configures a Projector. The zero value means defaults.
+type ProjectorConfig struct {
+	// BatchSize is the most events applied in one transaction. Defaults to
+	// BatchSizeDefault.
+	BatchSize int
+	// LeaseDuration is how long an instance keeps the projection after it
+	// last renewed its lease; another instance takes over within about this
+	// long after the active one dies or hangs. Defaults to
+	// LeaseDurationDefault.
+	LeaseDuration time.Duration
+	// PollInterval is how often the projector looks for new events without
+	// being woken. Polling is the guarantee; wake-ups only cut latency.
+	// Defaults to PollIntervalDefault.
+	PollInterval time.Duration
+	// PollOnly turns off LISTEN: the projector is woken only by appends of
+	// the same Store in this process, and polls. Use it behind PgBouncer in
+	// transaction mode, where LISTEN does not work. Defaults to false.
+	PollOnly bool
+	// Poison is the policy for events the projection keeps failing on.
+	// Defaults to PoisonStop.
+	Poison PoisonPolicy
+	// MaxAttempts is how many times an event is tried before the poison
+	// policy applies. Defaults to MaxAttemptsDefault.
+	MaxAttempts int
+	// RetryBackoff is the first wait after a failure; it doubles, with
+	// jitter, up to 30 times as long. Defaults to RetryBackoffDefault.
+	RetryBackoff time.Duration
+	// StalledRetryInterval is how often a stalled projector tries its
+	// poison event again. Defaults to StalledRetryIntervalDefault.
+	StalledRetryInterval time.Duration
+	// InstanceID names this instance in the lease and the status. Defaults
+	// to host-pid-random.
+	InstanceID string
+}
+
+func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
+	var out ProjectorConfig
+	if c != nil {
+		out = *c
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"BatchSize", int64(out.BatchSize)}, {"LeaseDuration", int64(out.LeaseDuration)},
+		{"PollInterval", int64(out.PollInterval)}, {"MaxAttempts", int64(out.MaxAttempts)},
+		{"RetryBackoff", int64(out.RetryBackoff)}, {"StalledRetryInterval", int64(out.StalledRetryInterval)},
+	} {
+		if f.v < 0 {
+			return out, fmt.Errorf("conduit: ProjectorConfig.%s must not be negative", f.name)
+		}
+	}
+	if out.Poison != PoisonStop && out.Poison != PoisonPark {
+		return out, fmt.Errorf("conduit: ProjectorConfig.Poison: unknown policy %d", out.Poison)
+	}
+	setDefault(&out.BatchSize, BatchSizeDefault)
+	setDefault(&out.LeaseDuration, LeaseDurationDefault)
+	setDefault(&out.PollInterval, PollIntervalDefault)
+	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
+	setDefault(&out.RetryBackoff, RetryBackoffDefault)
+	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
+	if out.LeaseDuration < 100*time.Millisecond {
+		return out, fmt.Errorf("conduit: ProjectorConfig.LeaseDuration must be at least 100ms, got %s", out.LeaseDuration)
+	}
+	if out.InstanceID == "" {
+		host, _ := os.Hostname()
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		out.InstanceID = host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
+	}
+	return out, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// ErrRestoredDatabase: the database's transaction ids are below those stored
+// in the event log, as after a restore from a logical dump into another
+// cluster. Readers of the global log would see nothing new, so projectors
+// refuse to run. The error is a *RestoredDatabaseError naming the fix.
+var ErrRestoredDatabase = errors.New("conduit: transaction ids went backwards (database restored from a logical dump?)")
+
+// RestoredDatabaseError reports ErrRestoredDatabase with the figures.
+type RestoredDatabaseError struct {
+	MaxStored, NextTransactionID int64
+}
+
+func (e *RestoredDatabaseError) Error() string {
+	return fmt.Sprintf("conduit: stored transaction id %d is above the server's next one (%d): the database was "+
+		"restored from a logical dump into another cluster; run SELECT conduit.rebase_transaction_ids(); "+
+		"(projections not caught up at dump time are rebuilt)", e.MaxStored, e.NextTransactionID)
+}
+
+// Is makes errors.Is(err, ErrRestoredDatabase) true.
+func (e *RestoredDatabaseError) Is(target error) bool { return target == ErrRestoredDatabase }
+
+// Projector runs one projection asynchronously: it follows the global log
+// from the projection's checkpoint, in batches, each applied and
+// checkpointed in one transaction. Run as many instances as you like, in as
+// many processes: one holds the lease and applies; the others stand by.
+type Projector struct {
+	store      *Store
+	projection Projection
+	name       string
+	cfg        ProjectorConfig
+	types      []string // handled types; nil: all
+	tables     []string
+	log        *slog.Logger
+
+	// Owned by Run's goroutine.
+	epoch     int64 // 0: not the owner
+	renewedAt time.Time
+	attempts  map[uuid.UUID]int
+}
+
+// NewProjector returns a projector for p on store's database. It does not
+// touch the database. A nil cfg means defaults.
+func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector, error) {
+	if store == nil || p == nil {
+		return nil, errors.New("conduit: NewProjector: nil store or projection")
+	}
+	if p.Name() == "" {
+		return nil, errors.New("conduit: NewProjector: projection has an empty name")
+	}
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	pr := &Projector{store: store, projection: p, name: p.Name(), cfg: c, attempts: map[uuid.UUID]int{}}
+	if f, ok := p.(EventTypeFilter); ok && len(f.EventTypes()) > 0 {
+		pr.types = f.EventTypes()
+	}
+	if o, ok := p.(ReadTableOwner); ok {
+		pr.tables = o.ReadTables()
+	}
+	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
+	return pr, nil
+}
+
+// Name returns the projection's name.
+func (p *Projector) Name() string { return p.name }
+
+// InstanceID returns the name this instance holds the lease under.
+func (p *Projector) InstanceID() string { return p.cfg.InstanceID }
+
+var errLeaseLost = errors.New("conduit: lease lost")
+
+// Run applies the projection until ctx ends, then rolls back any batch in
+// flight, releases the lease and returns nil. Database errors are retried
+// with backoff; Run returns early only for an error no retry can cure
+// (ErrRestoredDatabase).
+func (p *Projector) Run(ctx context.Context) error {
+	if !p.cfg.PollOnly {
+		p.store.listener.acquire()
+		defer p.store.listener.release()
+	}
+	defer p.release()
+
+	failures := newBackoff(p.cfg.RetryBackoff, 30*p.cfg.RetryBackoff)
+	registered := false
+	limit := p.cfg.BatchSize // narrowed to isolate a failing event
+	for ctx.Err() == nil {
+		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
+		err := p.step(ctx, &registered, &limit)
+		switch {
+		case err == nil:
+			failures.reset()
+			if limit == 0 { // caught up
+				limit = p.cfg.BatchSize
+				p.idle(ctx, wake, p.cfg.PollInterval)
+			}
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, ErrRestoredDatabase):
+			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
+			return err
+		case errors.Is(err, errLeaseLost):
+			p.epoch = 0
+		case errors.Is(err, errStandby):
+			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
+		default:
+			wait := failures.next()
+			p.log.Warn("conduit: projector error; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
+			p.idle(ctx, nil, wait)
+		}
+	}
+	return nil
+}
+
+var errStandby = errors.New("conduit: lease held by another instance")
+
+// step does one unit of work: register, acquire, or one batch. On a batch
+// that reached the head of the log it sets *limit to 0.
+func (p *Projector) step(ctx context.Context, registered *bool, limit *int) error {
+	q := p.store.queries
+	if !*registered {
+		if err := q.ProjectionRegister(ctx, dbgen.ProjectionRegisterParams{Name: p.name, ReadTables: p.tablesOrEmpty()}); err != nil {
+			return fmt.Errorf("register projection %q: %w", p.name, err)
+		}
+		*registered = true
+	}
+	if p.epoch == 0 {
+		epoch, err := q.ProjectionAcquire(ctx, dbgen.ProjectionAcquireParams{
+			Owner: p.cfg.InstanceID, LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name,
+		})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errStandby
+		}
+		if err != nil {
+			return fmt.Errorf("acquire lease: %w", err)
+		}
+		if err := p.checkTransactionIDs(ctx); err != nil {
+			p.epoch = epoch
+			return err
+		}
+		p.epoch, p.renewedAt = epoch, time.Now()
+		p.attempts = map[uuid.UUID]int{}
+		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
+	}
+
+	res, err := p.batch(ctx, *limit, nil)
+	var fail *applyFailure
+	switch {
+	case errors.As(err, &fail):
+		return p.handleFailure(ctx, fail, limit)
+	case err != nil:
+		return err
+	}
+	p.renewedAt = time.Now()
+	delete(p.attempts, res.firstID) // it went through
+	if res.caughtUp {
+		*limit = 0
+	} else {
+		*limit = p.cfg.BatchSize
+	}
+	return nil
+}
+
+func (p *Projector) tablesOrEmpty() []string {
+	if p.tables == nil {
+		return []string{}
+	}
+	return p.tables
+}
+
+func (p *Projector) checkTransactionIDs(ctx context.Context) error {
+	r, err := p.store.queries.TransactionIDsCheck(ctx)
+	if err != nil {
+		return fmt.Errorf("check transaction ids: %w", err)
+	}
+	if !r.Ok {
+		return &RestoredDatabaseError{MaxStored: r.MaxStored, NextTransactionID: r.NextXid}
+	}
+	return nil
+}
+
+// applyFailure is a projection's error on one event of a batch.
+type applyFailure struct {
+	index int // in the batch
+	event Event
+	err   error
+}
+
+func (f *applyFailure) Error() string { return f.err.Error() }
+func (f *applyFailure) Unwrap() error { return f.err }
+
+type batchResult struct {
+	caughtUp bool
+	firstID  uuid.UUID
+}
+
+// batch applies up to limit events after the checkpoint in one transaction
+// that also moves the checkpoint. With park set, it instead parks that
+// event (which must be the next one) and moves the checkpoint past it.
+func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (batchResult, error) {
+	var res batchResult
+	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+		q := p.store.queries.WithTx(tx)
+		if err := q.BatchTimeoutSet(ctx, strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10)); err != nil {
+			return err
+		}
+		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errLeaseLost
+		}
+		if err != nil {
+			return err
+		}
+		checkpoint := Position{TransactionID: uint64(row.CheckpointTx), GlobalPosition: row.CheckpointPosition}
+		applied := int64(0)
+
+		if park != nil {
+			rows, err := p.readBatch(ctx, q, checkpoint, 1)
+			if err != nil {
+				return err
+			}
+			if len(rows) == 0 || rows[0].ID != park.event.ID {
+				return nil // moved on meanwhile (a rebuild?); nothing to park
+			}
+			if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+				Projection: p.name, EventID: park.event.ID, TransactionID: int64(park.event.Position.TransactionID),
+				GlobalPosition: park.event.Position.GlobalPosition, StreamID: park.event.StreamID,
+				StreamVersion: park.event.StreamVersion, EventType: park.event.Type,
+				Error: park.err.Error(), Attempts: int32(p.cfg.MaxAttempts),
+			}); err != nil {
+				return err
+			}
+			p.log.Warn("conduit: parked poison event", slog.String("event_id", park.event.ID.String()),
+				slog.String("stream", park.event.StreamID), slog.Int64("version", park.event.StreamVersion),
+				slog.Any("error", park.err))
+			return p.saveCheckpoint(ctx, q, park.event.Position, 0, false)
+		}
+
+		if err := p.retryParked(ctx, tx, q); err != nil {
+			return err
+		}
+		events, err := p.readBatch(ctx, q, checkpoint, limit)
+		if err != nil {
+			return err
+		}
+		if len(events) > 0 {
+			res.firstID = events[0].ID
+		}
+		for i, e := range events {
+			if p.handles(e.Type) {
+				if err := p.projection.Apply(ctx, tx, e); err != nil {
+					return &applyFailure{index: i, event: e, err: err}
+				}
+				applied++
+			}
+			checkpoint = e.Position
+		}
+		res.caughtUp = len(events) < limit
+		return p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
+	})
+	if err == nil {
+		p.store.progress.notify(Position{})
+	}
+	return res, err
+}
+
+func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) error {
+	return q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
+		CheckpointTx: int64(cp.TransactionID), CheckpointPosition: cp.GlobalPosition,
+		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
+		Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+	})
+}
+
+func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {
+	types := p.types
+	if types == nil {
+		types = []string{} // all
+	}
+	rows, err := q.EventListForProjection(ctx, dbgen.EventListForProjectionParams{
+		Types: types, AfterTx: int64(after.TransactionID), AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	})
+	if err != nil {
+		return nil, err
+	}
+	events := make([]Event, len(rows))
+	for i, r := range rows {
+		events[i] = eventFromRow(dbgen.EventListAllRow(r))
+	}
+	return events, nil
+}
+
+func (p *Projector) handles(eventType string) bool {
+	return p.types == nil || slices.Contains(p.types, eventType)
+}
+
+// retryParked re-applies parked events someone asked to retry, each under a
+// savepoint: a success removes it from the parked table, a failure parks it
+// again with the new error.
+func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries) error {
+	rows, err := q.ParkedEventRetryList(ctx, p.name)
+	if err != nil || len(rows) == 0 {
+		return err
+	}
+	for _, r := range rows {
+		e := eventFromRow(dbgen.EventListAllRow(r))
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		applyErr := p.projection.Apply(ctx, sp, e)
+		if applyErr == nil {
+			if err := sp.Commit(ctx); err != nil {
+				return err
+			}
+			if err := q.ParkedEventDelete(ctx, dbgen.ParkedEventDeleteParams{Projection: p.name, EventID: e.ID}); err != nil {
+				return err
+			}
+			p.log.Info("conduit: parked event retried and applied", slog.String("event_id", e.ID.String()))
+			continue
+		}
+		if err := sp.Rollback(ctx); err != nil {
+			return err
+		}
+		if isTransient(applyErr) {
+			return applyErr
+		}
+		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+			Projection: p.name, EventID: e.ID, TransactionID: int64(e.Position.TransactionID),
+			GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
+			EventType: e.Type, Error: applyErr.Error(), Attempts: 1,
+		}); err != nil {
+			return err
+		}
+		p.log.Warn("conduit: parked event failed again", slog.String("event_id", e.ID.String()), slog.Any("error", applyErr))
+	}
+	return nil
+}
+
+// handleFailure deals with a projection error on an event: first commit the
+// events before it, then retry it alone with backoff, then apply the poison
+// policy.
+func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
+	if isTransient(f.err) {
+		return f.err // a database problem, not the event's: retried with backoff
+	}
+	if f.index > 0 {
+		*limit = f.index // the next batch commits the good prefix
+		return nil
+	}
+	p.attempts[f.event.ID]++
+	n := p.attempts[f.event.ID]
+	perr := &ProjectionError{Projection: p.name, Event: f.event, Err: f.err}
+	*limit = 1
+	if n < p.cfg.MaxAttempts {
+		wait := p.cfg.RetryBackoff << (n - 1)
+		p.log.Warn("conduit: projection failed on event; retrying", slog.String("event_id", f.event.ID.String()),
+			slog.Int("attempt", n), slog.Any("error", f.err), slog.Duration("retry_in", wait))
+		p.idle(ctx, nil, wait)
+		return nil
+	}
+	if p.cfg.Poison == PoisonPark {
+		delete(p.attempts, f.event.ID)
+		_, err := p.batch(ctx, 1, f)
+		*limit = p.cfg.BatchSize
+		return err
+	}
+	if err := p.store.queries.ProjectionStall(ctx, dbgen.ProjectionStallParams{
+		Reason: perr.Error(), EventID: f.event.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+	}); err != nil {
+		return err
+	}
+	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
+		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
+	p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+	return nil
+}
+
+// idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.
+func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		if p.epoch != 0 && time.Since(p.renewedAt) >= p.cfg.LeaseDuration/3 {
+			p.renew(ctx)
+		}
+		wait := time.Until(deadline)
+		if p.epoch != 0 {
+			wait = min(wait, time.Until(p.renewedAt.Add(p.cfg.LeaseDuration/3)))
+		}
+		if wait <= 0 && time.Now().After(deadline) {
+			return
+		}
+		t := time.NewTimer(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if !time.Now().Before(deadline) {
+			return
+		}
+	}
+}
+
+func (p *Projector) renew(ctx context.Context) {
+	_, err := p.store.queries.ProjectionRenew(ctx, dbgen.ProjectionRenewParams{
+		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		p.log.Warn("conduit: projector lost its lease", slog.Int64("epoch", p.epoch))
+		p.epoch = 0
+	case err != nil:
+		// Try again soon; the lease lasts LeaseDuration from the last renewal.
+		p.renewedAt = p.renewedAt.Add(p.cfg.LeaseDuration / 10)
+	default:
+		p.renewedAt = time.Now()
+	}
+}
+
+func (p *Projector) release() {
+	if p.epoch == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch}); err != nil {
+		p.log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
+	}
+	p.epoch = 0
+}
+
+// isTransient reports errors that say nothing about the event: the
+// connection, the server or the transaction failed, and a retry may work.
+func isTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, pgx.ErrTxClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "53", "57", "58": // connection, resources, operator intervention, system
+			return true
+		}
+		switch pgErr.Code {
+		case "40001", "40P01", "55P03": // serialization, deadlock, lock not available
+			return true
+		}
+	}
+	return false
+}
