@@ -168,18 +168,26 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 		return AppendResult{}, err
 	}
 	var res AppendResult
-	if len(s.cfg.Projections) == 0 {
-		// One statement, one implicit transaction, one round trip.
-		res, _, err = s.appendWith(ctx, s.queries, params, expected)
-	} else {
-		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			var stored []Event
-			res, stored, err = s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
-			if err != nil || res.Duplicate {
-				return err
-			}
-			return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
-		})
+	for attempt := 1; ; attempt++ {
+		if len(s.cfg.Projections) == 0 {
+			// One statement, one implicit transaction, one round trip.
+			res, _, err = s.appendWith(ctx, s.queries, params, expected)
+		} else {
+			err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+				var stored []Event
+				res, stored, err = s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
+				if err != nil || res.Duplicate {
+					return err
+				}
+				return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+			})
+		}
+		// With Any or StreamExists, losing the race for the next version to
+		// a concurrent append is no conflict: append after it instead.
+		if (expected == Any || expected == StreamExists) && attempt < appendRaceRetries && isStreamVersionRace(err) {
+			continue
+		}
+		break
 	}
 	if err != nil {
 		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
@@ -198,7 +206,10 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 // wrote the stream's last event; roll back and retry the transaction.
 // Version conflicts and validation errors leave tx usable; a duplicate event
 // id found only by the database's unique index, a projection error or a
-// database error leave it aborted.
+// database error leave it aborted. When a concurrent transaction takes the
+// stream's next version first, AppendTx returns *VersionConflictError (the
+// transaction is aborted) even for Any and StreamExists, where Append would
+// retry by itself: retry the transaction (IsRetryable reports true).
 //
 // AppendTx cannot know when tx commits, so it wakes no projector: call
 // Notify after the commit, or use InTx.
@@ -319,6 +330,17 @@ func withData(stored []Event, in []EventData) []Event {
 		stored[i].Metadata = in[i].Metadata
 	}
 	return stored
+}
+
+// appendRaceRetries bounds Append's retries when an Any or StreamExists
+// append loses the race for a version to concurrent appends.
+const appendRaceRetries = 10
+
+// isStreamVersionRace reports the unique violation of a concurrent append
+// taking the same stream version between our check and our insert.
+func isStreamVersionRace(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "events_stream_version_key"
 }
 
 // interpretAppendError maps database errors to the library's typed errors.

@@ -28,7 +28,9 @@ const migrationLockID int64 = 0x636f6e6475697401
 // Migrations returns Conduit's goose migrations as an fs.FS whose root holds
 // the numbered .sql files, for your own goose pipeline. Give them their own
 // version table (see MigrationTable): Conduit's version numbers would clash
-// with yours.
+// with yours. goose creates its version table before the first migration
+// runs, so with MigrationTable run CREATE SCHEMA IF NOT EXISTS conduit
+// first (Migrate does).
 func Migrations() fs.FS {
 	sub, err := fs.Sub(migrationFiles, "db/migrations")
 	if err != nil {
