@@ -163,8 +163,8 @@ type Projector struct {
 	log        *slog.Logger
 
 	// Owned by Run's goroutine.
-	epoch     int64 // 0: not the owner
-	renewedAt time.Time
+	epoch     int64     // 0: not the owner
+	nextRenew time.Time // when the lease is next due for renewal
 	attempts  map[uuid.UUID]int
 }
 
@@ -268,7 +268,8 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 			p.epoch = epoch
 			return err
 		}
-		p.epoch, p.renewedAt = epoch, time.Now()
+		p.epoch = epoch
+		p.renewed()
 		p.attempts = map[uuid.UUID]int{}
 		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
@@ -281,7 +282,7 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	case err != nil:
 		return err
 	}
-	p.renewedAt = time.Now()
+	p.renewed()
 	delete(p.attempts, res.firstID) // it went through
 	if res.caughtUp {
 		*limit = 0
@@ -510,17 +511,14 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for {
-		if p.epoch != 0 && time.Since(p.renewedAt) >= p.cfg.LeaseDuration/3 {
+		if p.epoch != 0 && !time.Now().Before(p.nextRenew) {
 			p.renew(ctx)
 		}
-		wait := time.Until(deadline)
-		if p.epoch != 0 {
-			wait = min(wait, time.Until(p.renewedAt.Add(p.cfg.LeaseDuration/3)))
+		until := deadline
+		if p.epoch != 0 && p.nextRenew.Before(until) {
+			until = p.nextRenew
 		}
-		if wait <= 0 && time.Now().After(deadline) {
-			return
-		}
-		t := time.NewTimer(max(wait, time.Millisecond))
+		t := time.NewTimer(max(time.Until(until), 0))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -536,6 +534,7 @@ func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Durat
 	}
 }
 
+// renew extends the lease; a failure is retried sooner than a success.
 func (p *Projector) renew(ctx context.Context) {
 	_, err := p.store.queries.ProjectionRenew(ctx, dbgen.ProjectionRenewParams{
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
@@ -545,12 +544,14 @@ func (p *Projector) renew(ctx context.Context) {
 		p.log.Warn("conduit: projector lost its lease", slog.Int64("epoch", p.epoch))
 		p.epoch = 0
 	case err != nil:
-		// Try again soon; the lease lasts LeaseDuration from the last renewal.
-		p.renewedAt = p.renewedAt.Add(p.cfg.LeaseDuration / 10)
+		p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 10)
 	default:
-		p.renewedAt = time.Now()
+		p.renewed()
 	}
 }
+
+// renewed records that the lease was just extended (by a renewal or a batch).
+func (p *Projector) renewed() { p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 3) }
 
 func (p *Projector) release() {
 	if p.epoch == 0 {
