@@ -2,9 +2,12 @@ package conduit_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
@@ -55,4 +58,113 @@ func collect(t testing.TB, seq func(func(conduit.Event, error) bool)) []conduit.
 		out = append(out, e)
 	}
 	return out
+}
+
+// waitHorizon waits until ReadAll's safe horizon (the oldest transaction
+// still running anywhere on the server) has passed transaction xid, so that
+// ReadAll returns every event written by xid and by older transactions.
+// Nothing signals the horizon's moves, hence the polling; parallel tests
+// and CREATE DATABASE elsewhere on the server hold it back briefly.
+func waitHorizon(t testing.TB, ctx context.Context, pool *pgxpool.Pool, xid uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var passed bool
+		err := pool.QueryRow(ctx, "SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::bigint::text::xid8", int64(xid)).Scan(&passed)
+		if err != nil {
+			t.Fatalf("wait for the horizon to pass xid %d: %v", xid, err)
+		}
+		if passed {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the horizon did not pass xid %d: %v", xid, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// waitSettled waits until ReadAll can return every committed event.
+func waitSettled(t testing.TB, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
+	var last int64
+	err := pool.QueryRow(ctx, `SELECT COALESCE((SELECT transaction_id::text::bigint FROM conduit.events
+		ORDER BY transaction_id DESC LIMIT 1), 0)`).Scan(&last)
+	if err != nil {
+		t.Fatalf("last transaction id: %v", err)
+	}
+	waitHorizon(t, ctx, pool, uint64(last))
+}
+
+// countEvents counts the stored events of a stream ("" for all streams).
+func countEvents(t testing.TB, ctx context.Context, pool *pgxpool.Pool, streamID string) int {
+	t.Helper()
+	var n int
+	err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.events WHERE $1 = '' OR stream_id = $1", streamID).Scan(&n)
+	if err != nil {
+		t.Fatalf("count events: %v", err)
+	}
+	return n
+}
+
+// backendPID returns the server process id of tx's connection.
+func backendPID(t testing.TB, ctx context.Context, tx pgx.Tx) int {
+	t.Helper()
+	var pid int
+	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatalf("backend pid: %v", err)
+	}
+	return pid
+}
+
+// waitBlockedBy waits until some session waits for a lock held by the
+// session with process id pid. Postgres has no signal for it, hence the
+// polling.
+func waitBlockedBy(t testing.TB, ctx context.Context, pool *pgxpool.Pool, pid int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var blocked bool
+		err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))", pid).Scan(&blocked)
+		if err != nil {
+			t.Fatalf("wait for a session blocked by %d: %v", pid, err)
+		}
+		if blocked {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no session got blocked by %d: %v", pid, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// withID returns e with the given id.
+func withID(e conduit.EventData, id uuid.UUID) conduit.EventData {
+	e.ID = id
+	return e
+}
+
+// ids returns the events' ids.
+func ids(events []conduit.Event) []uuid.UUID {
+	out := make([]uuid.UUID, len(events))
+	for i, e := range events {
+		out[i] = e.ID
+	}
+	return out
+}
+
+// asConflict returns err as a *VersionConflictError matching
+// ErrVersionConflict, failing the test otherwise.
+func asConflict(t testing.TB, err error) *conduit.VersionConflictError {
+	t.Helper()
+	var vc *conduit.VersionConflictError
+	if !errors.As(err, &vc) || !errors.Is(err, conduit.ErrVersionConflict) {
+		t.Fatalf("err = %v, want a *VersionConflictError", err)
+	}
+	return vc
 }
