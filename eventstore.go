@@ -218,9 +218,14 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 	if err != nil {
 		return AppendResult{}, err
 	}
-	res, stored, err := s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
+	q := s.queries.WithTx(tx)
+	res, stored, err := s.appendWith(ctx, q, params, expected)
 	if err == nil && !res.Duplicate {
-		err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+		if err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events)); err != nil {
+			// The events are written; make sure they never commit. (If the
+			// projection's own SQL failed, tx is aborted already.)
+			_ = q.TransactionAbort(ctx, err.Error())
+		}
 	}
 	if err != nil {
 		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)

@@ -3,9 +3,11 @@ package conduit
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -49,7 +51,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 // MigrateTo migrates up or down to version; 0 removes every Conduit object
 // but the conduit schema and its version table; -1 means the latest.
 func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
-	if err := dbgen.New(pool).SchemaEnsure(ctx); err != nil {
+	if err := ensureSchema(ctx, pool); err != nil {
 		return fmt.Errorf("conduit: migrate: create schema: %w", err)
 	}
 	db := stdlib.OpenDBFromPool(pool)
@@ -73,7 +75,8 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 	switch {
 	case version < 0:
 		_, err = provider.Up(ctx)
-	case version >= current:
+	case version == current:
+	case version > current:
 		_, err = provider.UpTo(ctx, version)
 	default:
 		_, err = provider.DownTo(ctx, version)
@@ -82,4 +85,15 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 		return fmt.Errorf("conduit: migrate to %d: %w", version, err)
 	}
 	return nil
+}
+
+// ensureSchema creates the conduit schema. Two deploys doing it at once may
+// both pass IF NOT EXISTS; the loser's unique violation means it exists.
+func ensureSchema(ctx context.Context, pool *pgxpool.Pool) error {
+	err := dbgen.New(pool).SchemaEnsure(ctx)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return nil
+	}
+	return err
 }

@@ -158,7 +158,22 @@ END
 $$;
 -- +goose StatementEnd
 
+-- abort_transaction puts the caller's transaction into the aborted state,
+-- so that it can only roll back: AppendTx calls it when a synchronous
+-- projection fails, so a caller that commits anyway stores nothing.
+-- +goose StatementBegin
+CREATE FUNCTION conduit.abort_transaction(p_reason text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'conduit: transaction aborted: %', p_reason
+        USING ERRCODE = 'CDI03',
+              HINT = 'A synchronous projection failed during AppendTx; roll back.';
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+DROP FUNCTION conduit.abort_transaction(text);
 DROP FUNCTION conduit.append_to_stream(text, bigint, uuid[], text[], text[], text[]);
 DROP TABLE conduit.events;
 DROP FUNCTION conduit.refuse_event_change();

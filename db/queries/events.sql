@@ -42,3 +42,6 @@ SELECT COALESCE((SELECT stream_version
                   WHERE stream_id = sqlc.arg(stream_id)
                   ORDER BY stream_version DESC
                   LIMIT 1), 0)::bigint AS stream_version;
+
+-- name: TransactionAbort :exec
+SELECT conduit.abort_transaction(sqlc.arg(reason)::text);

@@ -216,3 +216,12 @@ func (q *Queries) StreamVersionGet(ctx context.Context, streamID string) (int64,
 	err := row.Scan(&stream_version)
 	return stream_version, err
 }
+
+const transactionAbort = `-- name: TransactionAbort :exec
+SELECT conduit.abort_transaction($1::text)
+`
+
+func (q *Queries) TransactionAbort(ctx context.Context, reason string) error {
+	_, err := q.db.Exec(ctx, transactionAbort, reason)
+	return err
+}
