@@ -176,11 +176,15 @@ func containsNUL(s string) bool {
 }
 
 // checkJSON returns why b cannot be stored as jsonb, or "".
-// Beyond json.Valid, jsonb refuses the escape \u0000 in strings (and the
-// failure would abort the caller's transaction), so look for it.
+// Beyond json.Valid, jsonb refuses invalid UTF-8, the escape \u0000 and
+// unpaired UTF-16 surrogate escapes in strings; each would fail inside the
+// database and abort the caller's transaction, so look for them here.
 func checkJSON(b []byte) string {
 	if !json.Valid(b) {
 		return "not valid JSON"
+	}
+	if !utf8.Valid(b) {
+		return "not valid UTF-8"
 	}
 	inString := false
 	for i := 0; i < len(b); i++ {
@@ -196,11 +200,47 @@ func checkJSON(b []byte) string {
 			inString = false
 		case '\\':
 			// json.Valid guarantees a complete escape follows.
-			if b[i+1] == 'u' && string(b[i+2:i+6]) == "0000" {
-				return `contains \u0000, which PostgreSQL's jsonb cannot store`
+			if b[i+1] != 'u' {
+				i++ // skip the escaped character
+				continue
 			}
-			i++ // skip the escaped character; a \uXXXX's digits are plain
+			r := hex4(b[i+2 : i+6])
+			switch {
+			case r == 0:
+				return `contains \u0000, which PostgreSQL's jsonb cannot store`
+			case r >= 0xD800 && r <= 0xDBFF: // high surrogate: a low one must follow
+				if i+12 > len(b) || b[i+6] != '\\' || b[i+7] != 'u' {
+					return "contains an unpaired UTF-16 surrogate escape"
+				}
+				if lo := hex4(b[i+8 : i+12]); lo < 0xDC00 || lo > 0xDFFF {
+					return "contains an unpaired UTF-16 surrogate escape"
+				}
+				i += 11
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return "contains an unpaired UTF-16 surrogate escape"
+			default:
+				i += 5
+			}
 		}
 	}
 	return ""
+}
+
+// hex4 decodes four hex digits (validated by json.Valid); -1 if not hex.
+func hex4(h []byte) int {
+	n := 0
+	for _, c := range h {
+		n <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			n |= int(c - '0')
+		case c >= 'a' && c <= 'f':
+			n |= int(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			n |= int(c-'A') + 10
+		default:
+			return -1
+		}
+	}
+	return n
 }

@@ -21,6 +21,8 @@ const (
 	MaxEventSizeDefault = 1 << 20
 	// ReadPageSizeDefault is the default Config.ReadPageSize.
 	ReadPageSizeDefault = 1000
+
+	maxReadPageSize = 1_000_000
 )
 
 // Config configures a Store. The zero value (or a nil *Config) means
@@ -60,8 +62,8 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.MaxEventSize == 0 {
 		out.MaxEventSize = MaxEventSizeDefault
 	}
-	if out.ReadPageSize < 0 {
-		return out, fmt.Errorf("conduit: Config.ReadPageSize must not be negative, got %d", out.ReadPageSize)
+	if out.ReadPageSize < 0 || out.ReadPageSize > maxReadPageSize {
+		return out, fmt.Errorf("conduit: Config.ReadPageSize must be between 0 and %d, got %d", maxReadPageSize, out.ReadPageSize)
 	}
 	if out.ReadPageSize == 0 {
 		out.ReadPageSize = ReadPageSizeDefault
