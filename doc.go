@@ -94,6 +94,71 @@
 //	})
 //	store, err := conduit.NewStore(pool, &conduit.Config{Projections: []conduit.Projection{totals}})
 //
+// # Asynchronous projectors
+//
+// A [Projector] runs a projection (the same [Projection] interface, [Router]
+// included) behind the log instead of inside the append: it reads the global
+// log below the safe horizon from its checkpoint, in batches of
+// [ProjectorConfig.BatchSize], and for each batch applies the events and
+// moves its checkpoint (a [Position]) in one transaction. A crash anywhere
+// re-applies nothing twice and loses nothing; an event that commits late is
+// never skipped; a rolled-back append never stalls it. A projection that
+// implements [EventTypeFilter] receives only its types, while its checkpoint
+// moves past the others in the same batches.
+//
+//	p, err := conduit.NewProjector(store, orderTotals, nil)
+//	go p.Run(ctx) // until ctx ends; run it in as many processes as you like
+//	res, err := store.Append(ctx, "order-42", conduit.Any, placed)
+//	err = store.WaitFor(ctx, "order_totals", res.Position) // read your own writes
+//
+// Wake-ups: Append sends a NOTIFY on [EventsChannel] after its commit,
+// coalesced, outside the append's transaction (a NOTIFY inside it would
+// serialize every committing append on a cluster-wide lock); each Store runs
+// one listening connection for its projectors; projectors in the appending
+// process are woken directly. Notifications are hints: every projector also
+// polls ([ProjectorConfig.PollInterval]), so lost notifications cost only
+// latency. [ProjectorConfig.PollOnly] turns LISTEN off, for PgBouncer in
+// transaction mode. After [Store.AppendTx], call [Store.Notify] once the
+// transaction has committed, or use [Store.InTx].
+//
+// One instance applies at a time. A lease row (owner, epoch, expiry by the
+// database clock) in conduit.projections is taken by one instance; every
+// batch locks that row and checks owner and epoch in its own transaction,
+// so an instance that was paused, partitioned or replaced can never move
+// the checkpoint. Standbys take over within [ProjectorConfig.LeaseDuration]
+// of the owner's death; a stopped projector rolls back its batch in flight
+// and releases its lease.
+//
+// Status, from Go ([Store.ProjectionStatus]) and from SQL
+// (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
+// in time, last progress, state (running, caught_up, stalled, stopped,
+// rebuilding), the stall reason, the number of parked events, and the
+// backend holding back the safe horizon when a long transaction does.
+//
+// Rebuild: SELECT conduit.rebuild_projection('name') at a psql prompt, or
+// [Store.RebuildProjection], truncates the read tables the projection
+// declares ([ReadTableOwner]) and resets its checkpoint in one transaction,
+// after any batch in flight; the running instance replays from the start.
+//
+// # Failure handling
+//
+// Database errors (a dropped connection, a restarted server, a terminated
+// backend) are retried with exponential backoff and jitter; the projector
+// never dies silently and needs no restart. [Projector.Run] returns early
+// only for [ErrRestoredDatabase]: after a logical restore into another
+// cluster, transaction ids restart below the stored ones and readers would
+// see nothing new; SELECT conduit.rebase_transaction_ids() repairs it.
+//
+// A poison event (one the projection keeps failing on) is retried
+// [ProjectorConfig.MaxAttempts] times, then handled by the projector's
+// [PoisonPolicy]: [PoisonStop] (the default) stops at the event and
+// reports the projection stalled, with the event and the error, retrying it
+// now and then; [PoisonPark] parks it in conduit.parked_events in the
+// checkpoint's transaction and goes on. [Store.ParkedEvents],
+// [Store.RetryParked] and [Store.SkipParked] (and the SQL functions
+// conduit.retry_parked_event and conduit.skip_parked_event) manage parked
+// events.
+//
 // # Entities
 //
 // [Entity] is the event-sourced entity (aggregate) pattern: [Entity.Load]
@@ -129,7 +194,9 @@
 //   - [ErrTransactionOrder]: [*TransactionOrderError], only from AppendTx;
 //   - [ErrInvalidEvent]: [*ValidationError] naming the field and event index;
 //     [ErrEventTooLarge] for size limits also matches it;
-//   - [ErrProjection]: [*ProjectionError], unwrapping to the projection's error.
+//   - [ErrProjection]: [*ProjectionError], unwrapping to the projection's error;
+//   - [ErrNotFound]: an unknown projection or parked event;
+//   - [ErrRestoredDatabase]: [*RestoredDatabaseError], from a projector.
 //
 // [IsRetryable] reports whether retrying the whole operation may succeed
 // (version conflicts after re-reading, and transaction-order refusals).
