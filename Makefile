@@ -27,6 +27,7 @@ verify: ## Fail if generated code, go.mod/go.sum or formatting is stale, or go v
 .PHONY: test
 test: verify ## Verify, then run every test with the race detector against DATABASE_URL.
 	go test -race -count=1 -timeout 20m ./...
+	go test -race -count=1 -tags restart -run '^TestPostgresRestart' .
 
 .PHONY: test-short
 test-short: ## Run the tests without the race detector.

@@ -1,0 +1,11 @@
+package conduit
+
+// Test-only hooks for the fault-injection tests (package conduit_test).
+
+// ListenerPID returns the backend process id of s's listener connection, or
+// 0 while it is down (or was never started).
+func ListenerPID(s *Store) uint32 { return s.listener.pid.Load() }
+
+// ListenerReady returns a channel closed once s's listener has LISTENed for
+// the first time.
+func ListenerReady(s *Store) <-chan struct{} { return s.listener.listened }
