@@ -736,9 +736,9 @@ func TestProjectorConvergesWithoutNotifications(t *testing.T) {
 // TestProjectorThreeInstancesKillsAndPauses runs three instances of one
 // projector in three processes while appends go on, and injects, in a random
 // order: SIGKILL of the owner, SIGKILL of any instance, SIGSTOP of the owner
-// between batches, and SIGSTOP of the owner in the middle of a batch (rows
-// written, not committed), each paused for longer than the lease, then
-// SIGCONT. Another instance must take over each time, and in the end every
+// between batches, SIGSTOP of the owner in the middle of a batch (rows
+// written, not committed), and SIGSTOP of two successive owners, each paused
+// for longer than the lease, then SIGCONT. Another instance must take over each time, and in the end every
 // event is applied exactly once, in log order, under epochs that never
 // decrease.
 func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
@@ -834,7 +834,7 @@ func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
 		start(id)
 	}
 
-	faults := []string{"kill-owner", "kill-any", "pause-idle", "pause-in-batch", "kill-owner", "pause-in-batch"}
+	faults := []string{"kill-owner", "kill-any", "pause-idle", "pause-in-batch", "kill-owner", "pause-in-batch", "pause-two-owners"}
 	rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
 	for _, fault := range faults {
 		progress("the previous fault")
@@ -856,6 +856,23 @@ func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
 			h.signal(t, syscall.SIGSTOP)
 			owner(id) // a takeover: paused for longer than the lease
 			h.signal(t, syscall.SIGCONT)
+		case "pause-two-owners":
+			// Pause the owner x until y takes over, then pause y too and let
+			// events pile up while x resumes: x, believing it still holds
+			// the lease, starts a batch with events to apply under its old
+			// epoch, which the lease check in the batch must refuse.
+			x := owner("")
+			hx := proc(x)
+			hx.signal(t, syscall.SIGSTOP)
+			y := owner(x)
+			hy := proc(y)
+			hy.signal(t, syscall.SIGSTOP)
+			t.Logf("%s: %s, then %s", fault, x, y)
+			n := appended.Load()
+			poll(t, 10*time.Second, "appends while both are paused", func() bool { return appended.Load() >= n+2 })
+			hx.signal(t, syscall.SIGCONT)
+			owner(y)
+			hy.signal(t, syscall.SIGCONT)
 		case "pause-in-batch":
 			e := faultDeposit(t, 1, true)
 			res, err := appendRetry(ctx, store, "stall", e)
