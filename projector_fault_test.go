@@ -577,7 +577,7 @@ func TestProjectorWakeNotLostBehindHorizon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer holder.Rollback(ctx) //nolint:errcheck
+	defer holder.Rollback(ctx)                                                 //nolint:errcheck
 	if _, err := holder.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil { // a write transaction now
 		t.Fatal(err)
 	}
