@@ -577,8 +577,10 @@ func TestProjectorWakeNotLostBehindHorizon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer holder.Rollback(ctx)                                                 //nolint:errcheck
-	if _, err := holder.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil { // a write transaction now
+	defer holder.Rollback(ctx) //nolint:errcheck
+	// Taking a transaction id makes it a write transaction: it holds the
+	// safe horizon from now on.
+	if _, err := holder.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
 		t.Fatal(err)
 	}
 	res, err := store.Append(ctx, "acct-held", conduit.Any, faultDeposit(t, 5, false))
