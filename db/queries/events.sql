@@ -30,10 +30,12 @@ SELECT global_position,
 SELECT global_position,
        transaction_id::text::bigint AS transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
-  FROM conduit.events
- WHERE (transaction_id, global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY transaction_id, global_position
+  FROM conduit.events e
+ WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ -- Qualified: a bare transaction_id here would name the bigint output
+ -- column, and the sort could not use the primary key.
+ ORDER BY e.transaction_id, e.global_position
  LIMIT sqlc.arg(max_count);
 
 -- name: StreamVersionGet :one

@@ -11,9 +11,9 @@ ON CONFLICT (projection, event_id) DO UPDATE
 -- name: ParkedEventList :many
 SELECT projection, event_id, transaction_id::text::bigint AS transaction_id, global_position,
        stream_id, stream_version, event_type, error, attempts, status, parked_at, updated_at
-  FROM conduit.parked_events
- WHERE projection = sqlc.arg(projection)
- ORDER BY transaction_id, global_position;
+  FROM conduit.parked_events pe
+ WHERE pe.projection = sqlc.arg(projection)
+ ORDER BY pe.transaction_id, pe.global_position;
 
 -- name: ParkedEventRetryList :many
 -- Parked events asked to be retried, with their data, for the active batch.

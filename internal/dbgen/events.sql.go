@@ -85,10 +85,12 @@ const eventListAll = `-- name: EventListAll :many
 SELECT global_position,
        transaction_id::text::bigint AS transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
-  FROM conduit.events
- WHERE (transaction_id, global_position) > ($1::bigint::text::xid8, $2::bigint)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY transaction_id, global_position
+  FROM conduit.events e
+ WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ -- Qualified: a bare transaction_id here would name the bigint output
+ -- column, and the sort could not use the primary key.
+ ORDER BY e.transaction_id, e.global_position
  LIMIT $3
 `
 

@@ -68,9 +68,9 @@ func (q *Queries) ParkedEventInsert(ctx context.Context, arg ParkedEventInsertPa
 const parkedEventList = `-- name: ParkedEventList :many
 SELECT projection, event_id, transaction_id::text::bigint AS transaction_id, global_position,
        stream_id, stream_version, event_type, error, attempts, status, parked_at, updated_at
-  FROM conduit.parked_events
- WHERE projection = $1
- ORDER BY transaction_id, global_position
+  FROM conduit.parked_events pe
+ WHERE pe.projection = $1
+ ORDER BY pe.transaction_id, pe.global_position
 `
 
 type ParkedEventListRow struct {

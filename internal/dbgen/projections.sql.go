@@ -33,10 +33,12 @@ SELECT global_position,
        (CASE WHEN cardinality($1::text[]) = 0 OR event_type = ANY ($1::text[])
              THEN metadata END)::jsonb AS metadata,
        recorded_at
-  FROM conduit.events
- WHERE (transaction_id, global_position) > ($2::bigint::text::xid8, $3::bigint)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY transaction_id, global_position
+  FROM conduit.events e
+ WHERE (e.transaction_id, e.global_position) > ($2::bigint::text::xid8, $3::bigint)
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ -- Qualified: a bare transaction_id here would name the bigint output
+ -- column, and the sort could not use the primary key.
+ ORDER BY e.transaction_id, e.global_position
  LIMIT $4
 `
 
