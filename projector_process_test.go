@@ -114,6 +114,7 @@ type helperProc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string // "kind arg", without the prefix; closed at EOF
+	ready  chan struct{} // closed at the "started" line: SIGTERM is handled from then on
 	done   chan struct{}
 	err    error // cmd.Wait's, once done is closed
 	stderr syncBuffer
@@ -131,7 +132,7 @@ func startHelper(t testing.TB, spec helperSpec) *helperProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &helperProc{name: spec.Instance, lines: make(chan string, 1000), done: make(chan struct{})}
+	h := &helperProc{name: spec.Instance, lines: make(chan string, 1000), ready: make(chan struct{}), done: make(chan struct{})}
 	h.cmd = exec.Command(exe, "-test.run=^TestProjectorHelperProcess$", "-test.count=1", "-test.timeout=3m")
 	h.cmd.Env = append(os.Environ(), helperSpecEnv+"="+string(raw))
 	h.cmd.Stderr = &h.stderr
@@ -147,8 +148,13 @@ func startHelper(t testing.TB, spec helperSpec) *helperProc {
 	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		started := false
 		for sc.Scan() {
 			if line, ok := strings.CutPrefix(sc.Text(), helperLinePrefix+" "); ok {
+				if !started && strings.HasPrefix(line, "started ") {
+					started = true
+					close(h.ready)
+				}
 				select {
 				case h.lines <- line:
 				default: // nobody listens; drop
@@ -264,6 +270,12 @@ func (h *helperProc) kill(t testing.TB) {
 func (h *helperProc) stop(t testing.TB) {
 	t.Helper()
 	_ = h.stdin.Close()
+	select { // a helper just started may not handle SIGTERM yet
+	case <-h.ready:
+	case <-h.done:
+	case <-time.After(60 * time.Second):
+		t.Errorf("helper %s did not start", h.name)
+	}
 	h.signal(t, syscall.SIGTERM)
 	select {
 	case <-h.done:
