@@ -113,7 +113,7 @@ type helperProc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	lines  chan string // "kind arg", without the prefix; closed at EOF
+	lines  chan string   // "kind arg", without the prefix; closed at EOF
 	ready  chan struct{} // closed at the "started" line: SIGTERM is handled from then on
 	done   chan struct{}
 	err    error // cmd.Wait's, once done is closed
