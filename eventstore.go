@@ -236,24 +236,25 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 }
 
 // appendParams validates input and builds the query's arrays.
-func (s *Store) appendParams(streamID string, expected ExpectedVersion, events []EventData) (dbgen.EventAppendParams, error) {
+func (s *Store) appendParams(streamID string, expected ExpectedVersion, events []EventData) (appendArgs, error) {
 	if err := validateStreamID(streamID); err != nil {
-		return dbgen.EventAppendParams{}, err
+		return appendArgs{}, err
 	}
 	if !expected.valid() {
-		return dbgen.EventAppendParams{}, &ValidationError{Field: "expected version", Index: -1, Reason: fmt.Sprintf("%d is not a version", int64(expected))}
+		return appendArgs{}, &ValidationError{Field: "expected version", Index: -1, Reason: fmt.Sprintf("%d is not a version", int64(expected))}
 	}
 	switch {
 	case len(events) == 0:
-		return dbgen.EventAppendParams{}, &ValidationError{Field: "events", Index: -1, Reason: "none given"}
+		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Reason: "none given"}
 	case len(events) > MaxEventsPerAppend:
-		return dbgen.EventAppendParams{}, &ValidationError{Field: "events", Index: -1, Err: ErrEventTooLarge,
+		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Err: ErrEventTooLarge,
 			Reason: fmt.Sprintf("%d events, limit %d per append", len(events), MaxEventsPerAppend)}
 	}
-	p := dbgen.EventAppendParams{
+	p := appendArgs{ids: make([]uuid.UUID, len(events))}
+	p.EventAppendParams = dbgen.EventAppendParams{
 		StreamID: streamID,
 		Expected: int64(expected),
-		EventIds: make([]uuid.UUID, len(events)),
+		EventIds: make([]string, len(events)),
 		Types:    make([]string, len(events)),
 		Data:     make([]string, len(events)),
 		Metadata: make([]string, len(events)),
@@ -265,24 +266,25 @@ func (s *Store) appendParams(streamID string, expected ExpectedVersion, events [
 	for i := range events {
 		e := &events[i]
 		if err := validateEvent(i, e, s.cfg.MaxEventSize); err != nil {
-			return dbgen.EventAppendParams{}, err
+			return appendArgs{}, err
 		}
 		id := e.ID
 		if id == uuid.Nil {
 			var err error
 			if id, err = uuid.NewV7(); err != nil {
-				return dbgen.EventAppendParams{}, fmt.Errorf("conduit: make event id: %w", err)
+				return appendArgs{}, fmt.Errorf("conduit: make event id: %w", err)
 			}
 			e.ID = id // the caller's slice: a retry with the same slice is idempotent
 		}
 		if seen != nil {
 			if j, dup := seen[id]; dup {
-				return dbgen.EventAppendParams{}, &ValidationError{Field: "event id", Index: i,
+				return appendArgs{}, &ValidationError{Field: "event id", Index: i,
 					Reason: fmt.Sprintf("%s is also the id of event %d", id, j)}
 			}
 			seen[id] = i
 		}
-		p.EventIds[i] = id
+		p.ids[i] = id
+		p.EventIds[i] = id.String()
 		p.Types[i] = e.Type
 		p.Data[i] = string(e.Data)
 		p.Metadata[i] = string(e.Metadata)
@@ -290,9 +292,32 @@ func (s *Store) appendParams(streamID string, expected ExpectedVersion, events [
 	return p, nil
 }
 
-// appendWith runs the append query and turns its status rows into a result
-// or a typed error. The returned events lack data (see withData).
-func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, p dbgen.EventAppendParams, expected ExpectedVersion) (AppendResult, []Event, error) {
+// appendArgs is a validated append: the query's arrays and the event ids.
+type appendArgs struct {
+	dbgen.EventAppendParams
+	ids []uuid.UUID
+}
+
+// appendWith appends in one statement when nothing stands in the way, and
+// only when that statement writes nothing asks conduit.append_to_stream
+// why, turning its status into a typed error or an idempotent result. The
+// returned events lack data (see withData).
+func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, expected ExpectedVersion) (AppendResult, []Event, error) {
+	p := a.EventAppendParams
+	fast, err := q.EventAppendFast(ctx, dbgen.EventAppendFastParams{
+		StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata, EventIds: p.EventIds, Expected: p.Expected,
+	})
+	if err != nil {
+		return AppendResult{}, nil, err
+	}
+	if len(fast) > 0 {
+		rows := make([]dbgen.EventAppendRow, len(fast))
+		for i, r := range fast {
+			rows[i] = dbgen.EventAppendRow{Status: "ok", StreamVersion: r.StreamVersion,
+				TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
+		}
+		return storedEvents(a, rows)
+	}
 	rows, err := q.EventAppend(ctx, p)
 	if err != nil {
 		return AppendResult{}, nil, err
@@ -303,31 +328,36 @@ func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, p dbgen.EventA
 	first := rows[0]
 	switch first.Status {
 	case "ok", "duplicate":
+		return storedEvents(a, rows)
 	case "version_conflict":
 		return AppendResult{}, nil, &VersionConflictError{StreamID: p.StreamID, Expected: expected, Actual: first.StreamVersion}
 	case "event_id_conflict":
-		return AppendResult{}, nil, &DuplicateEventIDError{EventID: p.EventIds[0], StreamID: first.ConflictStream, Version: first.StreamVersion}
+		return AppendResult{}, nil, &DuplicateEventIDError{EventID: a.ids[0], StreamID: first.ConflictStream, Version: first.StreamVersion}
 	case "transaction_order":
 		return AppendResult{}, nil, &TransactionOrderError{StreamID: p.StreamID, Version: first.StreamVersion}
-	default:
-		return AppendResult{}, nil, fmt.Errorf("conduit: append returned unknown status %q", first.Status)
 	}
-	if len(rows) != len(p.EventIds) {
-		return AppendResult{}, nil, fmt.Errorf("conduit: append returned %d rows for %d events", len(rows), len(p.EventIds))
+	return AppendResult{}, nil, fmt.Errorf("conduit: append returned unknown status %q", first.Status)
+}
+
+// storedEvents builds the result and the stored events from one row per
+// event.
+func storedEvents(a appendArgs, rows []dbgen.EventAppendRow) (AppendResult, []Event, error) {
+	if len(rows) != len(a.ids) {
+		return AppendResult{}, nil, fmt.Errorf("conduit: append returned %d rows for %d events", len(rows), len(a.ids))
 	}
 	stored := make([]Event, len(rows))
 	for i, r := range rows {
 		stored[i] = Event{
-			StreamID:      p.StreamID,
+			StreamID:      a.StreamID,
 			StreamVersion: r.StreamVersion,
 			Position:      Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
-			ID:            p.EventIds[i],
-			Type:          p.Types[i],
+			ID:            a.ids[i],
+			Type:          a.Types[i],
 			RecordedAt:    r.RecordedAt,
 		}
 	}
 	last := stored[len(stored)-1]
-	return AppendResult{Version: last.StreamVersion, Position: last.Position, Duplicate: first.Status == "duplicate"}, stored, nil
+	return AppendResult{Version: last.StreamVersion, Position: last.Position, Duplicate: rows[0].Status == "duplicate"}, stored, nil
 }
 
 // withData fills stored events' data and metadata from the input.

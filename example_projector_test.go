@@ -41,6 +41,7 @@ func ExampleProjector() {
 		return
 	}
 	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	stopped := make(chan error)
 	go func() { stopped <- projector.Run(runCtx) }()
 

@@ -134,7 +134,8 @@ func zeroTime(t time.Time) time.Time {
 
 // WaitFor returns once the projection has committed past position pos (as
 // returned by Append), so a read of its tables sees the append: read your
-// own writes. It returns ctx's error if ctx ends first.
+// own writes. It returns ctx's error if ctx ends first; transient database
+// errors (a dropped connection, a restart) are retried until then.
 func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) error {
 	wait := time.Millisecond
 	for {
@@ -143,11 +144,13 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			// Not registered yet: its first run will be.
-		case err != nil:
-			if ctx.Err() != nil {
-				return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
-			}
+		case err != nil && ctx.Err() != nil:
+			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
+		case err != nil && !isTransient(err):
 			return fmt.Errorf("conduit: wait for %q: %w", projection, err)
+		case err != nil:
+			// A dropped connection or a restarting server: the pool
+			// reconnects; keep waiting until ctx ends.
 		default:
 			cp := Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition}
 			if !cp.Before(pos) {

@@ -212,6 +212,10 @@ func (p *Projector) Run(ctx context.Context) error {
 	defer p.release()
 
 	failures := newBackoff(p.cfg.RetryBackoff, 30*p.cfg.RetryBackoff)
+	// Events held behind the horizon become readable when the transaction
+	// holding it ends, which may append nothing and so wake nobody: look
+	// again soon, then less and less often.
+	behindHorizon := newBackoff(time.Millisecond, p.cfg.PollInterval)
 	registered := false
 	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
@@ -220,9 +224,16 @@ func (p *Projector) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			failures.reset()
-			if limit == 0 { // caught up
+			switch limit {
+			case 0: // caught up
+				behindHorizon.reset()
 				limit = p.cfg.BatchSize
 				p.idle(ctx, wake, p.cfg.PollInterval)
+			case -1: // caught up, events held behind the horizon
+				limit = p.cfg.BatchSize
+				p.idle(ctx, wake, behindHorizon.next())
+			default:
+				behindHorizon.reset()
 			}
 		case ctx.Err() != nil:
 			return nil
@@ -245,7 +256,8 @@ func (p *Projector) Run(ctx context.Context) error {
 var errStandby = errors.New("conduit: lease held by another instance")
 
 // step does one unit of work: register, acquire, or one batch. On a batch
-// that reached the head of the log it sets *limit to 0.
+// that reached the safe horizon it sets *limit to 0, or to -1 when committed
+// events wait behind the horizon.
 func (p *Projector) step(ctx context.Context, registered *bool, limit *int) error {
 	q := p.store.queries
 	if !*registered {
@@ -284,9 +296,12 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	}
 	p.renewed()
 	delete(p.attempts, res.firstID) // it went through
-	if res.caughtUp {
+	switch {
+	case res.held:
+		*limit = -1
+	case res.caughtUp:
 		*limit = 0
-	} else {
+	default:
 		*limit = p.cfg.BatchSize
 	}
 	return nil
@@ -322,6 +337,7 @@ func (f *applyFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
 	caughtUp bool
+	held     bool // caught up, but committed events wait behind the horizon
 	firstID  uuid.UUID
 }
 
@@ -387,6 +403,15 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			checkpoint = e.Position
 		}
 		res.caughtUp = len(events) < limit
+		if res.caughtUp {
+			held, err := q.EventHeldExists(ctx, dbgen.EventHeldExistsParams{
+				AfterTx: int64(checkpoint.TransactionID), AfterPosition: checkpoint.GlobalPosition,
+			})
+			if err != nil {
+				return err
+			}
+			res.held = held
+		}
 		return p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
 	})
 	if err == nil {

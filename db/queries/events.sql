@@ -8,10 +8,42 @@ SELECT r_status::text AS status,
   FROM conduit.append_to_stream(
        sqlc.arg(stream_id)::text,
        sqlc.arg(expected)::bigint,
-       sqlc.arg(event_ids)::uuid[],
+       sqlc.arg(event_ids)::text[]::uuid[],
        sqlc.arg(types)::text[],
        sqlc.arg(data)::text[],
        sqlc.arg(metadata)::text[]);
+
+-- name: EventAppendFast :many
+-- The common case of an append in one plain statement: when the expected
+-- version holds, the first event id is unused and the transaction order
+-- holds (see conduit.append_to_stream), it inserts and returns one row per
+-- event; otherwise it inserts nothing and returns no rows, and the caller
+-- asks conduit.append_to_stream what happened (conflict, idempotent retry,
+-- ...). The UNIQUE (stream_id, stream_version) constraint stops racing
+-- appends that both pass the check.
+WITH head AS (
+    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+            SELECT h.stream_version, h.transaction_id
+              FROM conduit.events h
+             WHERE h.stream_id = sqlc.arg(stream_id)::text
+             ORDER BY h.stream_version DESC
+             LIMIT 1) AS last ON true
+)
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid,
+       (sqlc.arg(types)::text[])[u.ord], (sqlc.arg(data)::text[])[u.ord]::jsonb,
+       NULLIF((sqlc.arg(metadata)::text[])[u.ord], '')::jsonb
+  FROM head, unnest(sqlc.arg(event_ids)::text[]) WITH ORDINALITY AS u(id, ord)
+ WHERE (sqlc.arg(expected)::bigint = -1
+        OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
+        OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)
+        OR head.version = sqlc.arg(expected)::bigint)
+   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid)
+   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ ORDER BY u.ord
+RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
 
 -- name: EventListByStream :many
 SELECT global_position,
@@ -47,3 +79,14 @@ SELECT COALESCE((SELECT stream_version
 
 -- name: TransactionAbort :exec
 SELECT conduit.abort_transaction(sqlc.arg(reason)::text);
+
+-- name: EventHeldExists :one
+-- Whether committed events after the position wait behind the safe horizon
+-- (an older transaction, which may append nothing, is still open): a reader
+-- then looks again soon rather than at its next poll.
+SELECT EXISTS (
+    SELECT 1
+      FROM conduit.events e
+     WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
+       AND e.transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+) AS held;

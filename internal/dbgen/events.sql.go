@@ -23,7 +23,7 @@ SELECT r_status::text AS status,
   FROM conduit.append_to_stream(
        $1::text,
        $2::bigint,
-       $3::uuid[],
+       $3::text[]::uuid[],
        $4::text[],
        $5::text[],
        $6::text[])
@@ -32,7 +32,7 @@ SELECT r_status::text AS status,
 type EventAppendParams struct {
 	StreamID string
 	Expected int64
-	EventIds []uuid.UUID
+	EventIds []string
 	Types    []string
 	Data     []string
 	Metadata []string
@@ -79,6 +79,111 @@ func (q *Queries) EventAppend(ctx context.Context, arg EventAppendParams) ([]Eve
 		return nil, err
 	}
 	return items, nil
+}
+
+const eventAppendFast = `-- name: EventAppendFast :many
+WITH head AS (
+    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+            SELECT h.stream_version, h.transaction_id
+              FROM conduit.events h
+             WHERE h.stream_id = $1::text
+             ORDER BY h.stream_version DESC
+             LIMIT 1) AS last ON true
+)
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $1::text, head.version + u.ord, u.id::uuid,
+       ($2::text[])[u.ord], ($3::text[])[u.ord]::jsonb,
+       NULLIF(($4::text[])[u.ord], '')::jsonb
+  FROM head, unnest($5::text[]) WITH ORDINALITY AS u(id, ord)
+ WHERE ($6::bigint = -1
+        OR ($6::bigint = -2 AND head.version = 0)
+        OR ($6::bigint = -3 AND head.version > 0)
+        OR head.version = $6::bigint)
+   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($5::text[])[1]::uuid)
+   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ ORDER BY u.ord
+RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
+`
+
+type EventAppendFastParams struct {
+	StreamID string
+	Types    []string
+	Data     []string
+	Metadata []string
+	EventIds []string
+	Expected int64
+}
+
+type EventAppendFastRow struct {
+	StreamVersion  int64
+	TransactionID  int64
+	GlobalPosition int64
+	RecordedAt     time.Time
+}
+
+// The common case of an append in one plain statement: when the expected
+// version holds, the first event id is unused and the transaction order
+// holds (see conduit.append_to_stream), it inserts and returns one row per
+// event; otherwise it inserts nothing and returns no rows, and the caller
+// asks conduit.append_to_stream what happened (conflict, idempotent retry,
+// ...). The UNIQUE (stream_id, stream_version) constraint stops racing
+// appends that both pass the check.
+func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams) ([]EventAppendFastRow, error) {
+	rows, err := q.db.Query(ctx, eventAppendFast,
+		arg.StreamID,
+		arg.Types,
+		arg.Data,
+		arg.Metadata,
+		arg.EventIds,
+		arg.Expected,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []EventAppendFastRow
+	for rows.Next() {
+		var i EventAppendFastRow
+		if err := rows.Scan(
+			&i.StreamVersion,
+			&i.TransactionID,
+			&i.GlobalPosition,
+			&i.RecordedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const eventHeldExists = `-- name: EventHeldExists :one
+SELECT EXISTS (
+    SELECT 1
+      FROM conduit.events e
+     WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
+       AND e.transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+) AS held
+`
+
+type EventHeldExistsParams struct {
+	AfterTx       int64
+	AfterPosition int64
+}
+
+// Whether committed events after the position wait behind the safe horizon
+// (an older transaction, which may append nothing, is still open): a reader
+// then looks again soon rather than at its next poll.
+func (q *Queries) EventHeldExists(ctx context.Context, arg EventHeldExistsParams) (bool, error) {
+	row := q.db.QueryRow(ctx, eventHeldExists, arg.AfterTx, arg.AfterPosition)
+	var held bool
+	err := row.Scan(&held)
+	return held, err
 }
 
 const eventListAll = `-- name: EventListAll :many
