@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -23,6 +24,9 @@ const (
 	ReadPageSizeDefault = 1000
 
 	maxReadPageSize = 1_000_000
+
+	// NotifyIntervalDefault is the default Config.NotifyInterval.
+	NotifyIntervalDefault = 5 * time.Millisecond
 )
 
 // Config configures a Store. The zero value (or a nil *Config) means
@@ -47,6 +51,12 @@ type Config struct {
 	// way. Defaults to false.
 	DisableNotify bool
 
+	// NotifyInterval is the least time between two of those NOTIFYs: the
+	// first append after a quiet spell is notified at once, those of a busy
+	// spell together, so the notifications cost appends little under load.
+	// Defaults to NotifyIntervalDefault.
+	NotifyInterval time.Duration
+
 	// Logger receives structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -67,6 +77,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.ReadPageSize == 0 {
 		out.ReadPageSize = ReadPageSizeDefault
+	}
+	if out.NotifyInterval < 0 {
+		return out, fmt.Errorf("conduit: Config.NotifyInterval must not be negative, got %s", out.NotifyInterval)
+	}
+	if out.NotifyInterval == 0 {
+		out.NotifyInterval = NotifyIntervalDefault
 	}
 	names := map[string]bool{}
 	for i, p := range out.Projections {

@@ -24,11 +24,16 @@ const EventsChannel = "conduit_events"
 // covered by one more. It runs outside every append's transaction, because
 // a NOTIFY inside a transaction takes a cluster-wide lock at commit that
 // serializes all notifying commits.
+//
+// Under load it sends at most one notification per Config.NotifyInterval:
+// the first append after a quiet spell is notified at once, the appends of a
+// busy spell together at the end of each interval.
 type commitNotifier struct {
-	store   *Store
-	running atomic.Bool
-	dirty   atomic.Bool
-	wg      sync.WaitGroup
+	store    *Store
+	running  atomic.Bool
+	dirty    atomic.Bool
+	wg       sync.WaitGroup
+	lastSent time.Time // owned by the running sender
 }
 
 // poke records that an append committed and starts a sender if none runs.
@@ -43,7 +48,12 @@ func (n *commitNotifier) poke() {
 func (n *commitNotifier) run() {
 	defer n.wg.Done()
 	for {
-		for n.dirty.Swap(false) {
+		for n.dirty.Load() {
+			if wait := time.Until(n.lastSent.Add(n.store.cfg.NotifyInterval)); wait > 0 {
+				time.Sleep(wait) // coalesce: appends committing meanwhile ride along
+			}
+			n.dirty.Store(false)
+			n.lastSent = time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := n.store.queries.NotifyEvents(ctx)
 			cancel()
