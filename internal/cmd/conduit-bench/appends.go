@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/conduit-es/conduit"
+)
+
+// benchAppends: single-event appends, one per transaction, each writer on
+// its own stream with the expected version checked, at 1, 8 and 32 writers.
+func benchAppends(ctx context.Context, srv *server) ([]row, error) {
+	db, err := srv.freshDB(ctx, "append")
+	if err != nil {
+		return nil, err
+	}
+	defer db.drop()
+	var rows []row
+	for _, writers := range []int{1, 8, 32} {
+		r, err := appendRow(ctx, db, writers, 1, srv.opts.duration)
+		if err != nil {
+			return nil, err
+		}
+		r.group, r.baseline, r.target = "Single-event appends", "raw single-row INSERT", 0.9
+		r.name = fmt.Sprintf("%d writers", writers)
+		if writers == 1 {
+			r.name = "1 writer"
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// benchBatchAppends: 100-event appends into one stream each, one writer.
+func benchBatchAppends(ctx context.Context, srv *server) ([]row, error) {
+	db, err := srv.freshDB(ctx, "batch")
+	if err != nil {
+		return nil, err
+	}
+	defer db.drop()
+	r, err := appendRow(ctx, db, 1, 100, srv.opts.duration)
+	if err != nil {
+		return nil, err
+	}
+	r.group, r.baseline, r.target = "100-event appends", "raw 100-row INSERT … SELECT FROM unnest", 0.9
+	r.name = "1 writer, 100 events per append"
+	return []row{r}, nil
+}
+
+// appendRow measures appends of batch events per transaction by writers
+// concurrent writers, on a pool of exactly writers connections.
+func appendRow(ctx context.Context, db *benchDB, writers, batch int, d time.Duration) (row, error) {
+	pool, err := db.pool(ctx, writers)
+	if err != nil {
+		return row{}, err
+	}
+	defer pool.Close()
+	store, err := conduit.NewStore(pool, nil)
+	if err != nil {
+		return row{}, err
+	}
+	vs := []variant{
+		appendVariant("conduit", batch, func(ctx context.Context, b *appendBatch) error {
+			res, err := store.Append(ctx, b.stream, conduit.Exactly(b.version), b.events...)
+			if err == nil && res.Version != b.version+int64(batch) {
+				err = fmt.Errorf("append to %s at %d: now at %d", b.stream, b.version, res.Version)
+			}
+			return err
+		}),
+		rawAppendVariant(pool, batch),
+	}
+	if db.srv.opts.diagnose {
+		vs = append(vs, functionDirectVariant(pool, batch), plainSQLVariant(pool, batch))
+	}
+	label := fmt.Sprintf("%d-event appends, %d writers", batch, writers)
+	st, err := compare(ctx, db.srv.opts, label, writers, d, vs...)
+	if err != nil {
+		return row{}, err
+	}
+	r := row{conduit: st[0], raw: st[1], latency: true}
+	for i := 2; i < len(vs); i++ {
+		r.diagnostics = append(r.diagnostics, diagnostic{vs[i].name, st[i]})
+	}
+	return r, nil
+}
+
+// appendBatch is one writer's next append: its stream, the version the
+// stream is at, and the events with fresh ids, in three shapes so that no
+// variant pays for converting another's.
+type appendBatch struct {
+	stream  string
+	version int64
+	events  []conduit.EventData
+	ids     []uuid.UUID
+	types   []string
+	data    []string
+	meta    []string // empty strings: no metadata, as Conduit sends it
+	bufs    [][]byte
+	writer  int
+	seq     int
+}
+
+func newAppendBatch(stream string, writer, size int) *appendBatch {
+	return &appendBatch{
+		stream: stream, writer: writer,
+		events: make([]conduit.EventData, size),
+		ids:    make([]uuid.UUID, size),
+		types:  make([]string, size),
+		data:   make([]string, size),
+		meta:   make([]string, size),
+		bufs:   make([][]byte, size),
+	}
+}
+
+// next fills the batch with new events. Every variant pays for this alike.
+func (b *appendBatch) next() error {
+	for i := range b.events {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return err
+		}
+		b.seq++
+		b.bufs[i] = payload(b.bufs[i], b.writer, b.seq)
+		b.ids[i], b.types[i], b.data[i] = id, "deposit_made", string(b.bufs[i])
+		b.events[i] = conduit.EventData{ID: id, Type: b.types[i], Data: b.bufs[i]}
+	}
+	return nil
+}
+
+// appendVariant makes a variant whose operation fills a batch, hands it to
+// write, and moves the writer's expected version on.
+func appendVariant(name string, batch int, write func(context.Context, *appendBatch) error) variant {
+	return variant{name: name, start: func(_ context.Context, run string, workers int) ([]func(context.Context) (int, error), error) {
+		ops := make([]func(context.Context) (int, error), workers)
+		for w := range ops {
+			b := newAppendBatch(fmt.Sprintf("%s-%s-%dx%d-w%d", name, run, workers, batch, w), w, batch)
+			ops[w] = func(ctx context.Context) (int, error) {
+				if err := b.next(); err != nil {
+					return 0, err
+				}
+				if err := write(ctx, b); err != nil {
+					return 0, err
+				}
+				b.version += int64(batch)
+				return batch, nil
+			}
+		}
+		return ops, nil
+	}}
+}
+
+// rawAppendVariant is the baseline: a plain INSERT into bench.raw_events
+// (same columns and indexes as conduit.events) in autocommit, with no
+// version or idempotency check. One event: INSERT … VALUES; more: one
+// INSERT … SELECT FROM unnest.
+func rawAppendVariant(pool *pgxpool.Pool, batch int) variant {
+	if batch == 1 {
+		return appendVariant("raw", 1, func(ctx context.Context, b *appendBatch) error {
+			_, err := pool.Exec(ctx, `
+				INSERT INTO bench.raw_events (stream_id, stream_version, event_id, event_type, data)
+				VALUES ($1, $2, $3, $4, $5)`,
+				b.stream, b.version+1, b.ids[0], b.types[0], b.bufs[0])
+			return err
+		})
+	}
+	return appendVariant("raw", batch, func(ctx context.Context, b *appendBatch) error {
+		_, err := pool.Exec(ctx, `
+			INSERT INTO bench.raw_events (stream_id, stream_version, event_id, event_type, data)
+			SELECT $1, $2 + u.ord, u.id, u.typ, u.dat::jsonb
+			  FROM unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY AS u(id, typ, dat, ord)`,
+			b.stream, b.version, b.ids, b.types, b.data)
+		return err
+	})
+}
+
+// functionDirectVariant calls conduit.append_to_stream from raw pgx: the
+// database-side cost of Conduit's append without the Go library around it.
+func functionDirectVariant(pool *pgxpool.Pool, batch int) variant {
+	return appendVariant("append_to_stream from raw pgx", batch, func(ctx context.Context, b *appendBatch) error {
+		rows, err := pool.Query(ctx, `
+			SELECT r_status FROM conduit.append_to_stream($1, $2, $3, $4, $5, $6)`,
+			b.stream, b.version, b.ids, b.types, b.data, b.meta)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			var status string
+			if err := rows.Scan(&status); err != nil {
+				return err
+			}
+			if status != "ok" {
+				return fmt.Errorf("append_to_stream: %s", status)
+			}
+			n++
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if n != batch {
+			return fmt.Errorf("append_to_stream returned %d rows for %d events", n, batch)
+		}
+		return nil
+	})
+}
+
+var errNotAppended = errors.New("plain SQL append: version or event id check failed")
+
+// plainSQLVariant does the checks of append_to_stream that matter on the
+// happy path (expected version, event id not yet used) and the insert in
+// one plain SQL statement, on the baseline table: what the append costs
+// without PL/pgSQL.
+func plainSQLVariant(pool *pgxpool.Pool, batch int) variant {
+	return appendVariant("checked INSERT in plain SQL", batch, func(ctx context.Context, b *appendBatch) error {
+		tag, err := pool.Exec(ctx, `
+			INSERT INTO bench.raw_events (stream_id, stream_version, event_id, event_type, data)
+			SELECT $1, $2 + u.ord, u.id, u.typ, u.dat::jsonb
+			  FROM unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY AS u(id, typ, dat, ord)
+			 WHERE COALESCE((SELECT e.stream_version FROM bench.raw_events e
+			                  WHERE e.stream_id = $1 ORDER BY e.stream_version DESC LIMIT 1), 0) = $2
+			   AND NOT EXISTS (SELECT FROM bench.raw_events e WHERE e.event_id = ($3::uuid[])[1])`,
+			b.stream, b.version, b.ids, b.types, b.data)
+		if err == nil && tag.RowsAffected() != int64(batch) {
+			err = errNotAppended
+		}
+		return err
+	})
+}

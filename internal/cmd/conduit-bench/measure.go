@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"slices"
+	"sync"
+	"time"
+)
+
+// sample is one timed run.
+type sample struct {
+	rate     float64       // events per second
+	p50, p99 time.Duration // per-operation latency; zero where not measured
+}
+
+// stats summarises the runs of one variant by their medians.
+type stats struct {
+	runs     []sample
+	rate     float64
+	p50, p99 time.Duration
+}
+
+func summarize(runs []sample) stats {
+	s := stats{runs: runs}
+	s.rate = median(runs, func(x sample) float64 { return x.rate })
+	s.p50 = time.Duration(median(runs, func(x sample) float64 { return float64(x.p50) }))
+	s.p99 = time.Duration(median(runs, func(x sample) float64 { return float64(x.p99) }))
+	return s
+}
+
+func median(runs []sample, f func(sample) float64) float64 {
+	if len(runs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(runs))
+	for i, r := range runs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// variant is one way of doing a workload's unit of work: Conduit, the raw
+// baseline, or a diagnostic.
+type variant struct {
+	name string
+	// start prepares a run (streams, ids) and returns one operation per
+	// worker. An operation does one unit of work (one append, one full
+	// read) and returns the number of events it wrote or read.
+	start func(ctx context.Context, run string, workers int) ([]func(context.Context) (int, error), error)
+}
+
+// timedRun runs every worker's operation in a loop for d (at least once) and
+// returns the throughput and the per-operation latency percentiles.
+func timedRun(ctx context.Context, ops []func(context.Context) (int, error), d time.Duration) (sample, error) {
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		latencies []time.Duration
+		events    int
+		firstErr  error
+	)
+	begin := time.Now()
+	deadline := begin.Add(d)
+	for _, op := range ops {
+		wg.Go(func() {
+			lat := make([]time.Duration, 0, 4096)
+			n := 0
+			var err error
+			// At least one operation, so that d = 0 means "once".
+			for t0 := time.Now(); ctx.Err() == nil; {
+				var k int
+				if k, err = op(ctx); err != nil {
+					break
+				}
+				t1 := time.Now()
+				lat = append(lat, t1.Sub(t0))
+				n += k
+				t0 = t1
+				if !t1.Before(deadline) {
+					break
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			latencies = append(latencies, lat...)
+			events += n
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(begin)
+	if firstErr != nil {
+		return sample{}, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return sample{}, err
+	}
+	slices.Sort(latencies)
+	return sample{
+		rate: float64(events) / elapsed.Seconds(),
+		p50:  percentile(latencies, 0.50),
+		p99:  percentile(latencies, 0.99),
+	}, nil
+}
+
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(q*float64(len(sorted))))]
+}
+
+// compare measures the variants against each other: one untimed warm-up run
+// each, then opts.runs timed runs each, in an order rotated every round so
+// that drift (table growth, checkpoints, autovacuum) hits every variant
+// alike. It returns the stats in the order of vs.
+func compare(ctx context.Context, o options, label string, workers int, d time.Duration, vs ...variant) ([]stats, error) {
+	once := func(v variant, run string, d time.Duration) (sample, error) {
+		ops, err := v.start(ctx, run, workers)
+		if err != nil {
+			return sample{}, fmt.Errorf("%s: %w", v.name, err)
+		}
+		s, err := timedRun(ctx, ops, d)
+		if err != nil {
+			return sample{}, fmt.Errorf("%s: %w", v.name, err)
+		}
+		return s, nil
+	}
+	for _, v := range vs {
+		if _, err := once(v, "warm", o.warmup); err != nil {
+			return nil, err
+		}
+	}
+	runs := make([][]sample, len(vs))
+	for r := range o.runs {
+		for k := range vs {
+			i := (k + r) % len(vs)
+			s, err := once(vs[i], fmt.Sprintf("r%d", r), d)
+			if err != nil {
+				return nil, err
+			}
+			runs[i] = append(runs[i], s)
+		}
+	}
+	out := make([]stats, len(vs))
+	for i := range vs {
+		out[i] = summarize(runs[i])
+	}
+	line := label + ":"
+	for i, v := range vs {
+		line += fmt.Sprintf("  %s %.0f/s", v.name, out[i].rate)
+	}
+	log.Print(line)
+	return out, nil
+}
