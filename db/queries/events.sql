@@ -32,10 +32,11 @@ WITH head AS (
              LIMIT 1) AS last ON true
 )
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid,
-       (sqlc.arg(types)::text[])[u.ord], (sqlc.arg(data)::text[])[u.ord]::jsonb,
-       NULLIF((sqlc.arg(metadata)::text[])[u.ord], '')::jsonb
-  FROM head, unnest(sqlc.arg(event_ids)::text[]) WITH ORDINALITY AS u(id, ord)
+SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
+  FROM head,
+       ROWS FROM (unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(types)::text[]),
+                  unnest(sqlc.arg(data)::text[]), unnest(sqlc.arg(metadata)::text[]))
+           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
  WHERE (sqlc.arg(expected)::bigint = -1
         OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
         OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)

@@ -93,15 +93,16 @@ WITH head AS (
              LIMIT 1) AS last ON true
 )
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT $1::text, head.version + u.ord, u.id::uuid,
-       ($2::text[])[u.ord], ($3::text[])[u.ord]::jsonb,
-       NULLIF(($4::text[])[u.ord], '')::jsonb
-  FROM head, unnest($5::text[]) WITH ORDINALITY AS u(id, ord)
+SELECT $1::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
+  FROM head,
+       ROWS FROM (unnest($2::text[]), unnest($3::text[]),
+                  unnest($4::text[]), unnest($5::text[]))
+           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
  WHERE ($6::bigint = -1
         OR ($6::bigint = -2 AND head.version = 0)
         OR ($6::bigint = -3 AND head.version > 0)
         OR head.version = $6::bigint)
-   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($5::text[])[1]::uuid)
+   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($2::text[])[1]::uuid)
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
@@ -109,10 +110,10 @@ RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.
 
 type EventAppendFastParams struct {
 	StreamID string
+	EventIds []string
 	Types    []string
 	Data     []string
 	Metadata []string
-	EventIds []string
 	Expected int64
 }
 
@@ -133,10 +134,10 @@ type EventAppendFastRow struct {
 func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams) ([]EventAppendFastRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendFast,
 		arg.StreamID,
+		arg.EventIds,
 		arg.Types,
 		arg.Data,
 		arg.Metadata,
-		arg.EventIds,
 		arg.Expected,
 	)
 	if err != nil {
