@@ -214,10 +214,15 @@ func ExampleStore_ReadAll() {
 		}
 	}
 	paid, _ := conduit.NewEvent("order_paid", map[string]string{})
-	if _, err := store.Append(ctx, "order-1", conduit.Exactly(1), paid); err != nil {
+	res, err := store.Append(ctx, "order-1", conduit.Exactly(1), paid)
+	if err != nil {
 		fmt.Println(err)
 		return
 	}
+	// ReadAll stops short of events while an older write transaction
+	// anywhere in the cluster is still open; wait that out so that this
+	// example's output is fixed.
+	exampleSettle(store, res.Position)
 
 	// The global log, from the start. A reader that stops keeps the last
 	// Position it saw and resumes after it.
@@ -405,4 +410,20 @@ func ExampleMigrations() {
 	fmt.Println("conduit.events exists:", exists)
 	// Output:
 	// conduit.events exists: true
+}
+
+// exampleSettle waits until no transaction older than pos is running, so
+// that ReadAll reaches pos.
+func exampleSettle(store *conduit.Store, pos conduit.Position) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for ctx.Err() == nil {
+		var passed bool
+		err := store.Pool().QueryRow(ctx,
+			`SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::text::xid8`, fmt.Sprint(pos.TransactionID)).Scan(&passed)
+		if err != nil || passed {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
