@@ -417,7 +417,11 @@ func (s *Store) interpretAppendError(ctx context.Context, err error, streamID st
 		}
 		return &VersionConflictError{StreamID: streamID, Expected: expected, Actual: actual}
 	case "events_event_id_key":
-		return &DuplicateEventIDError{EventID: eventIDFromDetail(pgErr.Detail)}
+		dup := &DuplicateEventIDError{EventID: eventIDFromDetail(pgErr.Detail)}
+		if at, err := s.queries.EventLocate(ctx, dup.EventID); err == nil {
+			dup.StreamID, dup.Version = at.StreamID, at.StreamVersion
+		}
+		return dup
 	}
 	return fmt.Errorf("conduit: append to stream %q: %w", streamID, err)
 }

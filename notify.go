@@ -54,9 +54,12 @@ func (n *commitNotifier) run() {
 			}
 			n.dirty.Store(false)
 			n.lastSent = time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := n.store.queries.NotifyEvents(ctx)
-			cancel()
+			err := n.send()
+			if isTransient(err) {
+				// Likely a pooled connection that died (a restart, a
+				// terminated backend): the pool hands out another.
+				err = n.send()
+			}
 			if err != nil {
 				// Projectors still poll; a lost hint costs latency only.
 				n.store.cfg.Logger.Debug("conduit: notify after append failed", slog.Any("error", err))
@@ -69,6 +72,12 @@ func (n *commitNotifier) run() {
 			return
 		}
 	}
+}
+
+func (n *commitNotifier) send() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return n.store.queries.NotifyEvents(ctx)
 }
 
 // listener holds one connection that LISTENs on EventsChannel for every
@@ -127,7 +136,9 @@ func (l *listener) run(ctx context.Context, done chan struct{}) {
 	backoff := newBackoff(50*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		err := l.listenOnce(ctx)
-		l.pid.Store(0)
+		if l.pid.Swap(0) != 0 {
+			backoff.reset() // it got as far as LISTEN: start over
+		}
 		if ctx.Err() != nil {
 			return
 		}

@@ -337,7 +337,7 @@ func (f *applyFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
 	caughtUp bool
-	held     bool // caught up, but committed events wait behind the horizon
+	held     bool // caught up, but committed events wait behind the horizon (or just committed)
 	firstID  uuid.UUID
 }
 
@@ -404,7 +404,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 		}
 		res.caughtUp = len(events) < limit
 		if res.caughtUp {
-			held, err := q.EventHeldExists(ctx, dbgen.EventHeldExistsParams{
+			held, err := q.EventExistsAfter(ctx, dbgen.EventExistsAfterParams{
 				AfterTx: int64(checkpoint.TransactionID), AfterPosition: checkpoint.GlobalPosition,
 			})
 			if err != nil {

@@ -41,7 +41,11 @@ SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat
         OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
         OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)
         OR head.version = sqlc.arg(expected)::bigint)
-   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid)
+   -- With Exactly(n) or NoStream an idempotent retry already fails the
+   -- version check; only Any and StreamExists need to look the id up (a
+   -- reused id elsewhere is still stopped by the unique index).
+   AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
@@ -81,13 +85,19 @@ SELECT COALESCE((SELECT stream_version
 -- name: TransactionAbort :exec
 SELECT conduit.abort_transaction(sqlc.arg(reason)::text);
 
--- name: EventHeldExists :one
--- Whether committed events after the position wait behind the safe horizon
--- (an older transaction, which may append nothing, is still open): a reader
--- then looks again soon rather than at its next poll.
+-- name: EventExistsAfter :one
+-- Whether committed events exist after the position. A reader that read
+-- everything below the safe horizon and still finds some knows they wait
+-- behind the horizon (an older transaction, which may append nothing and so
+-- wake nobody, is still open) or have just committed: it looks again soon
+-- rather than at its next poll. (Testing the horizon here instead would race
+-- with the read, which took its own snapshot.)
 SELECT EXISTS (
     SELECT 1
       FROM conduit.events e
      WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
-       AND e.transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
-) AS held;
+) AS found;
+
+-- name: EventLocate :one
+-- Where an event id is stored, to explain a duplicate id.
+SELECT stream_id, stream_version FROM conduit.events WHERE event_id = sqlc.arg(event_id);

@@ -102,7 +102,11 @@ SELECT $1::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u
         OR ($6::bigint = -2 AND head.version = 0)
         OR ($6::bigint = -3 AND head.version > 0)
         OR head.version = $6::bigint)
-   AND NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($2::text[])[1]::uuid)
+   -- With Exactly(n) or NoStream an idempotent retry already fails the
+   -- version check; only Any and StreamExists need to look the id up (a
+   -- reused id elsewhere is still stopped by the unique index).
+   AND ($6::bigint >= 0 OR $6::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($2::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
@@ -163,28 +167,30 @@ func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams
 	return items, nil
 }
 
-const eventHeldExists = `-- name: EventHeldExists :one
+const eventExistsAfter = `-- name: EventExistsAfter :one
 SELECT EXISTS (
     SELECT 1
       FROM conduit.events e
      WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
-       AND e.transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
-) AS held
+) AS found
 `
 
-type EventHeldExistsParams struct {
+type EventExistsAfterParams struct {
 	AfterTx       int64
 	AfterPosition int64
 }
 
-// Whether committed events after the position wait behind the safe horizon
-// (an older transaction, which may append nothing, is still open): a reader
-// then looks again soon rather than at its next poll.
-func (q *Queries) EventHeldExists(ctx context.Context, arg EventHeldExistsParams) (bool, error) {
-	row := q.db.QueryRow(ctx, eventHeldExists, arg.AfterTx, arg.AfterPosition)
-	var held bool
-	err := row.Scan(&held)
-	return held, err
+// Whether committed events exist after the position. A reader that read
+// everything below the safe horizon and still finds some knows they wait
+// behind the horizon (an older transaction, which may append nothing and so
+// wake nobody, is still open) or have just committed: it looks again soon
+// rather than at its next poll. (Testing the horizon here instead would race
+// with the read, which took its own snapshot.)
+func (q *Queries) EventExistsAfter(ctx context.Context, arg EventExistsAfterParams) (bool, error) {
+	row := q.db.QueryRow(ctx, eventExistsAfter, arg.AfterTx, arg.AfterPosition)
+	var found bool
+	err := row.Scan(&found)
+	return found, err
 }
 
 const eventListAll = `-- name: EventListAll :many
@@ -308,6 +314,23 @@ func (q *Queries) EventListByStream(ctx context.Context, arg EventListByStreamPa
 		return nil, err
 	}
 	return items, nil
+}
+
+const eventLocate = `-- name: EventLocate :one
+SELECT stream_id, stream_version FROM conduit.events WHERE event_id = $1
+`
+
+type EventLocateRow struct {
+	StreamID      string
+	StreamVersion int64
+}
+
+// Where an event id is stored, to explain a duplicate id.
+func (q *Queries) EventLocate(ctx context.Context, eventID uuid.UUID) (EventLocateRow, error) {
+	row := q.db.QueryRow(ctx, eventLocate, eventID)
+	var i EventLocateRow
+	err := row.Scan(&i.StreamID, &i.StreamVersion)
+	return i, err
 }
 
 const streamVersionGet = `-- name: StreamVersionGet :one
