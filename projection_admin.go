@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
@@ -76,52 +77,51 @@ type HorizonHolder struct {
 
 // ProjectionStatuses returns the status of every projection that has run.
 func (s *Store) ProjectionStatuses(ctx context.Context) ([]ProjectionStatus, error) {
-	rows, err := s.queries.ProjectionStatusList(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("conduit: projection status: %w", err)
-	}
-	out := make([]ProjectionStatus, len(rows))
-	for i, r := range rows {
-		out[i] = statusFromRow(dbgen.ProjectionStatusGetRow(r))
-	}
-	return out, nil
+	return s.projectionStatuses(ctx, pgtype.Text{})
 }
 
 // ProjectionStatus returns one projection's status, or ErrNotFound if it
 // has never run.
 func (s *Store) ProjectionStatus(ctx context.Context, name string) (ProjectionStatus, error) {
-	r, err := s.queries.ProjectionStatusGet(ctx, name)
-	if errors.Is(err, pgx.ErrNoRows) {
+	st, err := s.projectionStatuses(ctx, pgtype.Text{String: name, Valid: true})
+	if err != nil {
+		return ProjectionStatus{}, err
+	}
+	if len(st) == 0 {
 		return ProjectionStatus{}, fmt.Errorf("conduit: projection %q: %w", name, ErrNotFound)
 	}
-	if err != nil {
-		return ProjectionStatus{}, fmt.Errorf("conduit: projection %q status: %w", name, err)
-	}
-	return statusFromRow(r), nil
+	return st[0], nil
 }
 
-func statusFromRow(r dbgen.ProjectionStatusGetRow) ProjectionStatus {
-	st := ProjectionStatus{
-		Name:           r.Name,
-		State:          ProjectionState(r.State),
-		Checkpoint:     Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition},
-		LagEvents:      r.LagEvents,
-		Lag:            time.Duration(r.LagSeconds * float64(time.Second)),
-		LastProgress:   zeroTime(r.LastProgressAt),
-		StallReason:    r.StallReason,
-		StalledEventID: r.StalledEventID,
-		Parked:         r.ParkedCount,
-		Owner:          r.Owner,
-		Epoch:          r.Epoch,
-		LeaseExpires:   zeroTime(r.LeaseExpiresAt),
-		EventsApplied:  r.EventsApplied,
-		RebuildStarted: zeroTime(r.RebuildStartedAt),
+func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]ProjectionStatus, error) {
+	rows, err := s.queries.ProjectionStatusList(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("conduit: projection status: %w", err)
 	}
-	if r.HorizonPid != 0 {
-		st.Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,
-			Since: zeroTime(r.HorizonSince), Application: r.HorizonApplication, Query: r.HorizonQuery}
+	out := make([]ProjectionStatus, len(rows))
+	for i, r := range rows {
+		out[i] = ProjectionStatus{
+			Name:           r.Name,
+			State:          ProjectionState(r.State),
+			Checkpoint:     Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition},
+			LagEvents:      r.LagEvents,
+			Lag:            time.Duration(r.LagSeconds * float64(time.Second)),
+			LastProgress:   zeroTime(r.LastProgressAt),
+			StallReason:    r.StallReason,
+			StalledEventID: r.StalledEventID,
+			Parked:         r.ParkedCount,
+			Owner:          r.Owner,
+			Epoch:          r.Epoch,
+			LeaseExpires:   zeroTime(r.LeaseExpiresAt),
+			EventsApplied:  r.EventsApplied,
+			RebuildStarted: zeroTime(r.RebuildStartedAt),
+		}
+		if r.HorizonPid != 0 {
+			out[i].Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,
+				Since: zeroTime(r.HorizonSince), Application: r.HorizonApplication, Query: r.HorizonQuery}
+		}
 	}
-	return st
+	return out, nil
 }
 
 // zeroTime maps the queries' stand-in for NULL (year 1) to time.Time{}.

@@ -77,24 +77,7 @@ SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
 SELECT conduit.rebuild_projection(sqlc.arg(name));
 
 -- name: ProjectionStatusList :many
--- NULLs become zero values: the Go side reads a zero time as "never".
-SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
-       checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
-       lag_seconds::double precision AS lag_seconds,
-       COALESCE(last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
-       COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
-       parked_count::bigint AS parked_count, COALESCE(owner, '')::text AS owner, epoch::bigint AS epoch,
-       COALESCE(lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
-       events_applied::bigint AS events_applied,
-       COALESCE(rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
-       horizon_held_events::bigint AS horizon_held_events, COALESCE(horizon_pid, 0)::integer AS horizon_pid,
-       COALESCE(horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
-       COALESCE(horizon_application, '')::text AS horizon_application,
-       COALESCE(horizon_query, '')::text AS horizon_query
-  FROM conduit.projection_status();
-
--- name: ProjectionStatusGet :one
+-- Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
 SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
        checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
        lag_seconds::double precision AS lag_seconds,
@@ -110,7 +93,7 @@ SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkp
        COALESCE(horizon_application, '')::text AS horizon_application,
        COALESCE(horizon_query, '')::text AS horizon_query
   FROM conduit.projection_status()
- WHERE name = sqlc.arg(name)::text;
+ WHERE sqlc.narg(name)::text IS NULL OR name = sqlc.narg(name)::text;
 
 -- name: TransactionIDsCheck :one
 SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid

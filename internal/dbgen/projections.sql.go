@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 const batchTimeoutSet = `-- name: BatchTimeoutSet :exec
@@ -340,76 +341,6 @@ func (q *Queries) ProjectionStall(ctx context.Context, arg ProjectionStallParams
 	return err
 }
 
-const projectionStatusGet = `-- name: ProjectionStatusGet :one
-SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
-       checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
-       lag_seconds::double precision AS lag_seconds,
-       COALESCE(last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
-       COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
-       parked_count::bigint AS parked_count, COALESCE(owner, '')::text AS owner, epoch::bigint AS epoch,
-       COALESCE(lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
-       events_applied::bigint AS events_applied,
-       COALESCE(rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
-       horizon_held_events::bigint AS horizon_held_events, COALESCE(horizon_pid, 0)::integer AS horizon_pid,
-       COALESCE(horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
-       COALESCE(horizon_application, '')::text AS horizon_application,
-       COALESCE(horizon_query, '')::text AS horizon_query
-  FROM conduit.projection_status()
- WHERE name = $1::text
-`
-
-type ProjectionStatusGetRow struct {
-	Name               string
-	State              string
-	CheckpointTx       int64
-	CheckpointPosition int64
-	LagEvents          int64
-	LagSeconds         float64
-	LastProgressAt     time.Time
-	StallReason        string
-	StalledEventID     uuid.UUID
-	ParkedCount        int64
-	Owner              string
-	Epoch              int64
-	LeaseExpiresAt     time.Time
-	EventsApplied      int64
-	RebuildStartedAt   time.Time
-	HorizonHeldEvents  int64
-	HorizonPid         int32
-	HorizonSince       time.Time
-	HorizonApplication string
-	HorizonQuery       string
-}
-
-func (q *Queries) ProjectionStatusGet(ctx context.Context, name string) (ProjectionStatusGetRow, error) {
-	row := q.db.QueryRow(ctx, projectionStatusGet, name)
-	var i ProjectionStatusGetRow
-	err := row.Scan(
-		&i.Name,
-		&i.State,
-		&i.CheckpointTx,
-		&i.CheckpointPosition,
-		&i.LagEvents,
-		&i.LagSeconds,
-		&i.LastProgressAt,
-		&i.StallReason,
-		&i.StalledEventID,
-		&i.ParkedCount,
-		&i.Owner,
-		&i.Epoch,
-		&i.LeaseExpiresAt,
-		&i.EventsApplied,
-		&i.RebuildStartedAt,
-		&i.HorizonHeldEvents,
-		&i.HorizonPid,
-		&i.HorizonSince,
-		&i.HorizonApplication,
-		&i.HorizonQuery,
-	)
-	return i, err
-}
-
 const projectionStatusList = `-- name: ProjectionStatusList :many
 SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
        checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
@@ -426,6 +357,7 @@ SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkp
        COALESCE(horizon_application, '')::text AS horizon_application,
        COALESCE(horizon_query, '')::text AS horizon_query
   FROM conduit.projection_status()
+ WHERE $1::text IS NULL OR name = $1::text
 `
 
 type ProjectionStatusListRow struct {
@@ -451,9 +383,9 @@ type ProjectionStatusListRow struct {
 	HorizonQuery       string
 }
 
-// NULLs become zero values: the Go side reads a zero time as "never".
-func (q *Queries) ProjectionStatusList(ctx context.Context) ([]ProjectionStatusListRow, error) {
-	rows, err := q.db.Query(ctx, projectionStatusList)
+// Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
+func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([]ProjectionStatusListRow, error) {
+	rows, err := q.db.Query(ctx, projectionStatusList, name)
 	if err != nil {
 		return nil, err
 	}
