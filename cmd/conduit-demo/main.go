@@ -1,6 +1,7 @@
 // Command conduit-demo runs a small shop on Conduit: orders are event
 // streams, a synchronous projection keeps SQL read tables in step inside
-// each append's transaction, and a report queries those tables.
+// each append's transaction, an asynchronous projector keeps another behind
+// the log, and a report queries those tables.
 //
 // It uses its own database, conduit_demo, on the server of DATABASE_URL
 // (default: the local server), creating it when missing. Each run adds new
@@ -81,7 +82,7 @@ func run(ctx context.Context, fresh bool) error {
 	fmt.Printf("Conduit demo shop: database %s, run %d (-fresh starts over)\n", demoDatabase, d.run)
 
 	for _, step := range []func(context.Context) error{
-		d.placeOrders, d.conflict, d.idempotentRetry, d.entity, d.projectionRollback, d.report,
+		d.placeOrders, d.conflict, d.idempotentRetry, d.entity, d.projectionRollback, d.asyncProjector, d.report,
 	} {
 		if err := step(ctx); err != nil {
 			return err
@@ -298,7 +299,7 @@ func (d *demo) projectionRollback(ctx context.Context) error {
 }
 
 func (d *demo) report(ctx context.Context) error {
-	section("6. Report: plain SQL over the read tables (all runs)")
+	section("7. Report: plain SQL over the read tables (all runs)")
 	// ReadAll follows the global log of every stream, as an async
 	// projector would: only events below the safe horizon, in
 	// (transaction id, global position) order.
