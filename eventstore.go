@@ -320,11 +320,26 @@ type appendArgs struct {
 // returned events lack data (see withData).
 func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, expected ExpectedVersion) (AppendResult, []Event, error) {
 	p := a.EventAppendParams
-	fast, err := q.EventAppendFast(ctx, dbgen.EventAppendFastParams{
-		StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata, EventIds: p.EventIds, Expected: p.Expected,
-	})
-	if err != nil {
-		return AppendResult{}, nil, err
+	var fast []dbgen.EventAppendFastRow
+	if len(a.ids) == 1 {
+		row, err := q.EventAppendOne(ctx, dbgen.EventAppendOneParams{
+			StreamID: p.StreamID, EventID: p.EventIds[0], EventType: p.Types[0], Data: p.Data[0],
+			Metadata: p.Metadata[0], Expected: p.Expected,
+		})
+		switch {
+		case err == nil:
+			fast = []dbgen.EventAppendFastRow{dbgen.EventAppendFastRow(row)}
+		case !errors.Is(err, pgx.ErrNoRows):
+			return AppendResult{}, nil, err
+		}
+	} else {
+		var err error
+		fast, err = q.EventAppendFast(ctx, dbgen.EventAppendFastParams{
+			StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata, EventIds: p.EventIds, Expected: p.Expected,
+		})
+		if err != nil {
+			return AppendResult{}, nil, err
+		}
 	}
 	if len(fast) > 0 {
 		rows := make([]dbgen.EventAppendRow, len(fast))

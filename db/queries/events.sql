@@ -50,6 +50,32 @@ SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
 
+-- name: EventAppendOne :one
+-- EventAppendFast for a single event, with scalar parameters: no arrays to
+-- unnest (each unnest materializes its rows), for the most common append.
+WITH head AS (
+    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+            SELECT h.stream_version, h.transaction_id
+              FROM conduit.events h
+             WHERE h.stream_id = sqlc.arg(stream_id)::text
+             ORDER BY h.stream_version DESC
+             LIMIT 1) AS last ON true
+)
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,
+       sqlc.arg(data)::text::jsonb, NULLIF(sqlc.arg(metadata)::text, '')::jsonb
+  FROM head
+ WHERE (sqlc.arg(expected)::bigint = -1
+        OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
+        OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)
+        OR head.version = sqlc.arg(expected)::bigint)
+   AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = sqlc.arg(event_id)::text::uuid))
+   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
+
 -- name: EventListByStream :many
 SELECT global_position,
        transaction_id::text::bigint AS transaction_id,

@@ -167,6 +167,68 @@ func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams
 	return items, nil
 }
 
+const eventAppendOne = `-- name: EventAppendOne :one
+WITH head AS (
+    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+            SELECT h.stream_version, h.transaction_id
+              FROM conduit.events h
+             WHERE h.stream_id = $1::text
+             ORDER BY h.stream_version DESC
+             LIMIT 1) AS last ON true
+)
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
+       $4::text::jsonb, NULLIF($5::text, '')::jsonb
+  FROM head
+ WHERE ($6::bigint = -1
+        OR ($6::bigint = -2 AND head.version = 0)
+        OR ($6::bigint = -3 AND head.version > 0)
+        OR head.version = $6::bigint)
+   AND ($6::bigint >= 0 OR $6::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
+   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
+`
+
+type EventAppendOneParams struct {
+	StreamID  string
+	EventID   string
+	EventType string
+	Data      string
+	Metadata  string
+	Expected  int64
+}
+
+type EventAppendOneRow struct {
+	StreamVersion  int64
+	TransactionID  int64
+	GlobalPosition int64
+	RecordedAt     time.Time
+}
+
+// EventAppendFast for a single event, with scalar parameters: no arrays to
+// unnest (each unnest materializes its rows), for the most common append.
+func (q *Queries) EventAppendOne(ctx context.Context, arg EventAppendOneParams) (EventAppendOneRow, error) {
+	row := q.db.QueryRow(ctx, eventAppendOne,
+		arg.StreamID,
+		arg.EventID,
+		arg.EventType,
+		arg.Data,
+		arg.Metadata,
+		arg.Expected,
+	)
+	var i EventAppendOneRow
+	err := row.Scan(
+		&i.StreamVersion,
+		&i.TransactionID,
+		&i.GlobalPosition,
+		&i.RecordedAt,
+	)
+	return i, err
+}
+
 const eventExistsAfter = `-- name: EventExistsAfter :one
 SELECT EXISTS (
     SELECT 1
