@@ -18,6 +18,12 @@ import (
 type server struct {
 	opts  options
 	admin *pgx.Conn
+
+	// shared is the database holding the loaded global log (opts.readEvents
+	// events) that the read and catch-up workloads share; made on first use.
+	shared *benchDB
+	// lastPosition is the position of the shared log's last event.
+	lastPosition conduit.Position
 }
 
 func connectServer(ctx context.Context, o options) (*server, error) {
@@ -29,6 +35,46 @@ func connectServer(ctx context.Context, o options) (*server, error) {
 }
 
 func (s *server) close() { s.admin.Close(context.Background()) }
+
+// logDB returns the database with the loaded global log, making and loading
+// it on first use: opts.readEvents events, opts.streamLen of them in
+// longStream, the rest in 1000-event streams (see loadLog).
+func (s *server) logDB(ctx context.Context) (*benchDB, error) {
+	if s.shared != nil {
+		return s.shared, nil
+	}
+	db, err := s.freshDB(ctx, "log")
+	if err != nil {
+		return nil, err
+	}
+	pool, err := db.pool(ctx, 2)
+	if err != nil {
+		db.drop()
+		return nil, err
+	}
+	defer pool.Close()
+	if err := loadLog(ctx, pool, s.opts.readEvents, s.opts.streamLen); err != nil {
+		db.drop()
+		return nil, err
+	}
+	if err := pool.QueryRow(ctx, `
+		SELECT transaction_id::text::bigint, global_position FROM conduit.events
+		 ORDER BY transaction_id DESC, global_position DESC LIMIT 1`).
+		Scan(&s.lastPosition.TransactionID, &s.lastPosition.GlobalPosition); err != nil {
+		db.drop()
+		return nil, err
+	}
+	s.shared = db
+	return db, nil
+}
+
+// dropShared drops the shared log database, if it was made.
+func (s *server) dropShared() {
+	if s.shared != nil {
+		s.shared.drop()
+		s.shared = nil
+	}
+}
 
 // benchDB is one fresh, migrated database with the raw baseline table.
 type benchDB struct {

@@ -11,8 +11,10 @@
 //	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md
 //	go run ./internal/cmd/conduit-bench -quick -only=append
 //
-// A workload is a function that returns report rows (see workloads); new
-// ones (projector catch-up, end-to-end latency, NOTIFY) are added there.
+// A workload is a function that adds figures to the results (see
+// workloads). The end-to-end latency workload re-executes this binary as a
+// child process that runs a projector (see latency.go); that mode is not a
+// flag, so it does not show in -help.
 package main
 
 import (
@@ -33,18 +35,21 @@ const defaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
 // options are the command line settings every workload sees.
 type options struct {
-	url        string
-	out        string
-	quick      bool
-	only       []string
-	runs       int           // measured runs per variant
-	duration   time.Duration // length of one timed append or stream-read run
-	warmup     time.Duration // untimed run per variant before the measured ones
-	readEvents int           // size of the global log for the read workloads
-	streamLen  int           // events in the stream read by read-stream
-	diagnose   bool          // also measure the diagnostic variants
-	keep       bool          // keep the databases for inspection
-	cpuProfile string
+	url         string
+	out         string
+	quick       bool
+	only        []string
+	runs        int           // measured runs per variant
+	duration    time.Duration // length of one timed append or stream-read run
+	warmup      time.Duration // untimed run per variant before the measured ones
+	readEvents  int           // size of the global log for the read workloads
+	streamLen   int           // events in the stream read by read-stream
+	catchUpRuns int           // runs of the long catch-up workloads (upsert handler)
+	rebuildRuns int           // timed rebuilds
+	latencyRun  time.Duration // length of one end-to-end latency run
+	diagnose    bool          // also measure the diagnostic variants
+	keep        bool          // keep the databases for inspection
+	cpuProfile  string
 }
 
 func parseFlags() options {
@@ -54,18 +59,20 @@ func parseFlags() options {
 	flag.StringVar(&o.out, "out", "", "write the report to this file (default: stdout)")
 	flag.BoolVar(&o.quick, "quick", false, "short run: fewer, shorter runs and a 100,000-event global log")
 	flag.StringVar(&only, "only", "", "comma-separated workloads to run (default: all): "+strings.Join(workloadNames(), ", "))
-	flag.IntVar(&o.runs, "runs", 0, "measured runs per variant (default 7, quick 3)")
-	flag.DurationVar(&o.duration, "duration", 0, "length of one timed run (default 2s, quick 1s)")
+	flag.IntVar(&o.runs, "runs", 0, "measured runs per variant (default 5, quick 3)")
+	flag.DurationVar(&o.duration, "duration", 0, "length of one timed run (default 1.5s, quick 1s)")
 	flag.BoolVar(&o.diagnose, "diagnose", true, "also measure diagnostic variants that split Conduit's cost")
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark databases instead of dropping them")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
 	flag.Parse()
 
-	o.runs = cmp.Or(o.runs, 7)
-	o.duration = cmp.Or(o.duration, 2*time.Second)
+	o.runs = cmp.Or(o.runs, 5)
+	o.duration = cmp.Or(o.duration, 1500*time.Millisecond)
 	o.warmup = time.Second
 	o.readEvents, o.streamLen = 1_000_000, 10_000
+	o.catchUpRuns, o.rebuildRuns, o.latencyRun = 2, 1, 4*time.Second
 	if o.quick {
+		o.catchUpRuns, o.latencyRun = 1, 2*time.Second
 		o.runs = min(o.runs, 3)
 		o.duration = min(o.duration, time.Second)
 		o.warmup = 500 * time.Millisecond
@@ -85,6 +92,13 @@ func parseFlags() options {
 
 func main() {
 	log.SetFlags(log.Ltime)
+	if len(os.Args) > 1 && os.Args[1] == childCommand {
+		if err := runChild(os.Args[2:]); err != nil {
+			log.Printf("conduit-bench child: %v", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -113,6 +127,7 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	defer srv.close()
+	defer srv.dropShared()
 	env, err := srv.describe(ctx)
 	if err != nil {
 		return err
@@ -124,11 +139,11 @@ func run(ctx context.Context, o options) (err error) {
 			continue
 		}
 		log.Printf("workload %s: %s", w.name, w.title)
-		rows, err := w.run(ctx, srv)
-		if err != nil {
+		begin := time.Now()
+		if err := w.run(ctx, srv, &rep.results); err != nil {
 			return fmt.Errorf("workload %s: %w", w.name, err)
 		}
-		rep.rows = append(rep.rows, rows...)
+		log.Printf("workload %s done in %s", w.name, time.Since(begin).Round(time.Second))
 	}
 	rep.elapsed = time.Since(rep.started)
 	rep.loadAfter = srv.activity(ctx)

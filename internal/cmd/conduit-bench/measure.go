@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -119,7 +120,7 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 }
 
 // compare measures the variants against each other: one untimed warm-up run
-// each, then opts.runs timed runs each, in an order rotated every round so
+// each (none if o.warmup is 0), then opts.runs timed runs each, in an order rotated every round so
 // that drift (table growth, checkpoints, autovacuum) hits every variant
 // alike. It returns the stats in the order of vs.
 func compare(ctx context.Context, o options, label string, workers int, d time.Duration, vs ...variant) ([]stats, error) {
@@ -128,13 +129,22 @@ func compare(ctx context.Context, o options, label string, workers int, d time.D
 		if err != nil {
 			return sample{}, fmt.Errorf("%s: %w", v.name, err)
 		}
-		s, err := timedRun(ctx, ops, d)
+		var s sample
+		// Labelled, so that a -cpuprofile can be split by variant
+		// (go tool pprof -tagfocus variant=…); goroutines started by the
+		// operations (a projector's) inherit the label.
+		pprof.Do(ctx, pprof.Labels("variant", v.name), func(ctx context.Context) {
+			s, err = timedRun(ctx, ops, d)
+		})
 		if err != nil {
 			return sample{}, fmt.Errorf("%s: %w", v.name, err)
 		}
 		return s, nil
 	}
 	for _, v := range vs {
+		if o.warmup <= 0 {
+			break // runs too long to warm up for (o.warmup set to 0 by the caller)
+		}
 		if _, err := once(v, "warm", o.warmup); err != nil {
 			return nil, err
 		}

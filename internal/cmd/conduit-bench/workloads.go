@@ -3,23 +3,74 @@ package main
 import (
 	"context"
 	"strconv"
+	"time"
 )
 
-// A workload measures one family of operations and returns report rows.
-// To add one (issue 3: projector catch-up, end-to-end latency, NOTIFY vs
-// none, rebuild), write a func(ctx, *server) ([]row, error) that makes its
-// own database with srv.freshDB, builds its variants and calls compare, then
-// list it here; -only and the report pick it up.
+// A workload measures one family of operations and adds its figures to
+// results. To add one, write a func(ctx, *server, *results) error that makes
+// its own database with srv.freshDB (or shares the loaded global log with
+// srv.logDB), builds its variants and calls compare, then list it here;
+// -only and the report pick it up.
 type workload struct {
 	name  string // for -only
 	title string
-	run   func(ctx context.Context, srv *server) ([]row, error)
+	run   func(ctx context.Context, srv *server, out *results) error
 }
 
 var workloads = []workload{
-	{"append", "single-event appends at 1, 8 and 32 writers", benchAppends},
-	{"batch", "100-event appends", benchBatchAppends},
-	{"read", "reading one 10,000-event stream and the whole global log", benchReads},
+	{"append", "single-event appends at 1, 8 and 32 writers", rowsOf(benchAppends)},
+	{"batch", "100-event appends", rowsOf(benchBatchAppends)},
+	{"notify", "single-event appends with the post-commit NOTIFY against none, a listener connected", benchNotify},
+	{"latency", "end-to-end latency to a projector in another process", benchLatency},
+	{"read", "reading one 10,000-event stream and the whole global log", rowsOf(benchReads)},
+	{"catchup", "projector catch-up of the global log (upsert and no-op handlers), and its rebuild", benchCatchUp},
+}
+
+// rowsOf adapts a workload that only makes comparison rows.
+func rowsOf(f func(context.Context, *server) ([]row, error)) func(context.Context, *server, *results) error {
+	return func(ctx context.Context, srv *server, out *results) error {
+		rows, err := f(ctx, srv)
+		out.rows = append(out.rows, rows...)
+		return err
+	}
+}
+
+// results is everything the workloads measured, in the report's order.
+type results struct {
+	rows     []row        // Conduit against a baseline, with a ratio target
+	latency  []latencyRow // end-to-end latency
+	timings  []timingRow  // one-off operations (rebuild)
+	findings []string     // measured facts for the analysis (notification counts, ...)
+}
+
+// latencyRow is the end-to-end latency of one load under one wake-up mode.
+type latencyRow struct {
+	load    string
+	mode    string
+	rate    float64       // appends per second achieved (median of runs)
+	samples int           // latencies measured, all runs together
+	visible stats         // Append's return to the projector's commit, medians of the runs' p50 and p99
+	applied stats         // Append's return to the handler's clock_timestamp(), same
+	max     time.Duration // the largest visible latency seen in any run
+	drain   time.Duration // median time from the last append to the projector's last commit
+	target  time.Duration // p99 target for visible; 0: none (a contrast)
+}
+
+func (r latencyRow) met() bool { return r.target == 0 || r.visible.p99 <= r.target }
+
+// timingRow is a one-off operation measured end to end.
+type timingRow struct {
+	name    string
+	events  int
+	elapsed []time.Duration // one per run
+}
+
+func (t timingRow) median() time.Duration {
+	runs := make([]sample, len(t.elapsed))
+	for i, d := range t.elapsed {
+		runs[i] = sample{p50: d}
+	}
+	return time.Duration(median(runs, func(x sample) float64 { return float64(x.p50) }))
 }
 
 func workloadNames() []string {
@@ -38,6 +89,7 @@ type row struct {
 	conduit  stats
 	raw      stats
 	target   float64 // the least acceptable conduit/raw throughput ratio
+	runs     int     // measured runs per variant, if not opts.runs
 	latency  bool    // p50/p99 per operation are meaningful
 	// diagnostics are further variants that split Conduit's cost; each is
 	// reported against the baseline.

@@ -1,0 +1,369 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/conduit-es/conduit"
+)
+
+// benchCatchUp: a conduit.Projector catching up with the shared global log
+// from its start, against hand-written pgx loops doing the same work; then
+// rebuilds of the projection, timed.
+//
+//   - Upsert handler: one INSERT … ON CONFLICT (stream_id) DO UPDATE per event
+//     into a read table, against a loop that reads a page of BatchSize events
+//     below the safe horizon with the projector's query shape, applies the
+//     same upserts in one transaction, writes a checkpoint row and commits.
+//   - No-op handler: against one SELECT streaming the whole log (the raw
+//     global read of the read workload).
+//   - Rebuild: conduit.rebuild_projection on the caught-up upsert projection
+//     while its projector runs, then the replay to caught up.
+//
+// Every run uses a fresh projection name and fresh tables.
+func benchCatchUp(ctx context.Context, srv *server, out *results) error {
+	o := srv.opts
+	db, err := srv.logDB(ctx)
+	if err != nil {
+		return err
+	}
+	// The projector's batches, WaitFor's checkpoint reads, and the baseline's
+	// transaction; the listener has its own connection.
+	pool, err := db.pool(ctx, 3)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS bench.checkpoints (
+		name text PRIMARY KEY, transaction_id bigint NOT NULL, global_position bigint NOT NULL)`); err != nil {
+		return err
+	}
+	store, err := conduit.NewStore(pool, nil)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	c := &catchUp{srv: srv, pool: pool, store: store, events: o.readEvents, last: srv.lastPosition}
+
+	// No-op handler: a few seconds per run.
+	noop := []variant{
+		c.projectorVariant("conduit projector, no-op handler", false, conduit.BatchSizeDefault),
+		rawReadVariant("raw global read", pool, o.readEvents, `SELECT `+rawColumns+`
+			FROM conduit.events e ORDER BY e.transaction_id, e.global_position`),
+	}
+	if o.diagnose {
+		noop = append(noop,
+			c.projectorVariant("conduit projector, no-op handler, BatchSize 10000", false, 10_000),
+			c.loopVariant("hand-written loop: page, checkpoint row, commit (no upserts)", false, conduit.BatchSizeDefault))
+	}
+	st, err := compare(ctx, o, "catch-up, no-op handler", 1, 0, noop...)
+	if err != nil {
+		return err
+	}
+	noopRow := row{group: "Projector catch-up", name: fmt.Sprintf("%s events, no-op handler", rate(float64(o.readEvents))),
+		baseline: "raw global read: one SELECT … ORDER BY (transaction_id, global_position) streaming every row",
+		conduit:  st[0], raw: st[1], target: 0.5}
+	for i := 2; i < len(noop); i++ {
+		noopRow.diagnostics = append(noopRow.diagnostics, diagnostic{noop[i].name, st[i]})
+	}
+
+	// Upsert handler: a minute or more per run, so no warm-up run (the log
+	// was just read in full) and fewer runs.
+	upsert := []variant{
+		c.projectorVariant("conduit projector, upsert handler", true, conduit.BatchSizeDefault),
+		c.loopVariant("hand-written loop", true, conduit.BatchSizeDefault),
+	}
+	uo := o
+	uo.warmup, uo.runs = 0, o.catchUpRuns
+	st, err = compare(ctx, uo, "catch-up, upsert handler", 1, 0, upsert...)
+	if err != nil {
+		return err
+	}
+	upsertRow := row{group: "Projector catch-up", name: fmt.Sprintf("%s events, upsert handler", rate(float64(o.readEvents))),
+		baseline: "hand-written pgx loop: page of 1000 events below the safe horizon (the projector's query shape), " +
+			"the same upserts and a checkpoint row in one transaction",
+		conduit: st[0], raw: st[1], target: 0.8, runs: uo.runs}
+	noopRow.runs = o.runs
+	out.rows = append(out.rows, upsertRow, noopRow)
+
+	// Rebuild the last upsert projection, which is caught up.
+	rebuilds, err := c.rebuilds(ctx, o.rebuildRuns)
+	if err != nil {
+		return err
+	}
+	out.timings = append(out.timings, timingRow{
+		name:   fmt.Sprintf("rebuild of the upsert projection over %s events", rate(float64(o.readEvents))),
+		events: o.readEvents, elapsed: rebuilds})
+	return nil
+}
+
+// The columns as Conduit's queries read them. ORDER BY names the table's
+// columns (e.…): the output column transaction_id is the bigint cast.
+const rawColumns = `e.global_position, e.transaction_id::text::bigint AS transaction_id, e.stream_id,
+		e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at`
+
+// pageQuery is the projector's page query (EventListForProjection with no
+// type filter, which is EventListAll): the events after a position, below
+// the safe horizon, in log order.
+const pageQuery = `SELECT ` + rawColumns + `
+	  FROM conduit.events e
+	 WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
+	   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+	 ORDER BY e.transaction_id, e.global_position
+	 LIMIT $3`
+
+type catchUp struct {
+	srv    *server
+	pool   *pgxpool.Pool
+	store  *conduit.Store
+	events int
+	last   conduit.Position
+
+	lastUpsert *benchProjection // the last conduit upsert projection, caught up
+}
+
+// benchProjection is the projection under test: an upsert per event into
+// its read table, or nothing.
+type benchProjection struct {
+	name, table string
+	upsert      bool
+	sql         string
+}
+
+func newBenchProjection(name string, upsert bool) *benchProjection {
+	p := &benchProjection{name: name, upsert: upsert}
+	if upsert {
+		p.table = "bench." + name
+		p.sql = `INSERT INTO ` + p.table + ` AS t (stream_id, events) VALUES ($1, 1)
+			ON CONFLICT (stream_id) DO UPDATE SET events = t.events + 1`
+	}
+	return p
+}
+
+func (p *benchProjection) Name() string { return p.name }
+
+func (p *benchProjection) ReadTables() []string {
+	if p.table == "" {
+		return nil
+	}
+	return []string{p.table}
+}
+
+func (p *benchProjection) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
+	if !p.upsert {
+		return nil
+	}
+	_, err := tx.Exec(ctx, p.sql, e.StreamID)
+	return err
+}
+
+// prepare makes the read table, dropping a leftover one.
+func (p *benchProjection) prepare(ctx context.Context, pool *pgxpool.Pool) error {
+	if p.table == "" {
+		return nil
+	}
+	_, err := pool.Exec(ctx, `DROP TABLE IF EXISTS `+p.table+`;
+		CREATE TABLE `+p.table+` (stream_id text PRIMARY KEY, events bigint NOT NULL)`)
+	return err
+}
+
+// check verifies that the read table counts every event once.
+func (p *benchProjection) check(ctx context.Context, pool *pgxpool.Pool, want int) error {
+	if p.table == "" {
+		return nil
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT COALESCE(sum(events), 0) FROM `+p.table).Scan(&n); err != nil {
+		return err
+	}
+	if n != want {
+		return fmt.Errorf("%s: read table counts %d events, want %d", p.name, n, want)
+	}
+	return nil
+}
+
+// dropOld drops a previous run's read table, keeping the database small.
+func (c *catchUp) dropOld(ctx context.Context, p *benchProjection) {
+	if p != nil && p.table != "" {
+		if _, err := c.pool.Exec(ctx, `DROP TABLE IF EXISTS `+p.table); err != nil {
+			log.Printf("drop %s: %v", p.table, err)
+		}
+	}
+}
+
+// projectorVariant times a new projector from Run to caught up (its
+// checkpoint at the log's last event, seen through Store.WaitFor).
+func (c *catchUp) projectorVariant(name string, upsert bool, batchSize int) variant {
+	kind := "noop"
+	if upsert {
+		kind = "upsert"
+	}
+	var prev *benchProjection
+	return variant{name: name, start: func(ctx context.Context, run string, _ int) ([]func(context.Context) (int, error), error) {
+		if prev != c.lastUpsert {
+			c.dropOld(ctx, prev) // kept for the rebuilds while it is the last
+		}
+		p := newBenchProjection(fmt.Sprintf("cu_%s_%d_%s", kind, batchSize, run), upsert)
+		if err := p.prepare(ctx, c.pool); err != nil {
+			return nil, err
+		}
+		prev = p
+		return []func(context.Context) (int, error){func(ctx context.Context) (int, error) {
+			pr, err := conduit.NewProjector(c.store, p, &conduit.ProjectorConfig{BatchSize: batchSize})
+			if err != nil {
+				return 0, err
+			}
+			stop, err := runProjector(ctx, pr)
+			if err != nil {
+				return 0, err
+			}
+			err = c.waitCaughtUp(ctx, p.name)
+			if serr := stop(); err == nil {
+				err = serr
+			}
+			if err != nil {
+				return 0, err
+			}
+			if upsert && batchSize == conduit.BatchSizeDefault {
+				if old := c.lastUpsert; old != nil && old != p {
+					c.dropOld(ctx, old)
+				}
+				c.lastUpsert = p
+			}
+			return c.events, p.check(ctx, c.pool, c.events)
+		}}, nil
+	}}
+}
+
+// runProjector starts pr.Run and returns a func that stops it and returns
+// Run's error.
+func runProjector(ctx context.Context, pr *conduit.Projector) (stop func() error, err error) {
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pr.Run(runCtx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}, nil
+}
+
+// waitCaughtUp waits until the projection has passed the log's last event,
+// with a generous deadline (a stuck projector fails the run, not the
+// machine's patience).
+func (c *catchUp) waitCaughtUp(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	return c.store.WaitFor(ctx, name, c.last)
+}
+
+// loopVariant is the hand-written baseline: per transaction, one page of
+// batchSize events below the safe horizon, the upserts (if any), a
+// checkpoint row; until a short page.
+func (c *catchUp) loopVariant(name string, upsert bool, batchSize int) variant {
+	var prev *benchProjection
+	return variant{name: name, start: func(ctx context.Context, run string, _ int) ([]func(context.Context) (int, error), error) {
+		c.dropOld(ctx, prev)
+		kind := "noop"
+		if upsert {
+			kind = "upsert"
+		}
+		p := newBenchProjection(fmt.Sprintf("raw_%s_%s", kind, run), upsert)
+		if err := p.prepare(ctx, c.pool); err != nil {
+			return nil, err
+		}
+		prev = p
+		return []func(context.Context) (int, error){func(ctx context.Context) (int, error) {
+			var after conduit.Position
+			total := 0
+			for {
+				n := 0
+				err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+					rows, err := tx.Query(ctx, pageQuery, int64(after.TransactionID), after.GlobalPosition, batchSize)
+					if err != nil {
+						return err
+					}
+					events, err := pgx.CollectRows(rows, scanEvent)
+					if err != nil {
+						return err
+					}
+					for _, e := range events {
+						if err := p.Apply(ctx, tx, e); err != nil {
+							return err
+						}
+					}
+					if n = len(events); n > 0 {
+						after = events[n-1].Position
+					}
+					_, err = tx.Exec(ctx, `INSERT INTO bench.checkpoints AS c VALUES ($1, $2, $3)
+						ON CONFLICT (name) DO UPDATE SET transaction_id = $2, global_position = $3`,
+						p.name, int64(after.TransactionID), after.GlobalPosition)
+					return err
+				})
+				if err != nil {
+					return 0, err
+				}
+				total += n
+				if n < batchSize {
+					break
+				}
+			}
+			if total != c.events {
+				return 0, fmt.Errorf("%s: applied %d events, want %d", name, total, c.events)
+			}
+			return total, p.check(ctx, c.pool, c.events)
+		}}, nil
+	}}
+}
+
+func scanEvent(row pgx.CollectableRow) (conduit.Event, error) {
+	var e conduit.Event
+	err := row.Scan(&e.Position.GlobalPosition, &e.Position.TransactionID, &e.StreamID, &e.StreamVersion,
+		&e.ID, &e.Type, &e.Data, &e.Metadata, &e.RecordedAt)
+	return e, err
+}
+
+// rebuilds times runs rebuilds of the last upsert projection: while its
+// projector runs, RebuildProjection (conduit.rebuild_projection: truncate
+// the read table, reset the checkpoint) and the replay to caught up.
+func (c *catchUp) rebuilds(ctx context.Context, runs int) ([]time.Duration, error) {
+	p := c.lastUpsert
+	if p == nil {
+		return nil, errors.New("rebuild: no caught-up upsert projection")
+	}
+	defer c.dropOld(ctx, p)
+	pr, err := conduit.NewProjector(c.store, p, nil)
+	if err != nil {
+		return nil, err
+	}
+	stop, err := runProjector(ctx, pr)
+	if err != nil {
+		return nil, err
+	}
+	var out []time.Duration
+	for i := range runs {
+		begin := time.Now()
+		err = c.store.RebuildProjection(ctx, p.name)
+		if err == nil {
+			err = c.waitCaughtUp(ctx, p.name)
+		}
+		if err != nil {
+			break
+		}
+		d := time.Since(begin)
+		if err = p.check(ctx, c.pool, c.events); err != nil {
+			break
+		}
+		out = append(out, d)
+		log.Printf("rebuild %d: %s (%.0f events/s)", i+1, d.Round(time.Millisecond), float64(c.events)/d.Seconds())
+	}
+	if serr := stop(); err == nil {
+		err = serr
+	}
+	return out, err
+}
