@@ -342,12 +342,7 @@ func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 		}
 	}
 	if len(fast) > 0 {
-		rows := make([]dbgen.EventAppendRow, len(fast))
-		for i, r := range fast {
-			rows[i] = dbgen.EventAppendRow{Status: "ok", StreamVersion: r.StreamVersion,
-				TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
-		}
-		return storedEvents(a, rows)
+		return storedEvents(a, fast, false)
 	}
 	rows, err := q.EventAppend(ctx, p)
 	if err != nil {
@@ -359,7 +354,12 @@ func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 	first := rows[0]
 	switch first.Status {
 	case "ok", "duplicate":
-		return storedEvents(a, rows)
+		stored := make([]dbgen.EventAppendFastRow, len(rows))
+		for i, r := range rows {
+			stored[i] = dbgen.EventAppendFastRow{StreamVersion: r.StreamVersion,
+				TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
+		}
+		return storedEvents(a, stored, first.Status == "duplicate")
 	case "version_conflict":
 		return AppendResult{}, nil, &VersionConflictError{StreamID: p.StreamID, Expected: expected, Actual: first.StreamVersion}
 	case "event_id_conflict":
@@ -371,8 +371,8 @@ func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 }
 
 // storedEvents builds the result and the stored events from one row per
-// event.
-func storedEvents(a appendArgs, rows []dbgen.EventAppendRow) (AppendResult, []Event, error) {
+// event; duplicate marks an idempotent retry.
+func storedEvents(a appendArgs, rows []dbgen.EventAppendFastRow, duplicate bool) (AppendResult, []Event, error) {
 	if len(rows) != len(a.ids) {
 		return AppendResult{}, nil, fmt.Errorf("conduit: append returned %d rows for %d events", len(rows), len(a.ids))
 	}
@@ -381,14 +381,14 @@ func storedEvents(a appendArgs, rows []dbgen.EventAppendRow) (AppendResult, []Ev
 		stored[i] = Event{
 			StreamID:      a.StreamID,
 			StreamVersion: r.StreamVersion,
-			Position:      Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+			Position:      Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition},
 			ID:            a.ids[i],
 			Type:          a.Types[i],
 			RecordedAt:    r.RecordedAt,
 		}
 	}
 	last := stored[len(stored)-1]
-	return AppendResult{Version: last.StreamVersion, Position: last.Position, Duplicate: rows[0].Status == "duplicate"}, stored, nil
+	return AppendResult{Version: last.StreamVersion, Position: last.Position, Duplicate: duplicate}, stored, nil
 }
 
 // withData fills stored events' data and metadata from the input.
@@ -483,7 +483,7 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int
 				return
 			}
 			for _, r := range rows {
-				if !yield(eventFromRow(dbgen.EventListAllRow(r)), nil) {
+				if !yield(eventFromRow(dbgen.ConduitEvent(r)), nil) {
 					return
 				}
 			}
@@ -525,9 +525,9 @@ func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, er
 	}
 }
 
-func (s *Store) readAllPage(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]dbgen.EventListAllRow, error) {
+func (s *Store) readAllPage(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]dbgen.ConduitEvent, error) {
 	rows, err := q.EventListAll(ctx, dbgen.EventListAllParams{
-		AfterTx: int64(after.TransactionID), AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+		AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("conduit: read all after %s: %w", after, err)
@@ -535,11 +535,11 @@ func (s *Store) readAllPage(ctx context.Context, q *dbgen.Queries, after Positio
 	return rows, nil
 }
 
-func eventFromRow(r dbgen.EventListAllRow) Event {
+func eventFromRow(r dbgen.ConduitEvent) Event {
 	return Event{
 		StreamID:      r.StreamID,
 		StreamVersion: r.StreamVersion,
-		Position:      Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+		Position:      Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition},
 		ID:            r.EventID,
 		Type:          r.EventType,
 		Data:          r.Data,

@@ -216,7 +216,7 @@ func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEv
 	for i, r := range rows {
 		out[i] = ParkedEvent{
 			Projection: r.Projection, EventID: r.EventID,
-			Position: Position{TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition},
+			Position: Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition},
 			StreamID: r.StreamID, StreamVersion: r.StreamVersion, Type: r.EventType, Error: r.Error,
 			Attempts: int(r.Attempts), Status: r.Status, ParkedAt: r.ParkedAt, Updated: r.UpdatedAt,
 		}

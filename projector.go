@@ -358,7 +358,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 		if err != nil {
 			return err
 		}
-		checkpoint := Position{TransactionID: uint64(row.CheckpointTx), GlobalPosition: row.CheckpointPosition}
+		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
 		applied := int64(0)
 
 		if park != nil {
@@ -370,7 +370,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 				return nil // moved on meanwhile (a rebuild?); nothing to park
 			}
 			if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-				Projection: p.name, EventID: park.event.ID, TransactionID: int64(park.event.Position.TransactionID),
+				Projection: p.name, EventID: park.event.ID, TransactionID: park.event.Position.TransactionID,
 				GlobalPosition: park.event.Position.GlobalPosition, StreamID: park.event.StreamID,
 				StreamVersion: park.event.StreamVersion, EventType: park.event.Type,
 				Error: park.err.Error(), Attempts: int32(p.cfg.MaxAttempts),
@@ -405,7 +405,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 		res.caughtUp = len(events) < limit
 		if res.caughtUp {
 			held, err := q.EventExistsAfter(ctx, dbgen.EventExistsAfterParams{
-				AfterTx: int64(checkpoint.TransactionID), AfterPosition: checkpoint.GlobalPosition,
+				AfterTx: checkpoint.TransactionID, AfterPosition: checkpoint.GlobalPosition,
 			})
 			if err != nil {
 				return err
@@ -422,7 +422,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 
 func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) error {
 	return q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
-		CheckpointTx: int64(cp.TransactionID), CheckpointPosition: cp.GlobalPosition,
+		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
 		Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 	})
@@ -434,14 +434,14 @@ func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Posit
 		types = []string{} // all
 	}
 	rows, err := q.EventListForProjection(ctx, dbgen.EventListForProjectionParams{
-		Types: types, AfterTx: int64(after.TransactionID), AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
 	})
 	if err != nil {
 		return nil, err
 	}
 	events := make([]Event, len(rows))
 	for i, r := range rows {
-		events[i] = eventFromRow(dbgen.EventListAllRow(r))
+		events[i] = eventFromRow(dbgen.ConduitEvent(r))
 	}
 	return events, nil
 }
@@ -459,7 +459,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		return err
 	}
 	for _, r := range rows {
-		e := eventFromRow(dbgen.EventListAllRow(r))
+		e := eventFromRow(dbgen.ConduitEvent(r))
 		sp, err := tx.Begin(ctx)
 		if err != nil {
 			return err
@@ -482,7 +482,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 			return applyErr
 		}
 		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-			Projection: p.name, EventID: e.ID, TransactionID: int64(e.Position.TransactionID),
+			Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
 			GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
 			EventType: e.Type, Error: applyErr.Error(), Attempts: 1,
 		}); err != nil {

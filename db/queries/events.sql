@@ -48,7 +48,7 @@ SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
-RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at;
 
 -- name: EventAppendOne :one
 -- EventAppendFast for a single event, with scalar parameters: no arrays to
@@ -74,11 +74,11 @@ SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uu
    AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = sqlc.arg(event_id)::text::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
-RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at;
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at;
 
 -- name: EventListByStream :many
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
   FROM conduit.events
  WHERE stream_id = sqlc.arg(stream_id)
@@ -91,10 +91,10 @@ SELECT global_position,
 -- statement (one snapshot): rows of transactions still running, or of
 -- transactions older than one still running, are never returned.
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
   FROM conduit.events e
- WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
+ WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.
@@ -121,7 +121,7 @@ SELECT conduit.abort_transaction(sqlc.arg(reason)::text);
 SELECT EXISTS (
     SELECT 1
       FROM conduit.events e
-     WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
+     WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
 ) AS found;
 
 -- name: EventLocate :one

@@ -1,7 +1,7 @@
 -- name: ParkedEventInsert :exec
 INSERT INTO conduit.parked_events
        (projection, event_id, transaction_id, global_position, stream_id, stream_version, event_type, error, attempts)
-VALUES (sqlc.arg(projection), sqlc.arg(event_id), sqlc.arg(transaction_id)::bigint::text::xid8,
+VALUES (sqlc.arg(projection), sqlc.arg(event_id), sqlc.arg(transaction_id)::xid8,
         sqlc.arg(global_position), sqlc.arg(stream_id), sqlc.arg(stream_version), sqlc.arg(event_type),
         sqlc.arg(error), sqlc.arg(attempts))
 ON CONFLICT (projection, event_id) DO UPDATE
@@ -9,7 +9,7 @@ ON CONFLICT (projection, event_id) DO UPDATE
        updated_at = now();
 
 -- name: ParkedEventList :many
-SELECT projection, event_id, transaction_id::text::bigint AS transaction_id, global_position,
+SELECT projection, event_id, transaction_id, global_position,
        stream_id, stream_version, event_type, error, attempts, status, parked_at, updated_at
   FROM conduit.parked_events pe
  WHERE pe.projection = sqlc.arg(projection)
@@ -17,7 +17,7 @@ SELECT projection, event_id, transaction_id::text::bigint AS transaction_id, glo
 
 -- name: ParkedEventRetryList :many
 -- Parked events asked to be retried, with their data, for the active batch.
-SELECT e.global_position, e.transaction_id::text::bigint AS transaction_id,
+SELECT e.global_position, e.transaction_id,
        e.stream_id, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at
   FROM conduit.parked_events pe
   JOIN conduit.events e ON e.event_id = pe.event_id

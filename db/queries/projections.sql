@@ -39,7 +39,7 @@ UPDATE conduit.projections
 -- name: ProjectionLockForBatch :one
 -- Starts a batch: locks the row (a rebuild or a lease takeover waits for the
 -- batch) and checks the lease. No row means the lease was lost.
-SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
+SELECT checkpoint_tx, checkpoint_position
   FROM conduit.projections
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
    AND lease_expires_at > now()
@@ -49,7 +49,7 @@ SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
 -- Ends a batch, in its transaction: the checkpoint, the renewed lease and
 -- the state. A rebuild's replay is over once the projection is caught up.
 UPDATE conduit.projections
-   SET checkpoint_tx = sqlc.arg(checkpoint_tx)::bigint::text::xid8,
+   SET checkpoint_tx = sqlc.arg(checkpoint_tx)::xid8,
        checkpoint_position = sqlc.arg(checkpoint_position),
        lease_expires_at = now() + make_interval(secs => sqlc.arg(lease_seconds)::double precision),
        events_applied = events_applied + sqlc.arg(applied)::bigint,
@@ -69,7 +69,7 @@ UPDATE conduit.projections
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
 
 -- name: ProjectionCheckpointGet :one
-SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
+SELECT checkpoint_tx, checkpoint_position
   FROM conduit.projections
  WHERE name = sqlc.arg(name);
 
@@ -104,7 +104,7 @@ SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xi
 -- handles (all when types is empty), so the others cost no transfer but
 -- still advance the checkpoint.
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type,
        (CASE WHEN cardinality(sqlc.arg(types)::text[]) = 0 OR event_type = ANY (sqlc.arg(types)::text[])
              THEN data END)::jsonb AS data,
@@ -112,7 +112,7 @@ SELECT global_position,
              THEN metadata END)::jsonb AS metadata,
        recorded_at
   FROM conduit.events e
- WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::bigint::text::xid8, sqlc.arg(after_position)::bigint)
+ WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.

@@ -7,7 +7,6 @@ package dbgen
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -109,7 +108,7 @@ SELECT $1::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($2::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
-RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 `
 
 type EventAppendFastParams struct {
@@ -123,7 +122,7 @@ type EventAppendFastParams struct {
 
 type EventAppendFastRow struct {
 	StreamVersion  int64
-	TransactionID  int64
+	TransactionID  uint64
 	GlobalPosition int64
 	RecordedAt     time.Time
 }
@@ -189,7 +188,7 @@ SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
    AND ($6::bigint >= 0 OR $6::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
-RETURNING e.stream_version, e.transaction_id::text::bigint AS transaction_id, e.global_position, e.recorded_at
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 `
 
 type EventAppendOneParams struct {
@@ -203,7 +202,7 @@ type EventAppendOneParams struct {
 
 type EventAppendOneRow struct {
 	StreamVersion  int64
-	TransactionID  int64
+	TransactionID  uint64
 	GlobalPosition int64
 	RecordedAt     time.Time
 }
@@ -233,12 +232,12 @@ const eventExistsAfter = `-- name: EventExistsAfter :one
 SELECT EXISTS (
     SELECT 1
       FROM conduit.events e
-     WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
+     WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)
 ) AS found
 `
 
 type EventExistsAfterParams struct {
-	AfterTx       int64
+	AfterTx       uint64
 	AfterPosition int64
 }
 
@@ -257,10 +256,10 @@ func (q *Queries) EventExistsAfter(ctx context.Context, arg EventExistsAfterPara
 
 const eventListAll = `-- name: EventListAll :many
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
   FROM conduit.events e
- WHERE (e.transaction_id, e.global_position) > ($1::bigint::text::xid8, $2::bigint)
+ WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.
@@ -269,35 +268,23 @@ SELECT global_position,
 `
 
 type EventListAllParams struct {
-	AfterTx       int64
+	AfterTx       uint64
 	AfterPosition int64
 	MaxCount      int32
-}
-
-type EventListAllRow struct {
-	GlobalPosition int64
-	TransactionID  int64
-	StreamID       string
-	StreamVersion  int64
-	EventID        uuid.UUID
-	EventType      string
-	Data           json.RawMessage
-	Metadata       json.RawMessage
-	RecordedAt     time.Time
 }
 
 // Reads the global log after a position, below the safe horizon, in one
 // statement (one snapshot): rows of transactions still running, or of
 // transactions older than one still running, are never returned.
-func (q *Queries) EventListAll(ctx context.Context, arg EventListAllParams) ([]EventListAllRow, error) {
+func (q *Queries) EventListAll(ctx context.Context, arg EventListAllParams) ([]ConduitEvent, error) {
 	rows, err := q.db.Query(ctx, eventListAll, arg.AfterTx, arg.AfterPosition, arg.MaxCount)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []EventListAllRow
+	var items []ConduitEvent
 	for rows.Next() {
-		var i EventListAllRow
+		var i ConduitEvent
 		if err := rows.Scan(
 			&i.GlobalPosition,
 			&i.TransactionID,
@@ -321,7 +308,7 @@ func (q *Queries) EventListAll(ctx context.Context, arg EventListAllParams) ([]E
 
 const eventListByStream = `-- name: EventListByStream :many
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type, data, metadata, recorded_at
   FROM conduit.events
  WHERE stream_id = $1
@@ -336,27 +323,15 @@ type EventListByStreamParams struct {
 	MaxCount    int32
 }
 
-type EventListByStreamRow struct {
-	GlobalPosition int64
-	TransactionID  int64
-	StreamID       string
-	StreamVersion  int64
-	EventID        uuid.UUID
-	EventType      string
-	Data           json.RawMessage
-	Metadata       json.RawMessage
-	RecordedAt     time.Time
-}
-
-func (q *Queries) EventListByStream(ctx context.Context, arg EventListByStreamParams) ([]EventListByStreamRow, error) {
+func (q *Queries) EventListByStream(ctx context.Context, arg EventListByStreamParams) ([]ConduitEvent, error) {
 	rows, err := q.db.Query(ctx, eventListByStream, arg.StreamID, arg.FromVersion, arg.MaxCount)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []EventListByStreamRow
+	var items []ConduitEvent
 	for rows.Next() {
-		var i EventListByStreamRow
+		var i ConduitEvent
 		if err := rows.Scan(
 			&i.GlobalPosition,
 			&i.TransactionID,

@@ -15,7 +15,7 @@ import (
 // Conduit event log. Append with conduit.append_to_stream; rows are immutable. Read the global log in (transaction_id, global_position) order below pg_snapshot_xmin(pg_current_snapshot()).
 type ConduitEvent struct {
 	GlobalPosition int64
-	TransactionID  pgtype.Uint64
+	TransactionID  uint64
 	StreamID       string
 	StreamVersion  int64
 	EventID        uuid.UUID
@@ -28,7 +28,7 @@ type ConduitEvent struct {
 type ConduitParkedEvent struct {
 	Projection     string
 	EventID        uuid.UUID
-	TransactionID  pgtype.Uint64
+	TransactionID  uint64
 	GlobalPosition int64
 	StreamID       string
 	StreamVersion  int64
@@ -42,7 +42,7 @@ type ConduitParkedEvent struct {
 
 type ConduitProjection struct {
 	Name               string
-	CheckpointTx       pgtype.Uint64
+	CheckpointTx       uint64
 	CheckpointPosition int64
 	Owner              pgtype.Text
 	Epoch              int64

@@ -7,8 +7,6 @@ package dbgen
 
 import (
 	"context"
-	"encoding/json"
-	"time"
 
 	"github.com/google/uuid"
 )
@@ -30,7 +28,7 @@ func (q *Queries) ParkedEventDelete(ctx context.Context, arg ParkedEventDeletePa
 const parkedEventInsert = `-- name: ParkedEventInsert :exec
 INSERT INTO conduit.parked_events
        (projection, event_id, transaction_id, global_position, stream_id, stream_version, event_type, error, attempts)
-VALUES ($1, $2, $3::bigint::text::xid8,
+VALUES ($1, $2, $3::xid8,
         $4, $5, $6, $7,
         $8, $9)
 ON CONFLICT (projection, event_id) DO UPDATE
@@ -41,7 +39,7 @@ ON CONFLICT (projection, event_id) DO UPDATE
 type ParkedEventInsertParams struct {
 	Projection     string
 	EventID        uuid.UUID
-	TransactionID  int64
+	TransactionID  uint64
 	GlobalPosition int64
 	StreamID       string
 	StreamVersion  int64
@@ -66,37 +64,22 @@ func (q *Queries) ParkedEventInsert(ctx context.Context, arg ParkedEventInsertPa
 }
 
 const parkedEventList = `-- name: ParkedEventList :many
-SELECT projection, event_id, transaction_id::text::bigint AS transaction_id, global_position,
+SELECT projection, event_id, transaction_id, global_position,
        stream_id, stream_version, event_type, error, attempts, status, parked_at, updated_at
   FROM conduit.parked_events pe
  WHERE pe.projection = $1
  ORDER BY pe.transaction_id, pe.global_position
 `
 
-type ParkedEventListRow struct {
-	Projection     string
-	EventID        uuid.UUID
-	TransactionID  int64
-	GlobalPosition int64
-	StreamID       string
-	StreamVersion  int64
-	EventType      string
-	Error          string
-	Attempts       int32
-	Status         string
-	ParkedAt       time.Time
-	UpdatedAt      time.Time
-}
-
-func (q *Queries) ParkedEventList(ctx context.Context, projection string) ([]ParkedEventListRow, error) {
+func (q *Queries) ParkedEventList(ctx context.Context, projection string) ([]ConduitParkedEvent, error) {
 	rows, err := q.db.Query(ctx, parkedEventList, projection)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []ParkedEventListRow
+	var items []ConduitParkedEvent
 	for rows.Next() {
-		var i ParkedEventListRow
+		var i ConduitParkedEvent
 		if err := rows.Scan(
 			&i.Projection,
 			&i.EventID,
@@ -138,7 +121,7 @@ func (q *Queries) ParkedEventRetry(ctx context.Context, arg ParkedEventRetryPara
 }
 
 const parkedEventRetryList = `-- name: ParkedEventRetryList :many
-SELECT e.global_position, e.transaction_id::text::bigint AS transaction_id,
+SELECT e.global_position, e.transaction_id,
        e.stream_id, e.stream_version, e.event_id, e.event_type, e.data, e.metadata, e.recorded_at
   FROM conduit.parked_events pe
   JOIN conduit.events e ON e.event_id = pe.event_id
@@ -146,28 +129,16 @@ SELECT e.global_position, e.transaction_id::text::bigint AS transaction_id,
  ORDER BY e.transaction_id, e.global_position
 `
 
-type ParkedEventRetryListRow struct {
-	GlobalPosition int64
-	TransactionID  int64
-	StreamID       string
-	StreamVersion  int64
-	EventID        uuid.UUID
-	EventType      string
-	Data           json.RawMessage
-	Metadata       json.RawMessage
-	RecordedAt     time.Time
-}
-
 // Parked events asked to be retried, with their data, for the active batch.
-func (q *Queries) ParkedEventRetryList(ctx context.Context, projection string) ([]ParkedEventRetryListRow, error) {
+func (q *Queries) ParkedEventRetryList(ctx context.Context, projection string) ([]ConduitEvent, error) {
 	rows, err := q.db.Query(ctx, parkedEventRetryList, projection)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []ParkedEventRetryListRow
+	var items []ConduitEvent
 	for rows.Next() {
-		var i ParkedEventRetryListRow
+		var i ConduitEvent
 		if err := rows.Scan(
 			&i.GlobalPosition,
 			&i.TransactionID,

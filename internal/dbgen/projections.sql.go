@@ -27,7 +27,7 @@ func (q *Queries) BatchTimeoutSet(ctx context.Context, timeout string) error {
 
 const eventListForProjection = `-- name: EventListForProjection :many
 SELECT global_position,
-       transaction_id::text::bigint AS transaction_id,
+       transaction_id,
        stream_id, stream_version, event_id, event_type,
        (CASE WHEN cardinality($1::text[]) = 0 OR event_type = ANY ($1::text[])
              THEN data END)::jsonb AS data,
@@ -35,7 +35,7 @@ SELECT global_position,
              THEN metadata END)::jsonb AS metadata,
        recorded_at
   FROM conduit.events e
- WHERE (e.transaction_id, e.global_position) > ($2::bigint::text::xid8, $3::bigint)
+ WHERE (e.transaction_id, e.global_position) > ($2::xid8, $3::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.
@@ -45,14 +45,14 @@ SELECT global_position,
 
 type EventListForProjectionParams struct {
 	Types         []string
-	AfterTx       int64
+	AfterTx       uint64
 	AfterPosition int64
 	MaxCount      int32
 }
 
 type EventListForProjectionRow struct {
 	GlobalPosition int64
-	TransactionID  int64
+	TransactionID  uint64
 	StreamID       string
 	StreamVersion  int64
 	EventID        uuid.UUID
@@ -152,13 +152,13 @@ func (q *Queries) ProjectionAcquire(ctx context.Context, arg ProjectionAcquirePa
 }
 
 const projectionCheckpointGet = `-- name: ProjectionCheckpointGet :one
-SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
+SELECT checkpoint_tx, checkpoint_position
   FROM conduit.projections
  WHERE name = $1
 `
 
 type ProjectionCheckpointGetRow struct {
-	CheckpointTx       int64
+	CheckpointTx       uint64
 	CheckpointPosition int64
 }
 
@@ -171,7 +171,7 @@ func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (Pro
 
 const projectionCheckpointSave = `-- name: ProjectionCheckpointSave :exec
 UPDATE conduit.projections
-   SET checkpoint_tx = $1::bigint::text::xid8,
+   SET checkpoint_tx = $1::xid8,
        checkpoint_position = $2,
        lease_expires_at = now() + make_interval(secs => $3::double precision),
        events_applied = events_applied + $4::bigint,
@@ -185,7 +185,7 @@ UPDATE conduit.projections
 `
 
 type ProjectionCheckpointSaveParams struct {
-	CheckpointTx       int64
+	CheckpointTx       uint64
 	CheckpointPosition int64
 	LeaseSeconds       float64
 	Applied            int64
@@ -212,7 +212,7 @@ func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCh
 }
 
 const projectionLockForBatch = `-- name: ProjectionLockForBatch :one
-SELECT checkpoint_tx::text::bigint AS checkpoint_tx, checkpoint_position
+SELECT checkpoint_tx, checkpoint_position
   FROM conduit.projections
  WHERE name = $1 AND owner = $2::text AND epoch = $3
    AND lease_expires_at > now()
@@ -226,7 +226,7 @@ type ProjectionLockForBatchParams struct {
 }
 
 type ProjectionLockForBatchRow struct {
-	CheckpointTx       int64
+	CheckpointTx       uint64
 	CheckpointPosition int64
 }
 
