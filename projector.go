@@ -348,10 +348,10 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 	var res batchResult
 	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		q := p.store.queries.WithTx(tx)
-		if err := q.BatchTimeoutSet(ctx, strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10)); err != nil {
-			return err
-		}
-		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch})
+		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
+			IdleTimeout: strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10),
+			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
 		}
@@ -380,11 +380,14 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			p.log.Warn("conduit: parked poison event", slog.String("event_id", park.event.ID.String()),
 				slog.String("stream", park.event.StreamID), slog.Int64("version", park.event.StreamVersion),
 				slog.Any("error", park.err))
-			return p.saveCheckpoint(ctx, q, park.event.Position, 0, false)
+			_, err = p.saveCheckpoint(ctx, q, park.event.Position, 0, false)
+			return err
 		}
 
-		if err := p.retryParked(ctx, tx, q); err != nil {
-			return err
+		if row.RetryPending {
+			if err := p.retryParked(ctx, tx, q); err != nil {
+				return err
+			}
 		}
 		events, err := p.readBatch(ctx, q, checkpoint, limit)
 		if err != nil {
@@ -403,16 +406,8 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			checkpoint = e.Position
 		}
 		res.caughtUp = len(events) < limit
-		if res.caughtUp {
-			held, err := q.EventExistsAfter(ctx, dbgen.EventExistsAfterParams{
-				AfterTx: checkpoint.TransactionID, AfterPosition: checkpoint.GlobalPosition,
-			})
-			if err != nil {
-				return err
-			}
-			res.held = held
-		}
-		return p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
+		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
+		return err
 	})
 	if err == nil {
 		p.store.progress.notify(Position{})
@@ -420,12 +415,18 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 	return res, err
 }
 
-func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) error {
-	return q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
+// saveCheckpoint ends a batch; it reports whether the batch caught up yet
+// events follow the checkpoint (see batchResult.held).
+func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) (bool, error) {
+	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
 		Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, errLeaseLost
+	}
+	return eventsAfter, err
 }
 
 func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {

@@ -111,19 +111,6 @@ SELECT COALESCE((SELECT stream_version
 -- name: TransactionAbort :exec
 SELECT conduit.abort_transaction(sqlc.arg(reason)::text);
 
--- name: EventExistsAfter :one
--- Whether committed events exist after the position. A reader that read
--- everything below the safe horizon and still finds some knows they wait
--- behind the horizon (an older transaction, which may append nothing and so
--- wake nobody, is still open) or have just committed: it looks again soon
--- rather than at its next poll. (Testing the horizon here instead would race
--- with the read, which took its own snapshot.)
-SELECT EXISTS (
-    SELECT 1
-      FROM conduit.events e
-     WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
-) AS found;
-
 -- name: EventLocate :one
 -- Where an event id is stored, to explain a duplicate id.
 SELECT stream_id, stream_version FROM conduit.events WHERE event_id = sqlc.arg(event_id);

@@ -38,16 +38,27 @@ UPDATE conduit.projections
 
 -- name: ProjectionLockForBatch :one
 -- Starts a batch: locks the row (a rebuild or a lease takeover waits for the
--- batch) and checks the lease. No row means the lease was lost.
-SELECT checkpoint_tx, checkpoint_position
-  FROM conduit.projections
- WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
-   AND lease_expires_at > now()
-   FOR UPDATE;
+-- batch) and checks the lease; no row means the lease was lost. On the way
+-- it bounds the batch's idle time to the lease (a paused owner's connection
+-- is cut, releasing the lock for the next owner) and says whether parked
+-- events wait to be retried.
+SELECT p.checkpoint_tx, p.checkpoint_position,
+       set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_timeout)::text, true) AS idle_timeout,
+       EXISTS (SELECT 1 FROM conduit.parked_events pe
+                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
+  FROM conduit.projections p
+ WHERE p.name = sqlc.arg(name) AND p.owner = sqlc.arg(owner)::text AND p.epoch = sqlc.arg(epoch)
+   AND p.lease_expires_at > now()
+   FOR UPDATE OF p;
 
--- name: ProjectionCheckpointSave :exec
+-- name: ProjectionCheckpointSave :one
 -- Ends a batch, in its transaction: the checkpoint, the renewed lease and
 -- the state. A rebuild's replay is over once the projection is caught up.
+-- events_after: the batch caught up, yet committed events follow the
+-- checkpoint: they wait behind the safe horizon (an older transaction,
+-- which may append nothing and so wake nobody, is still open) or have just
+-- committed, so the projector looks again soon rather than at its next poll.
+-- (Testing the horizon instead would race with the batch's read.)
 UPDATE conduit.projections
    SET checkpoint_tx = sqlc.arg(checkpoint_tx)::xid8,
        checkpoint_position = sqlc.arg(checkpoint_position),
@@ -59,7 +70,11 @@ UPDATE conduit.projections
        rebuild_started_at = CASE WHEN sqlc.arg(caught_up)::boolean THEN NULL ELSE rebuild_started_at END,
        stall_reason = NULL, stalled_event_id = NULL,
        updated_at = now()
- WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
+ WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
+RETURNING (sqlc.arg(caught_up)::boolean AND EXISTS (
+              SELECT 1 FROM conduit.events e
+               WHERE (e.transaction_id, e.global_position) > (sqlc.arg(checkpoint_tx)::xid8, sqlc.arg(checkpoint_position)::bigint)))::boolean
+          AS events_after;
 
 -- name: ProjectionStall :exec
 -- Reports a poison event under the stop policy; the checkpoint stays put.
@@ -128,8 +143,3 @@ SELECT set_config('synchronous_commit', 'off', true), pg_notify('conduit_events'
 
 -- name: ListenEvents :exec
 LISTEN conduit_events;
-
--- name: BatchTimeoutSet :exec
--- A batch's transaction may not sit idle longer than the lease: a paused
--- owner's connection is cut, releasing the row lock for the next owner.
-SELECT set_config('idle_in_transaction_session_timeout', sqlc.arg(timeout)::text, true);

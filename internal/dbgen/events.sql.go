@@ -228,32 +228,6 @@ func (q *Queries) EventAppendOne(ctx context.Context, arg EventAppendOneParams) 
 	return i, err
 }
 
-const eventExistsAfter = `-- name: EventExistsAfter :one
-SELECT EXISTS (
-    SELECT 1
-      FROM conduit.events e
-     WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)
-) AS found
-`
-
-type EventExistsAfterParams struct {
-	AfterTx       uint64
-	AfterPosition int64
-}
-
-// Whether committed events exist after the position. A reader that read
-// everything below the safe horizon and still finds some knows they wait
-// behind the horizon (an older transaction, which may append nothing and so
-// wake nobody, is still open) or have just committed: it looks again soon
-// rather than at its next poll. (Testing the horizon here instead would race
-// with the read, which took its own snapshot.)
-func (q *Queries) EventExistsAfter(ctx context.Context, arg EventExistsAfterParams) (bool, error) {
-	row := q.db.QueryRow(ctx, eventExistsAfter, arg.AfterTx, arg.AfterPosition)
-	var found bool
-	err := row.Scan(&found)
-	return found, err
-}
-
 const eventListAll = `-- name: EventListAll :many
 SELECT global_position,
        transaction_id,

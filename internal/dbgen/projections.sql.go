@@ -14,17 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const batchTimeoutSet = `-- name: BatchTimeoutSet :exec
-SELECT set_config('idle_in_transaction_session_timeout', $1::text, true)
-`
-
-// A batch's transaction may not sit idle longer than the lease: a paused
-// owner's connection is cut, releasing the row lock for the next owner.
-func (q *Queries) BatchTimeoutSet(ctx context.Context, timeout string) error {
-	_, err := q.db.Exec(ctx, batchTimeoutSet, timeout)
-	return err
-}
-
 const eventListForProjection = `-- name: EventListForProjection :many
 SELECT global_position,
        transaction_id,
@@ -169,7 +158,7 @@ func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (Pro
 	return i, err
 }
 
-const projectionCheckpointSave = `-- name: ProjectionCheckpointSave :exec
+const projectionCheckpointSave = `-- name: ProjectionCheckpointSave :one
 UPDATE conduit.projections
    SET checkpoint_tx = $1::xid8,
        checkpoint_position = $2,
@@ -182,6 +171,10 @@ UPDATE conduit.projections
        stall_reason = NULL, stalled_event_id = NULL,
        updated_at = now()
  WHERE name = $6 AND owner = $7::text AND epoch = $8
+RETURNING ($5::boolean AND EXISTS (
+              SELECT 1 FROM conduit.events e
+               WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)))::boolean
+          AS events_after
 `
 
 type ProjectionCheckpointSaveParams struct {
@@ -197,8 +190,13 @@ type ProjectionCheckpointSaveParams struct {
 
 // Ends a batch, in its transaction: the checkpoint, the renewed lease and
 // the state. A rebuild's replay is over once the projection is caught up.
-func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCheckpointSaveParams) error {
-	_, err := q.db.Exec(ctx, projectionCheckpointSave,
+// events_after: the batch caught up, yet committed events follow the
+// checkpoint: they wait behind the safe horizon (an older transaction,
+// which may append nothing and so wake nobody, is still open) or have just
+// committed, so the projector looks again soon rather than at its next poll.
+// (Testing the horizon instead would race with the batch's read.)
+func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCheckpointSaveParams) (bool, error) {
+	row := q.db.QueryRow(ctx, projectionCheckpointSave,
 		arg.CheckpointTx,
 		arg.CheckpointPosition,
 		arg.LeaseSeconds,
@@ -208,34 +206,55 @@ func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCh
 		arg.Owner,
 		arg.Epoch,
 	)
-	return err
+	var events_after bool
+	err := row.Scan(&events_after)
+	return events_after, err
 }
 
 const projectionLockForBatch = `-- name: ProjectionLockForBatch :one
-SELECT checkpoint_tx, checkpoint_position
-  FROM conduit.projections
- WHERE name = $1 AND owner = $2::text AND epoch = $3
-   AND lease_expires_at > now()
-   FOR UPDATE
+SELECT p.checkpoint_tx, p.checkpoint_position,
+       set_config('idle_in_transaction_session_timeout', $1::text, true) AS idle_timeout,
+       EXISTS (SELECT 1 FROM conduit.parked_events pe
+                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
+  FROM conduit.projections p
+ WHERE p.name = $2 AND p.owner = $3::text AND p.epoch = $4
+   AND p.lease_expires_at > now()
+   FOR UPDATE OF p
 `
 
 type ProjectionLockForBatchParams struct {
-	Name  string
-	Owner string
-	Epoch int64
+	IdleTimeout string
+	Name        string
+	Owner       string
+	Epoch       int64
 }
 
 type ProjectionLockForBatchRow struct {
 	CheckpointTx       uint64
 	CheckpointPosition int64
+	IdleTimeout        string
+	RetryPending       bool
 }
 
 // Starts a batch: locks the row (a rebuild or a lease takeover waits for the
-// batch) and checks the lease. No row means the lease was lost.
+// batch) and checks the lease; no row means the lease was lost. On the way
+// it bounds the batch's idle time to the lease (a paused owner's connection
+// is cut, releasing the lock for the next owner) and says whether parked
+// events wait to be retried.
 func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLockForBatchParams) (ProjectionLockForBatchRow, error) {
-	row := q.db.QueryRow(ctx, projectionLockForBatch, arg.Name, arg.Owner, arg.Epoch)
+	row := q.db.QueryRow(ctx, projectionLockForBatch,
+		arg.IdleTimeout,
+		arg.Name,
+		arg.Owner,
+		arg.Epoch,
+	)
 	var i ProjectionLockForBatchRow
-	err := row.Scan(&i.CheckpointTx, &i.CheckpointPosition)
+	err := row.Scan(
+		&i.CheckpointTx,
+		&i.CheckpointPosition,
+		&i.IdleTimeout,
+		&i.RetryPending,
+	)
 	return i, err
 }
 
