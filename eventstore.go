@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -316,10 +317,12 @@ type appendArgs struct {
 
 // appendWith appends in one statement when nothing stands in the way, and
 // only when that statement writes nothing asks conduit.append_to_stream
-// why, turning its status into a typed error or an idempotent result. The
-// returned events lack data (see withData).
+// why, turning its status into a typed error or an idempotent result. It
+// returns the stored events (without data, see withData) only when
+// synchronous projections need them.
 func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, expected ExpectedVersion) (AppendResult, []Event, error) {
 	p := a.EventAppendParams
+	everyRow := len(s.cfg.Projections) > 0 // synchronous projections need every stored event
 	var fast []dbgen.EventAppendFastRow
 	if len(a.ids) == 1 {
 		row, err := q.EventAppendOne(ctx, dbgen.EventAppendOneParams{
@@ -335,13 +338,20 @@ func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 	} else {
 		var err error
 		fast, err = q.EventAppendFast(ctx, dbgen.EventAppendFastParams{
-			StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata, EventIds: p.EventIds, Expected: p.Expected,
+			EveryRow: everyRow, StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata,
+			EventIds: p.EventIds, Expected: p.Expected,
 		})
 		if err != nil {
 			return AppendResult{}, nil, err
 		}
+		slices.Reverse(fast) // newest first
 	}
 	if len(fast) > 0 {
+		if !everyRow {
+			last := fast[len(fast)-1]
+			return AppendResult{Version: last.StreamVersion,
+				Position: Position{TransactionID: last.TransactionID, GlobalPosition: last.GlobalPosition}}, nil, nil
+		}
 		return storedEvents(a, fast, false)
 	}
 	rows, err := q.EventAppend(ctx, p)

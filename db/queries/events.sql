@@ -20,7 +20,8 @@ SELECT r_status::text AS status,
 -- event; otherwise it inserts nothing and returns no rows, and the caller
 -- asks conduit.append_to_stream what happened (conflict, idempotent retry,
 -- ...). The UNIQUE (stream_id, stream_version) constraint stops racing
--- appends that both pass the check.
+-- appends that both pass the check. Rows come newest first: all of them
+-- when every_row (synchronous projections need them), else just the last.
 WITH head AS (
     SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
       FROM (SELECT 1) AS one
@@ -30,7 +31,7 @@ WITH head AS (
              WHERE h.stream_id = sqlc.arg(stream_id)::text
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
-)
+), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
   FROM head,
@@ -48,7 +49,12 @@ SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
-RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at;
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+)
+SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at
+  FROM ins
+ ORDER BY ins.stream_version DESC
+ LIMIT CASE WHEN sqlc.arg(every_row)::boolean THEN NULL ELSE 1 END;
 
 -- name: EventAppendOne :one
 -- EventAppendFast for a single event, with scalar parameters: no arrays to

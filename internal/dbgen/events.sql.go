@@ -87,31 +87,37 @@ WITH head AS (
       LEFT JOIN LATERAL (
             SELECT h.stream_version, h.transaction_id
               FROM conduit.events h
-             WHERE h.stream_id = $1::text
+             WHERE h.stream_id = $2::text
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
-)
+), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT $1::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
+SELECT $2::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
   FROM head,
-       ROWS FROM (unnest($2::text[]), unnest($3::text[]),
-                  unnest($4::text[]), unnest($5::text[]))
+       ROWS FROM (unnest($3::text[]), unnest($4::text[]),
+                  unnest($5::text[]), unnest($6::text[]))
            WITH ORDINALITY AS u(id, typ, dat, meta, ord)
- WHERE ($6::bigint = -1
-        OR ($6::bigint = -2 AND head.version = 0)
-        OR ($6::bigint = -3 AND head.version > 0)
-        OR head.version = $6::bigint)
+ WHERE ($7::bigint = -1
+        OR ($7::bigint = -2 AND head.version = 0)
+        OR ($7::bigint = -3 AND head.version > 0)
+        OR head.version = $7::bigint)
    -- With Exactly(n) or NoStream an idempotent retry already fails the
    -- version check; only Any and StreamExists need to look the id up (a
    -- reused id elsewhere is still stopped by the unique index).
-   AND ($6::bigint >= 0 OR $6::bigint = -2
-        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($2::text[])[1]::uuid))
+   AND ($7::bigint >= 0 OR $7::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($3::text[])[1]::uuid))
    AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+)
+SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at
+  FROM ins
+ ORDER BY ins.stream_version DESC
+ LIMIT CASE WHEN $1::boolean THEN NULL ELSE 1 END
 `
 
 type EventAppendFastParams struct {
+	EveryRow bool
 	StreamID string
 	EventIds []string
 	Types    []string
@@ -133,9 +139,11 @@ type EventAppendFastRow struct {
 // event; otherwise it inserts nothing and returns no rows, and the caller
 // asks conduit.append_to_stream what happened (conflict, idempotent retry,
 // ...). The UNIQUE (stream_id, stream_version) constraint stops racing
-// appends that both pass the check.
+// appends that both pass the check. Rows come newest first: all of them
+// when every_row (synchronous projections need them), else just the last.
 func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams) ([]EventAppendFastRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendFast,
+		arg.EveryRow,
 		arg.StreamID,
 		arg.EventIds,
 		arg.Types,
