@@ -82,6 +82,15 @@ type ProjectorConfig struct {
 	// InstanceID names this instance in the lease and the status. Defaults
 	// to host-pid-random.
 	InstanceID string
+	// DurableCommit makes each batch wait for its commit to be flushed to
+	// disk (the session's synchronous_commit). By default batches commit
+	// with synchronous_commit off: no WAL flush per batch, which speeds up
+	// catch-up and cuts latency. It is safe for a projection: a server crash
+	// can lose only the last batches' commits, and it loses each one whole,
+	// read-table rows and checkpoint together, so the projector re-applies
+	// exactly those events. Set it when the read tables feed something that
+	// must never see a row go away and come back. Defaults to false.
+	DurableCommit bool
 }
 
 func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
@@ -350,6 +359,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 		q := p.store.queries.WithTx(tx)
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10),
+			Durable:     p.cfg.DurableCommit,
 			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 		})
 		if errors.Is(err, pgx.ErrNoRows) {

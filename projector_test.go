@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/conduit-es/conduit"
 )
@@ -455,4 +456,47 @@ func eventIDAt(t *testing.T, store *conduit.Store, stream string, version int64)
 	}
 	t.Fatalf("no event %s@%d", stream, version)
 	return uuid.Nil
+}
+
+// settingProbe records the batch transaction's synchronous_commit.
+type settingProbe struct{ seen chan string }
+
+func (settingProbe) Name() string { return "probe" }
+
+func (p settingProbe) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
+	var v string
+	if err := tx.QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&v); err != nil {
+		return err
+	}
+	select {
+	case p.seen <- v:
+	default:
+	}
+	return nil
+}
+
+// Batches commit without waiting for the WAL flush unless DurableCommit.
+func TestProjectorSynchronousCommit(t *testing.T) {
+	t.Parallel()
+	for _, durable := range []bool{false, true} {
+		t.Run(fmt.Sprint("durable=", durable), func(t *testing.T) {
+			t.Parallel()
+			store, _ := newStore(t, nil)
+			appendN(t, store, "a", 1)
+			probe := settingProbe{seen: make(chan string, 1)}
+			runProjector(t, newProjector(t, store, probe, &conduit.ProjectorConfig{DurableCommit: durable}))
+			want := "off"
+			if durable {
+				want = "on" // the server's default here
+			}
+			select {
+			case got := <-probe.seen:
+				if got != want {
+					t.Fatalf("synchronous_commit in a batch = %q, want %q", got, want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the projection never ran")
+			}
+		})
+	}
 }

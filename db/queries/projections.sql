@@ -40,10 +40,14 @@ UPDATE conduit.projections
 -- Starts a batch: locks the row (a rebuild or a lease takeover waits for the
 -- batch) and checks the lease; no row means the lease was lost. On the way
 -- it bounds the batch's idle time to the lease (a paused owner's connection
--- is cut, releasing the lock for the next owner) and says whether parked
--- events wait to be retried.
+-- is cut, releasing the lock for the next owner), turns synchronous_commit
+-- off unless durable (see ProjectorConfig.DurableCommit) and says whether
+-- parked events wait to be retried.
 SELECT p.checkpoint_tx, p.checkpoint_position,
        set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_timeout)::text, true) AS idle_timeout,
+       set_config('synchronous_commit',
+                  CASE WHEN sqlc.arg(durable)::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
+                  true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
                 WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
   FROM conduit.projections p

@@ -214,16 +214,20 @@ func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCh
 const projectionLockForBatch = `-- name: ProjectionLockForBatch :one
 SELECT p.checkpoint_tx, p.checkpoint_position,
        set_config('idle_in_transaction_session_timeout', $1::text, true) AS idle_timeout,
+       set_config('synchronous_commit',
+                  CASE WHEN $2::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
+                  true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
                 WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
   FROM conduit.projections p
- WHERE p.name = $2 AND p.owner = $3::text AND p.epoch = $4
+ WHERE p.name = $3 AND p.owner = $4::text AND p.epoch = $5
    AND p.lease_expires_at > now()
    FOR UPDATE OF p
 `
 
 type ProjectionLockForBatchParams struct {
 	IdleTimeout string
+	Durable     bool
 	Name        string
 	Owner       string
 	Epoch       int64
@@ -233,17 +237,20 @@ type ProjectionLockForBatchRow struct {
 	CheckpointTx       uint64
 	CheckpointPosition int64
 	IdleTimeout        string
+	SynchronousCommit  string
 	RetryPending       bool
 }
 
 // Starts a batch: locks the row (a rebuild or a lease takeover waits for the
 // batch) and checks the lease; no row means the lease was lost. On the way
 // it bounds the batch's idle time to the lease (a paused owner's connection
-// is cut, releasing the lock for the next owner) and says whether parked
-// events wait to be retried.
+// is cut, releasing the lock for the next owner), turns synchronous_commit
+// off unless durable (see ProjectorConfig.DurableCommit) and says whether
+// parked events wait to be retried.
 func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLockForBatchParams) (ProjectionLockForBatchRow, error) {
 	row := q.db.QueryRow(ctx, projectionLockForBatch,
 		arg.IdleTimeout,
+		arg.Durable,
 		arg.Name,
 		arg.Owner,
 		arg.Epoch,
@@ -253,6 +260,7 @@ func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLock
 		&i.CheckpointTx,
 		&i.CheckpointPosition,
 		&i.IdleTimeout,
+		&i.SynchronousCommit,
 		&i.RetryPending,
 	)
 	return i, err

@@ -53,13 +53,14 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 
 	// No-op handler: a few seconds per run.
 	noop := []variant{
-		c.projectorVariant("conduit projector, no-op handler", false, conduit.BatchSizeDefault),
+		c.projectorVariant("conduit projector, no-op handler", false, conduit.BatchSizeDefault, false),
 		rawReadVariant("raw global read", pool, o.readEvents, `SELECT `+rawColumns+`
 			FROM conduit.events e ORDER BY e.transaction_id, e.global_position`),
 	}
 	if o.diagnose {
 		noop = append(noop,
-			c.projectorVariant("conduit projector, no-op handler, BatchSize 10000", false, 10_000),
+			c.projectorVariant("conduit projector, no-op handler, BatchSize 10000", false, 10_000, false),
+			c.projectorVariant("conduit projector, no-op handler, DurableCommit", false, conduit.BatchSizeDefault, true),
 			c.loopVariant("hand-written loop: page, checkpoint row, commit (no upserts)", false, conduit.BatchSizeDefault))
 	}
 	st, err := compare(ctx, o, "catch-up, no-op handler", 1, 0, noop...)
@@ -76,7 +77,7 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 	// Upsert handler: a minute or more per run, so no warm-up run (the log
 	// was just read in full) and fewer runs.
 	upsert := []variant{
-		c.projectorVariant("conduit projector, upsert handler", true, conduit.BatchSizeDefault),
+		c.projectorVariant("conduit projector, upsert handler", true, conduit.BatchSizeDefault, false),
 		c.loopVariant("hand-written loop", true, conduit.BatchSizeDefault),
 	}
 	uo := o
@@ -199,10 +200,13 @@ func (c *catchUp) dropOld(ctx context.Context, p *benchProjection) {
 
 // projectorVariant times a new projector from Run to caught up (its
 // checkpoint at the log's last event, seen through Store.WaitFor).
-func (c *catchUp) projectorVariant(name string, upsert bool, batchSize int) variant {
+func (c *catchUp) projectorVariant(name string, upsert bool, batchSize int, durable bool) variant {
 	kind := "noop"
 	if upsert {
 		kind = "upsert"
+	}
+	if durable {
+		kind += "_durable"
 	}
 	var prev *benchProjection
 	return variant{name: name, start: func(ctx context.Context, run string, _ int) ([]func(context.Context) (int, error), error) {
@@ -215,7 +219,7 @@ func (c *catchUp) projectorVariant(name string, upsert bool, batchSize int) vari
 		}
 		prev = p
 		return []func(context.Context) (int, error){func(ctx context.Context) (int, error) {
-			pr, err := conduit.NewProjector(c.store, p, &conduit.ProjectorConfig{BatchSize: batchSize})
+			pr, err := conduit.NewProjector(c.store, p, &conduit.ProjectorConfig{BatchSize: batchSize, DurableCommit: durable})
 			if err != nil {
 				return 0, err
 			}

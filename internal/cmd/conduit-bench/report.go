@@ -350,7 +350,7 @@ a quiet spell and is notified at once. The path is: NOTIFY statement and commit 
 to the child's listener connection, the in-process wake-up of its projector, then one batch: BEGIN, the
 lease lock (` + "`SELECT … FOR UPDATE`" + `, which also sets the idle timeout and says whether parked events wait for
 a retry), the page read, the handler's INSERT, the checkpoint UPDATE (which also says whether events follow
-the checkpoint) and COMMIT with its WAL flush — six round trips and an fsync — then the report. The *row written* column (the handler's clock, same
+the checkpoint) and COMMIT (asynchronous: no WAL flush wait) — six round trips — then the report. The *row written* column (the handler's clock, same
 start) shows that a little under half of it passes before the handler runs, the rest after it (the end
 of the batch, the COMMIT's WAL flush, the report). With 8 writers in a closed loop the projector keeps up
 (the *drain* column: tens of ms behind when the writers stop) but it applies one event per round trip and
@@ -383,5 +383,9 @@ projector replays the whole log: its rate is that of the upsert catch-up.
 **Changes made after the investigation** (measured in this file): the projector's lock query sets the idle
 timeout and reports pending parked retries, and its checkpoint UPDATE reports whether events follow (five
 statements per batch instead of seven); ` + "`Append`" + ` without synchronous projections takes only the last row
-back; transaction ids travel as binary ` + "`xid8`" + ` instead of through text casts.
+back; transaction ids travel as binary ` + "`xid8`" + ` instead of through text casts; and projector batches commit
+with ` + "`synchronous_commit`" + ` off unless ` + "`ProjectorConfig.DurableCommit`" + ` (no WAL flush wait per batch: a server
+crash loses only whole batches, rows and checkpoint together, which the projector then re-applies). The
+hand-written loops commit with the server's default (on); the *DurableCommit* diagnostic row is Conduit
+under the same rule.
 `
