@@ -102,7 +102,10 @@
 // [ProjectorConfig.BatchSize], and for each batch applies the events and
 // moves its checkpoint (a [Position]) in one transaction. A crash anywhere
 // re-applies nothing twice and loses nothing; an event that commits late is
-// never skipped; a rolled-back append never stalls it. A projection that
+// never skipped; a rolled-back append never stalls it. Batches commit with
+// synchronous_commit off unless [ProjectorConfig.DurableCommit]: a server
+// crash can lose only whole batches, rows and checkpoint together, which
+// the projector then applies again. A projection that
 // implements [EventTypeFilter] receives only its types, while its checkpoint
 // moves past the others in the same batches.
 //
