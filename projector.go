@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -171,6 +172,8 @@ type Projector struct {
 	tables     []string
 	log        *slog.Logger
 
+	running atomic.Bool // Run is in progress
+
 	// Owned by Run's goroutine.
 	epoch     int64     // 0: not the owner
 	nextRenew time.Time // when the lease is next due for renewal
@@ -210,10 +213,15 @@ func (p *Projector) InstanceID() string { return p.cfg.InstanceID }
 var errLeaseLost = errors.New("conduit: lease lost")
 
 // Run applies the projection until ctx ends, then rolls back any batch in
-// flight, releases the lease and returns nil. Database errors are retried
+// flight, releases the lease and returns nil. One Projector runs once at a
+// time; for several instances in one process make several Projectors. Database errors are retried
 // with backoff; Run returns early only for an error no retry can cure
 // (ErrRestoredDatabase).
 func (p *Projector) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return errors.New("conduit: Projector.Run called while it runs; make one Projector per concurrent instance")
+	}
+	defer p.running.Store(false)
 	if !p.cfg.PollOnly {
 		p.store.listener.acquire()
 		defer p.store.listener.release()

@@ -500,3 +500,20 @@ func TestProjectorSynchronousCommit(t *testing.T) {
 		})
 	}
 }
+
+func TestProjectorRunTwiceRefused(t *testing.T) {
+	t.Parallel()
+	store, _ := newStore(t, nil)
+	p := newProjector(t, store, &ledger{name: "ledger"}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	waitForState(t, store, "ledger", conduit.StateCaughtUp)
+	if err := p.Run(context.Background()); err == nil {
+		t.Fatal("a second concurrent Run of one Projector was accepted")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
