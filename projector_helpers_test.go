@@ -149,4 +149,22 @@ func waitFor(t testing.TB, store *conduit.Store, projection string, pos conduit.
 	}
 }
 
+// checkStreamAppliedInOrder asserts the ledger applied the stream's events
+// in version order, 1 to wantLast.
+func checkStreamAppliedInOrder(t testing.TB, pool *pgxpool.Pool, stream string, wantLast int64) {
+	t.Helper()
+	var last int64
+	for _, r := range readLedger(t, pool) {
+		if r.StreamID == stream {
+			if r.StreamVersion != last+1 {
+				t.Fatalf("stream %s applied version %d after %d", stream, r.StreamVersion, last)
+			}
+			last = r.StreamVersion
+		}
+	}
+	if last != wantLast {
+		t.Fatalf("stream %s: applied up to version %d, want %d", stream, last, wantLast)
+	}
+}
+
 var _ = fmt.Sprint

@@ -224,18 +224,7 @@ func TestRestoredDatabaseDetectedAndRebased(t *testing.T) {
 	runProjector(t, newProjector(t, store, &ledger{name: "ledger"}, nil))
 	waitFor(t, store, "ledger", res.Position)
 	checkLedgerMatchesLog(t, store, pool)
-	var prev int64
-	for _, r := range readLedger(t, pool) {
-		if r.StreamID == "a" {
-			if r.StreamVersion != prev+1 {
-				t.Fatalf("stream a out of order after rebase: %d after %d", r.StreamVersion, prev)
-			}
-			prev = r.StreamVersion
-		}
-	}
-	if prev != 5 {
-		t.Fatalf("stream a applied to version %d, want 5", prev)
-	}
+	checkStreamAppliedInOrder(t, pool, "a", 5)
 }
 
 // Status is readable from SQL with the same figures as from Go.

@@ -150,18 +150,7 @@ func TestProjectorAppliesStreamInVersionOrder(t *testing.T) {
 	runProjector(t, newProjector(t, store, &ledger{name: "ledger"}, nil))
 	waitFor(t, store, "ledger", res.Position)
 	checkLedgerMatchesLog(t, store, pool)
-	var last int64
-	for _, r := range readLedger(t, pool) {
-		if r.StreamID == "s" {
-			if r.StreamVersion != last+1 {
-				t.Fatalf("stream s applied version %d after %d", r.StreamVersion, last)
-			}
-			last = r.StreamVersion
-		}
-	}
-	if last != 3 {
-		t.Fatalf("stream s: applied up to %d, want 3", last)
-	}
+	checkStreamAppliedInOrder(t, pool, "s", 3)
 }
 
 func TestProjectorPoisonStop(t *testing.T) {
