@@ -132,33 +132,6 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	return out, nil
 }
 
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
-		*v = def
-	}
-}
-
-// ErrRestoredDatabase: the database's transaction ids are below those stored
-// in the event log, as after a restore from a logical dump into another
-// cluster. Readers of the global log would see nothing new, so projectors
-// refuse to run. The error is a *RestoredDatabaseError naming the fix.
-var ErrRestoredDatabase = errors.New("conduit: transaction ids went backwards (database restored from a logical dump?)")
-
-// RestoredDatabaseError reports ErrRestoredDatabase with the figures.
-type RestoredDatabaseError struct {
-	MaxStored, NextTransactionID int64
-}
-
-func (e *RestoredDatabaseError) Error() string {
-	return fmt.Sprintf("conduit: stored transaction id %d is above the server's next one (%d): the database was "+
-		"restored from a logical dump into another cluster; run SELECT conduit.rebase_transaction_ids(); "+
-		"(projections not caught up at dump time are rebuilt)", e.MaxStored, e.NextTransactionID)
-}
-
-// Is makes errors.Is(err, ErrRestoredDatabase) true.
-func (e *RestoredDatabaseError) Is(target error) bool { return target == ErrRestoredDatabase }
-
 // Projector runs one projection asynchronously: it follows the global log
 // from the projection's checkpoint, in batches, each applied and
 // checkpointed in one transaction. Run as many instances as you like, in as
