@@ -50,6 +50,26 @@ LANGUAGE sql AS $$
 $$;
 -- +goose StatementEnd
 
+-- stream_head is a stream's version (0: no events) and the transaction id
+-- of its last event (NULL: none), read on the unique index (never max(),
+-- which stale statistics can turn into a sequential scan). p_after is there
+-- to order the read after something, such as conduit.append_stream_lock's
+-- result; pass true otherwise. Plain SQL, stable: the planner inlines it.
+-- +goose StatementBegin
+CREATE FUNCTION conduit.stream_head(p_stream_id text, p_after boolean)
+RETURNS TABLE (version bigint, last_tx xid8)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT COALESCE(last.stream_version, 0), last.transaction_id
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+            SELECT h.stream_version, h.transaction_id
+              FROM conduit.events h
+             WHERE h.stream_id = p_stream_id AND p_after
+             ORDER BY h.stream_version DESC
+             LIMIT 1) AS last ON true
+$$;
+-- +goose StatementEnd
+
 -- explain_append says why an append of p_event_ids to p_stream_id, with
 -- expected version p_expected, wrote nothing. It writes nothing itself.
 -- Rows:
@@ -76,12 +96,7 @@ DECLARE
     v_stored  record;
     v_verdict text;
 BEGIN
-    SELECT e.stream_version, e.transaction_id INTO v_version, v_last_tx
-      FROM conduit.events e
-     WHERE e.stream_id = p_stream_id
-     ORDER BY e.stream_version DESC
-     LIMIT 1;
-    v_version := COALESCE(v_version, 0);
+    SELECT h.version, h.last_tx INTO v_version, v_last_tx FROM conduit.stream_head(p_stream_id, true) AS h;
 
     -- The first of the append's ids that is stored already, if any.
     SELECT u.ord, u.id, e.stream_id, e.stream_version INTO v_stored
@@ -138,21 +153,10 @@ ALTER FUNCTION conduit.append_to_stream(text, bigint, uuid[], text[], text[], te
 COMMENT ON FUNCTION conduit.append_to_stream_00001(text, bigint, uuid[], text[], text[], text[]) IS
     'Unused: migration 1''s conduit.append_to_stream, kept so that migrating below version 3 restores it.';
 -- +goose StatementBegin
-CREATE FUNCTION conduit.append_to_stream(
-    p_stream_id text,
-    p_expected  bigint,
-    p_event_ids uuid[],
-    p_types     text[],
-    p_data      text[],
-    p_metadata  text[]
-) RETURNS TABLE (
-    r_status         text,
-    r_stream_version bigint,
-    r_transaction_id bigint,
-    r_global_position bigint,
-    r_recorded_at    timestamptz,
-    r_conflict_stream text
-)
+CREATE FUNCTION conduit.append_to_stream(p_stream_id text, p_expected bigint, p_event_ids uuid[],
+                                         p_types text[], p_data text[], p_metadata text[])
+RETURNS TABLE (r_status text, r_stream_version bigint, r_transaction_id bigint, r_global_position bigint,
+               r_recorded_at timestamptz, r_conflict_stream text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_why record;
@@ -224,5 +228,6 @@ ALTER FUNCTION conduit.append_to_stream_00001(text, bigint, uuid[], text[], text
 COMMENT ON FUNCTION conduit.append_to_stream(text, bigint, uuid[], text[], text[], text[]) IS NULL;
 DROP FUNCTION conduit.assert_transaction_ids();
 DROP FUNCTION conduit.explain_append(text, bigint, uuid[]);
+DROP FUNCTION conduit.stream_head(text, boolean);
 DROP FUNCTION conduit.append_stream_lock(text);
 DROP FUNCTION conduit.append_verdict(bigint, bigint, xid8, xid8);

@@ -23,18 +23,9 @@ SELECT r_status::text AS status,
 -- others only after it: a head read before the lock was granted is stale,
 -- and then nothing is written (never a unique violation, which would abort
 -- the caller's transaction).
-WITH lock AS MATERIALIZED (
-    SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked
-), head AS (
-    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM lock
-      LEFT JOIN LATERAL (
-            SELECT h.stream_version, h.transaction_id
-              FROM conduit.events h
-             WHERE h.stream_id = sqlc.arg(stream_id)::text AND lock.locked
-             ORDER BY h.stream_version DESC
-             LIMIT 1) AS last ON true
-), first AS (
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h),
+first AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + 1, (sqlc.arg(event_ids)::text[])[1]::uuid,
        (sqlc.arg(types)::text[])[1], (sqlc.arg(data)::text[])[1]::jsonb,
@@ -69,18 +60,8 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 -- name: EventAppendOne :one
 -- EventAppendFast for a single event, with scalar parameters: no arrays to
 -- unnest, for the most common append.
-WITH lock AS MATERIALIZED (
-    SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked
-), head AS (
-    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM lock
-      LEFT JOIN LATERAL (
-            SELECT h.stream_version, h.transaction_id
-              FROM conduit.events h
-             WHERE h.stream_id = sqlc.arg(stream_id)::text AND lock.locked
-             ORDER BY h.stream_version DESC
-             LIMIT 1) AS last ON true
-)
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h)
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,
        sqlc.arg(data)::text::jsonb, NULLIF(sqlc.arg(metadata)::text, '')::jsonb
