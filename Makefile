@@ -7,6 +7,8 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
 export DATABASE_URL
 
 SQLC := go -C tools tool sqlc
+# golangci-lint must run from the module root, so it is built from tools/go.mod into bin/ (gitignored).
+GOLANGCI_LINT := bin/golangci-lint
 
 .PHONY: help
 help: ## List the targets.
@@ -17,12 +19,18 @@ generate: ## Regenerate internal/dbgen from db/queries and db/migrations with sq
 	$(SQLC) generate -f ../sqlc.yaml
 
 .PHONY: verify
-verify: ## Fail if generated code, go.mod/go.sum or formatting is stale, or go vet complains.
+verify: ## Fail if generated code, go.mod/go.sum or formatting is stale, or go vet or golangci-lint complains.
 	$(SQLC) diff -f ../sqlc.yaml
 	go mod tidy -diff
 	go -C tools mod tidy -diff
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	@$(MAKE) --no-print-directory lint
+
+.PHONY: lint
+lint: ## Run golangci-lint (pinned in tools/go.mod).
+	go -C tools build -o ../$(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+	$(GOLANGCI_LINT) run
 
 .PHONY: test
 test: verify ## Verify, then run every test with the race detector against DATABASE_URL.

@@ -271,7 +271,7 @@ func appendRetry(ctx context.Context, store *conduit.Store, stream string, event
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return res, fmt.Errorf("append to %q: %w (last error: %v)", stream, ctx.Err(), err)
+			return res, fmt.Errorf("append to %q: %w (last error: %w)", stream, ctx.Err(), err)
 		case <-t.C:
 		}
 		wait = min(2*wait, time.Second)
@@ -634,7 +634,10 @@ func appendUntilApplied(ctx context.Context, from, waiter *conduit.Store, projec
 		e.ID = uuid.New()
 		res, err := appendRetry(ctx, from, "acct-wake", e)
 		if err != nil {
-			return fmt.Errorf("%w (last wait: %v)", err, last)
+			if last != nil {
+				return fmt.Errorf("%w (last wait: %w)", err, last)
+			}
+			return err
 		}
 		wctx, wcancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		last = waiter.WaitFor(wctx, projection, res.Position)
@@ -841,7 +844,9 @@ func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
 	ctx := testContext(t)
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("CONDUIT_FAULT_SEED"); s != "" {
-		fmt.Sscan(s, &seed)
+		if _, err := fmt.Sscan(s, &seed); err != nil {
+			t.Fatalf("CONDUIT_FAULT_SEED=%q: %v", s, err)
+		}
 	}
 	t.Logf("seed %d (set CONDUIT_FAULT_SEED to replay the order of the faults)", seed)
 	rng := rand.New(rand.NewPCG(seed, seed))

@@ -124,7 +124,9 @@ func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 					if _, err := store.AppendTx(ctx, tx, stream, conduit.Any, events...); err != nil {
 						t.Fatal(err)
 					}
-					tx.Rollback(ctx)
+					if err := tx.Rollback(ctx); err != nil {
+						t.Fatal(err)
+					}
 				case op == 1 && held == nil: // held open, committed later
 					tx, err := pool.Begin(ctx)
 					if err != nil {

@@ -68,7 +68,7 @@ func TestProjectorWaitsForLateCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer held.Rollback(ctx)
+	defer held.Rollback(ctx) //nolint:errcheck
 	heldRes, err := store.AppendTx(ctx, held, "held", conduit.NoStream, mustEvent(t, "late", 1))
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +144,9 @@ func TestProjectorAppliesStreamInVersionOrder(t *testing.T) {
 	if !errors.Is(err, conduit.ErrTransactionOrder) {
 		t.Fatalf("append in older transaction: err = %v, want ErrTransactionOrder", err)
 	}
-	t2.Rollback(ctx)
+	if err := t2.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	res := appendN(t, store, "s", 2)
 
 	runProjector(t, newProjector(t, store, &ledger{name: "ledger"}, nil))
@@ -344,7 +346,9 @@ func TestProjectorLeaseFencing(t *testing.T) {
 		t.Fatalf("owner = %q, want a to keep its lease", st.Owner)
 	}
 	var byB int
-	pool.QueryRow(ctx, `SELECT count(*) FROM `+ledgerTable+` WHERE applied_by = 'b'`).Scan(&byB)
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+ledgerTable+` WHERE applied_by = 'b'`).Scan(&byB); err != nil {
+		t.Fatal(err)
+	}
 	if byB != 0 {
 		t.Fatalf("standby b applied %d events while a held the lease", byB)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -40,7 +41,7 @@ func customerActivity() *conduit.Router {
 // asyncProjector runs the customer_activity projector while the step
 // appends one more order, waits until the projector has passed it, and shows
 // the projection's status as SQL reports it.
-func (d *demo) asyncProjector(ctx context.Context) error {
+func (d *demo) asyncProjector(ctx context.Context) (err error) {
 	section("6. An asynchronous projector follows the global log")
 	if _, err := d.store.Pool().Exec(ctx, customerActivityDDL); err != nil {
 		return fmt.Errorf("create customer_activity: %w", err)
@@ -54,7 +55,9 @@ func (d *demo) asyncProjector(ctx context.Context) error {
 	go func() { stopped <- projector.Run(runCtx) }()
 	defer func() {
 		stop()
-		<-stopped
+		if runErr := <-stopped; runErr != nil {
+			err = errors.Join(err, fmt.Errorf("projector: %w", runErr))
+		}
 	}()
 
 	evs, err := newEvents(orderPlaced, placed{Customer: "ada"})

@@ -37,8 +37,9 @@ func main() {
 	fresh := flag.Bool("fresh", false, "drop and recreate the "+demoDatabase+" database first")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, *fresh); err != nil {
+	err := run(ctx, *fresh)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "conduit-demo: %v\n", err)
 		os.Exit(1)
 	}
@@ -171,7 +172,7 @@ func (d *demo) conflict(ctx context.Context) error {
 	_, err = d.store.Append(ctx, id, conduit.Exactly(version), payment...)
 	var conflict *conduit.VersionConflictError
 	if !errors.As(err, &conflict) {
-		return fmt.Errorf("expected a version conflict, got %v", err)
+		return fmt.Errorf("expected a version conflict, got %w", err)
 	}
 	fmt.Printf("  clerk B records a payment of %s with Exactly(%d): refused\n", money(o.TotalCents), version)
 	fmt.Printf("    %T: stream %s, expected %s, actual %d\n", conflict, conflict.StreamID, conflict.Expected, conflict.Actual)
@@ -232,7 +233,7 @@ func (d *demo) idempotentRetry(ctx context.Context) error {
 	_, err = d.store.Append(ctx, d.stream("barbara"), conduit.Any, payment...)
 	var dup *conduit.DuplicateEventIDError
 	if !errors.As(err, &dup) {
-		return fmt.Errorf("expected a duplicate event id error, got %v", err)
+		return fmt.Errorf("expected a duplicate event id error, got %w", err)
 	}
 	fmt.Printf("  the same event id on %s: %T, already used by %s at version %d\n",
 		d.stream("barbara"), dup, dup.StreamID, dup.Version)
@@ -282,7 +283,7 @@ func (d *demo) projectionRollback(ctx context.Context) error {
 	_, err = d.store.Append(ctx, id, conduit.Exactly(before), bad...)
 	var pe *conduit.ProjectionError
 	if !errors.As(err, &pe) {
-		return fmt.Errorf("expected a projection error, got %v", err)
+		return fmt.Errorf("expected a projection error, got %w", err)
 	}
 	var pgErr *pgconn.PgError
 	cause := pe.Err.Error()

@@ -182,7 +182,7 @@ func latencyRun(ctx context.Context, db *benchDB, pool *pgxpool.Pool, exe string
 	if err != nil {
 		return latencySample{}, err
 	}
-	defer ch.stop()
+	defer ch.stop() //nolint:errcheck
 
 	type sent struct {
 		id uuid.UUID
@@ -352,12 +352,11 @@ func startChild(ctx context.Context, exe string, args []string) (*child, error) 
 		return c, nil
 	case err := <-c.exit:
 		c.stopped, c.exitErr = true, err
-		return nil, fmt.Errorf("child exited before it was ready: %v", err)
+		return nil, fmt.Errorf("child exited before it was ready: %w", err)
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	c.stop()
-	return nil, errors.New("child projector not ready in time")
+	return nil, errors.Join(errors.New("child projector not ready in time"), c.stop())
 }
 
 // waitFor waits until the child has reported every id, and returns the
@@ -402,7 +401,10 @@ func (c *child) stop() error {
 	case c.exitErr = <-c.exit:
 	case <-t.C:
 		_ = c.cmd.Process.Kill()
-		c.exitErr = fmt.Errorf("child projector did not stop: killed (%v)", <-c.exit)
+		c.exitErr = errors.New("child projector did not stop: killed")
+		if err := <-c.exit; err != nil {
+			c.exitErr = fmt.Errorf("child projector did not stop: killed (%w)", err)
+		}
 	}
 	return c.exitErr
 }

@@ -101,10 +101,10 @@ func main() {
 	}
 	o := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, o); err != nil {
+	err := run(ctx, o)
+	stop()
+	if err != nil {
 		log.Printf("conduit-bench: %v", err)
-		stop()
 		os.Exit(1)
 	}
 }
