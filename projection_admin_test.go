@@ -1,0 +1,93 @@
+package conduit_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/conduit-es/conduit"
+)
+
+// A name no projection row and no Projector of this Store has: WaitFor
+// answers at once instead of waiting out its context.
+func TestWaitForUnknownProjection(t *testing.T) {
+	t.Parallel()
+	store, _ := newStore(t, nil)
+	res := appendN(t, store, "a", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := store.WaitFor(ctx, "nobody-runs-this", res.Position)
+	took := time.Since(start)
+	if !errors.Is(err, conduit.ErrNotFound) || !strings.Contains(err.Error(), `"nobody-runs-this"`) {
+		t.Fatalf("WaitFor an unknown projection = %v (after %s), want ErrNotFound naming it", err, took)
+	}
+	if took > 500*time.Millisecond {
+		t.Fatalf("WaitFor an unknown projection took %s", took)
+	}
+}
+
+// The common flow: a Projector made, its Run started in a goroutine, an
+// append, WaitFor. The projection's row may not exist yet when WaitFor
+// first looks: a name known through a Projector of this Store waits.
+func TestWaitForProjectorNotStartedYet(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	p := newProjector(t, store, &ledger{name: "ledger"}, nil)
+	res := appendN(t, store, "a", 3)
+
+	waited := make(chan error, 1)
+	go func() { waited <- store.WaitFor(ctx, "ledger", res.Position) }()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := store.WaitFor(short, "ledger", res.Position); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitFor before the projector runs = %v, want it to wait (DeadlineExceeded)", err)
+	}
+	runProjector(t, p)
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("WaitFor = %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("WaitFor did not return once the projector ran")
+	}
+	checkLedgerMatchesLog(t, store, pool)
+}
+
+// A projection stalled on a poison event before the position: WaitFor
+// reports the stall instead of waiting out its context.
+func TestWaitForStalledProjection(t *testing.T) {
+	t.Parallel()
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	before := appendN(t, store, "a", 2)
+	bad, err := store.Append(context.Background(), "poison", conduit.NoStream, mustEvent(t, "bad", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := appendN(t, store, "b", 2)
+	l := &ledger{name: "ledger", fail: func(e conduit.Event) error {
+		if e.Type == "bad" {
+			return errBoom
+		}
+		return nil
+	}}
+	runProjector(t, newProjector(t, store, l, &conduit.ProjectorConfig{MaxAttempts: 1, RetryBackoff: time.Millisecond}))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = store.WaitFor(ctx, "ledger", res.Position)
+	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("WaitFor past a poison event = %v, want the stall reported with its reason", err)
+	}
+	_ = bad
+	// The events before the poison one were applied: waiting for them works.
+	if err := store.WaitFor(ctx, "ledger", before.Position); err != nil {
+		t.Fatalf("WaitFor an event before the poison one = %v", err)
+	}
+}
