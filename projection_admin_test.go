@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/conduit-es/conduit"
 )
 
@@ -85,9 +87,23 @@ func TestWaitForStalledProjection(t *testing.T) {
 	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("WaitFor past a poison event = %v, want the stall reported with its reason", err)
 	}
-	_ = bad
+	checkStalledError(t, err, "ledger", eventIDAt(t, store, "poison", bad.Version))
 	// The events before the poison one were applied: waiting for them works.
 	if err := store.WaitFor(ctx, "ledger", before.Position); err != nil {
 		t.Fatalf("WaitFor an event before the poison one = %v", err)
 	}
+}
+
+// checkStalledError asserts err is a *ProjectionStalledError for the
+// projection's poison event, matching ErrProjectionStalled.
+func checkStalledError(t testing.TB, err error, projection string, eventID uuid.UUID) *conduit.ProjectionStalledError {
+	t.Helper()
+	var stalled *conduit.ProjectionStalledError
+	if !errors.As(err, &stalled) || !errors.Is(err, conduit.ErrProjectionStalled) {
+		t.Fatalf("err = %v, want a *ProjectionStalledError", err)
+	}
+	if stalled.Projection != projection || stalled.EventID != eventID || !strings.Contains(stalled.Reason, "boom") {
+		t.Fatalf("stalled error = %+v, want projection %q, event %s and the reason", stalled, projection, eventID)
+	}
+	return stalled
 }

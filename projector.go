@@ -200,6 +200,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	if o, ok := p.(ReadTableOwner); ok {
 		pr.tables = o.ReadTables()
 	}
+	store.projectors.add(pr.name)
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
 	return pr, nil
 }
@@ -545,6 +546,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	}); err != nil {
 		return err
 	}
+	p.store.progress.notify(Position{}) // wakes WaitFor to report the stall
 	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
 		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
 	p.idle(ctx, nil, p.cfg.StalledRetryInterval)
