@@ -262,6 +262,23 @@ func (n *projectionNames) has(name string) bool {
 	return ok
 }
 
+// Head returns the Position of the last event committed so far, in the
+// global log's (transaction id, global position) order: the zero Position
+// for an empty log. WaitFor(ctx, name, head) then returns once the
+// projection has applied every event committed before the call (and any
+// that older transactions, still open then, commit meanwhile: they sort
+// before head). One query on the log's primary key.
+func (s *Store) Head(ctx context.Context) (Position, error) {
+	r, err := s.queries.LogHeadGet(ctx)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Position{}, nil
+	}
+	if err != nil {
+		return Position{}, fmt.Errorf("conduit: head of the log: %w", err)
+	}
+	return Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition}, nil
+}
+
 // RebuildProjection truncates the projection's read tables and resets its
 // checkpoint in one transaction, by calling the SQL function
 // conduit.rebuild_projection (which you can also call from psql). The

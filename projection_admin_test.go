@@ -107,3 +107,51 @@ func checkStalledError(t testing.TB, err error, projection string, eventID uuid.
 	}
 	return stalled
 }
+
+// Head is the last committed event in global-log order: zero for an empty
+// log, never an event of a transaction still open, and an older
+// transaction's event once it commits after a younger one.
+func TestHead(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	head := func() conduit.Position {
+		t.Helper()
+		h, err := store.Head(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if h := head(); !h.IsZero() {
+		t.Fatalf("Head of an empty log = %s, want zero", h)
+	}
+	res := appendN(t, store, "a", 3)
+	if h := head(); h != res.Position {
+		t.Fatalf("Head = %s, want the last append's %s", h, res.Position)
+	}
+
+	// An older transaction holds an append open while a younger one commits.
+	older, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx)
+	held, err := store.AppendTx(ctx, older, "held", conduit.NoStream, mustEvent(t, "late", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	younger := appendN(t, store, "b", 1)
+	if h := head(); h != younger.Position {
+		t.Fatalf("Head with an append still open = %s, want the younger commit's %s", h, younger.Position)
+	}
+	if err := older.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !held.Position.Before(younger.Position) {
+		t.Fatalf("the older transaction's event %s sorts after the younger's %s", held.Position, younger.Position)
+	}
+	if h := head(); h != younger.Position {
+		t.Fatalf("Head = %s, want %s: the older commit sorts before it", h, younger.Position)
+	}
+}
