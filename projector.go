@@ -50,19 +50,37 @@ const (
 	StalledRetryIntervalDefault = 30 * time.Second
 )
 
+// Bounds of ProjectorConfig fields; NewProjector refuses a value outside
+// them with a *ConfigError. Zero always means the default.
+const (
+	BatchSizeMax            = 100_000
+	LeaseDurationMin        = 100 * time.Millisecond
+	LeaseDurationMax        = time.Hour
+	PollIntervalMin         = time.Millisecond
+	PollIntervalMax         = time.Hour
+	MaxAttemptsMax          = 1000
+	RetryBackoffMin         = time.Millisecond
+	RetryBackoffMax         = time.Minute
+	StalledRetryIntervalMin = time.Millisecond
+	StalledRetryIntervalMax = 24 * time.Hour
+)
+
 // ProjectorConfig configures a Projector. The zero value means defaults.
 type ProjectorConfig struct {
-	// BatchSize is the most events applied in one transaction. Defaults to
-	// BatchSizeDefault.
+	// BatchSize is the most events applied in one transaction, 1 to
+	// BatchSizeMax (100,000): a batch holds its events, data included, in
+	// memory, and the cost per batch is already a small share at 10,000
+	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease; another instance takes over within about this
-	// long after the active one dies or hangs. Defaults to
-	// LeaseDurationDefault.
+	// long after the active one dies or hangs. From LeaseDurationMin
+	// (100ms) to LeaseDurationMax (1h). Defaults to LeaseDurationDefault.
 	LeaseDuration time.Duration
 	// PollInterval is how often the projector looks for new events without
 	// being woken. Polling is the guarantee; wake-ups only cut latency.
-	// Defaults to PollIntervalDefault.
+	// From PollIntervalMin (1ms) to PollIntervalMax (1h). Defaults to
+	// PollIntervalDefault.
 	PollInterval time.Duration
 	// PollOnly turns off LISTEN: the projector is woken only by appends of
 	// the same Store in this process, and polls. Use it behind PgBouncer in
@@ -72,13 +90,20 @@ type ProjectorConfig struct {
 	// Defaults to PoisonStop.
 	Poison PoisonPolicy
 	// MaxAttempts is how many times an event is tried before the poison
-	// policy applies. Defaults to MaxAttemptsDefault.
+	// policy applies, 1 to MaxAttemptsMax (1,000). Defaults to
+	// MaxAttemptsDefault.
 	MaxAttempts int
-	// RetryBackoff is the first wait after a failure; it doubles, with
-	// jitter, up to 30 times as long. Defaults to RetryBackoffDefault.
+	// RetryBackoff is the wait before the second try of an event the
+	// projection failed on, and after the first of a run of database
+	// errors. Each further failure doubles it, up to 30 times RetryBackoff;
+	// each wait is drawn at random between half and the whole of that
+	// (jitter). From RetryBackoffMin (1ms) to RetryBackoffMax (1 minute, so
+	// waits reach 30 minutes at most). Defaults to RetryBackoffDefault.
 	RetryBackoff time.Duration
 	// StalledRetryInterval is how often a stalled projector tries its
-	// poison event again. Defaults to StalledRetryIntervalDefault.
+	// poison event again, from StalledRetryIntervalMin (1ms) to
+	// StalledRetryIntervalMax (24h). Defaults to
+	// StalledRetryIntervalDefault.
 	StalledRetryInterval time.Duration
 	// InstanceID names this instance in the lease and the status. Defaults
 	// to host-pid-random.
@@ -99,29 +124,21 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	if c != nil {
 		out = *c
 	}
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{
-		{"BatchSize", int64(out.BatchSize)}, {"LeaseDuration", int64(out.LeaseDuration)},
-		{"PollInterval", int64(out.PollInterval)}, {"MaxAttempts", int64(out.MaxAttempts)},
-		{"RetryBackoff", int64(out.RetryBackoff)}, {"StalledRetryInterval", int64(out.StalledRetryInterval)},
+	for _, err := range []error{
+		inRange("BatchSize", &out.BatchSize, BatchSizeDefault, 1, BatchSizeMax),
+		inRange("LeaseDuration", &out.LeaseDuration, LeaseDurationDefault, LeaseDurationMin, LeaseDurationMax),
+		inRange("PollInterval", &out.PollInterval, PollIntervalDefault, PollIntervalMin, PollIntervalMax),
+		inRange("MaxAttempts", &out.MaxAttempts, MaxAttemptsDefault, 1, MaxAttemptsMax),
+		inRange("RetryBackoff", &out.RetryBackoff, RetryBackoffDefault, RetryBackoffMin, RetryBackoffMax),
+		inRange("StalledRetryInterval", &out.StalledRetryInterval, StalledRetryIntervalDefault,
+			StalledRetryIntervalMin, StalledRetryIntervalMax),
 	} {
-		if f.v < 0 {
-			return out, fmt.Errorf("conduit: ProjectorConfig.%s must not be negative", f.name)
+		if err != nil {
+			return out, err
 		}
 	}
 	if out.Poison != PoisonStop && out.Poison != PoisonPark {
-		return out, fmt.Errorf("conduit: ProjectorConfig.Poison: unknown policy %d", out.Poison)
-	}
-	setDefault(&out.BatchSize, BatchSizeDefault)
-	setDefault(&out.LeaseDuration, LeaseDurationDefault)
-	setDefault(&out.PollInterval, PollIntervalDefault)
-	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
-	setDefault(&out.RetryBackoff, RetryBackoffDefault)
-	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
-	if out.LeaseDuration < 100*time.Millisecond {
-		return out, fmt.Errorf("conduit: ProjectorConfig.LeaseDuration must be at least 100ms, got %s", out.LeaseDuration)
+		return out, &ConfigError{Field: "ProjectorConfig.Poison", Reason: fmt.Sprintf("unknown policy %d", out.Poison)}
 	}
 	if out.InstanceID == "" {
 		host, _ := os.Hostname()
@@ -132,12 +149,33 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	return out, nil
 }
 
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
+// inRange sets *v to def if it is zero, and refuses it outside lo..hi.
+func inRange[T int | time.Duration](field string, v *T, def, lo, hi T) error {
+	switch {
+	case *v == 0:
 		*v = def
+	case *v < lo || *v > hi:
+		return &ConfigError{Field: "ProjectorConfig." + field,
+			Reason: fmt.Sprintf("%v is outside %v..%v (0 means the default, %v)", *v, lo, hi, def)}
 	}
+	return nil
 }
+
+// ErrInvalidConfig: a configuration value was refused. The error is a
+// *ConfigError naming the field.
+var ErrInvalidConfig = errors.New("conduit: invalid configuration")
+
+// ConfigError reports a configuration field refused, and why.
+type ConfigError struct {
+	// Field is the struct and the field, as in "ProjectorConfig.BatchSize".
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("conduit: %s: %s", e.Field, e.Reason) }
+
+// Is makes errors.Is(err, ErrInvalidConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
 
 // ErrRestoredDatabase: the database's transaction ids are below those stored
 // in the event log, as after a restore from a logical dump into another

@@ -2,6 +2,7 @@ package conduit_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -88,8 +89,12 @@ func TestProjectorConfigRanges(t *testing.T) {
 			t.Errorf("%s: refused: %v", name, err)
 		case !c.ok && err == nil:
 			t.Errorf("%s: accepted", name)
-		case !c.ok && !strings.Contains(err.Error(), "ProjectorConfig."+c.field):
-			t.Errorf("%s: error %q does not name the field", name, err)
+		case !c.ok:
+			var ce *conduit.ConfigError
+			if !errors.As(err, &ce) || !errors.Is(err, conduit.ErrInvalidConfig) ||
+				ce.Field != "ProjectorConfig."+c.field || !strings.Contains(err.Error(), ce.Field) {
+				t.Errorf("%s: error %v, want a *ConfigError naming the field", name, err)
+			}
 		}
 	}
 }
