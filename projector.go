@@ -567,7 +567,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	perr := &ProjectionError{Projection: p.name, Event: f.event, Err: f.err}
 	*limit = 1
 	if n < p.cfg.MaxAttempts {
-		wait := p.cfg.RetryBackoff << (n - 1)
+		wait := p.cfg.retryWait(n)
 		p.log.Warn("conduit: projection failed on event; retrying", slog.String("event_id", f.event.ID.String()),
 			slog.Int("attempt", n), slog.Any("error", f.err), slog.Duration("retry_in", wait))
 		p.idle(ctx, nil, wait)
@@ -589,6 +589,12 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
 	p.idle(ctx, nil, p.cfg.StalledRetryInterval)
 	return nil
+}
+
+// retryWait is the wait before trying an event again after its
+// attempt-th failure.
+func (c *ProjectorConfig) retryWait(attempt int) time.Duration {
+	return c.RetryBackoff << (attempt - 1)
 }
 
 // idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.

@@ -98,3 +98,38 @@ func TestProjectorConfigRanges(t *testing.T) {
 		}
 	}
 }
+
+// A projection's retries of an event wait RetryBackoff, doubled per failure
+// up to 30 times RetryBackoff, with jitter: between half and the whole of
+// that. It once shifted RetryBackoff by the attempt count: no jitter, no
+// cap, and past about 38 attempts an overflow into negative or zero waits.
+func TestProjectorRetryWaitJitteredAndCapped(t *testing.T) {
+	t.Parallel()
+	for _, backoff := range []time.Duration{conduit.RetryBackoffMin, conduit.RetryBackoffDefault, conduit.RetryBackoffMax} {
+		cfg := &conduit.ProjectorConfig{RetryBackoff: backoff, MaxAttempts: conduit.MaxAttemptsMax}
+		capped := 30 * backoff
+		distinct := map[time.Duration]bool{}
+		for attempt := 1; attempt <= conduit.MaxAttemptsMax; attempt++ {
+			wait, err := conduit.RetryWait(cfg, attempt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			step := capped
+			if attempt <= 5 { // 1, 2, 4, 8, 16 times backoff; then the cap
+				step = backoff << (attempt - 1)
+			}
+			if wait < step/2 || wait > step {
+				t.Fatalf("RetryBackoff %s, attempt %d: wait %s, want %s to %s", backoff, attempt, wait, step/2, step)
+			}
+			if attempt > 5 {
+				distinct[wait] = true
+			}
+		}
+		if len(distinct) < 2 {
+			t.Fatalf("RetryBackoff %s: the capped waits are all %v: no jitter", backoff, distinct)
+		}
+		if wait, _ := conduit.RetryWait(cfg, 100); wait < 0 || wait > capped {
+			t.Fatalf("RetryBackoff %s, attempt 100: wait %s, want 0 to the cap %s", backoff, wait, capped)
+		}
+	}
+}
