@@ -267,7 +267,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	}
 	defer p.release()
 
-	failures := newBackoff(p.cfg.RetryBackoff, 30*p.cfg.RetryBackoff)
+	failures := p.cfg.retryBackoff()
 	// Events held behind the horizon become readable when the transaction
 	// holding it ends, which may append nothing and so wake nobody: look
 	// again soon, then less and less often.
@@ -591,11 +591,15 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	return nil
 }
 
+// retryBackoff is the backoff after failures, of an event or of the
+// database: RetryBackoff doubled up to 30 times RetryBackoff, with jitter.
+func (c *ProjectorConfig) retryBackoff() *backoff {
+	return newBackoff(c.RetryBackoff, 30*c.RetryBackoff)
+}
+
 // retryWait is the wait before trying an event again after its
 // attempt-th failure.
-func (c *ProjectorConfig) retryWait(attempt int) time.Duration {
-	return c.RetryBackoff << (attempt - 1)
-}
+func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().wait(attempt) }
 
 // idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.
 func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
