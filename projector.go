@@ -276,7 +276,8 @@ func (p *Projector) Run(ctx context.Context) error {
 	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
 		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
-		err := p.step(ctx, &registered, &limit)
+		_, err := p.step(ctx, &registered, &limit)
+		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
 			failures.reset()
@@ -298,6 +299,8 @@ func (p *Projector) Run(ctx context.Context) error {
 			return err
 		case errors.Is(err, errLeaseLost):
 			p.epoch = 0
+		case errors.As(err, &stalled):
+			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
 		default:
@@ -311,14 +314,15 @@ func (p *Projector) Run(ctx context.Context) error {
 
 var errStandby = errors.New("conduit: lease held by another instance")
 
-// step does one unit of work: register, acquire, or one batch. On a batch
-// that reached the safe horizon it sets *limit to 0, or to -1 when committed
-// events wait behind the horizon.
-func (p *Projector) step(ctx context.Context, registered *bool, limit *int) error {
+// step does one unit of work: register, acquire, and one batch. It returns
+// the batch's result if one committed. On a batch that reached the safe
+// horizon it sets *limit to 0, or to -1 when committed events wait behind
+// the horizon.
+func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*batchResult, error) {
 	q := p.store.queries
 	if !*registered {
 		if err := q.ProjectionRegister(ctx, dbgen.ProjectionRegisterParams{Name: p.name, ReadTables: p.tablesOrEmpty()}); err != nil {
-			return fmt.Errorf("register projection %q: %w", p.name, err)
+			return nil, fmt.Errorf("register projection %q: %w", p.name, err)
 		}
 		*registered = true
 	}
@@ -327,14 +331,14 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 			Owner: p.cfg.InstanceID, LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name,
 		})
 		if errors.Is(err, pgx.ErrNoRows) {
-			return errStandby
+			return nil, errStandby
 		}
 		if err != nil {
-			return fmt.Errorf("acquire lease: %w", err)
+			return nil, fmt.Errorf("acquire lease: %w", err)
 		}
 		if err := p.checkTransactionIDs(ctx); err != nil {
 			p.epoch = epoch
-			return err
+			return nil, err
 		}
 		p.epoch = epoch
 		p.renewed()
@@ -346,9 +350,9 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	var fail *applyFailure
 	switch {
 	case errors.As(err, &fail):
-		return p.handleFailure(ctx, fail, limit)
+		return nil, p.handleFailure(ctx, fail, limit)
 	case err != nil:
-		return err
+		return nil, err
 	}
 	p.renewed()
 	delete(p.attempts, res.firstID) // it went through
@@ -360,7 +364,7 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	default:
 		*limit = p.cfg.BatchSize
 	}
-	return nil
+	return &res, nil
 }
 
 func (p *Projector) tablesOrEmpty() []string {
@@ -392,9 +396,10 @@ func (f *applyFailure) Error() string { return f.err.Error() }
 func (f *applyFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
-	caughtUp bool
-	held     bool // caught up, but committed events wait behind the horizon (or just committed)
-	firstID  uuid.UUID
+	checkpoint Position // committed by the batch
+	caughtUp   bool
+	held       bool // caught up, but committed events wait behind the horizon (or just committed)
+	firstID    uuid.UUID
 }
 
 // batch applies up to limit events after the checkpoint in one transaction
@@ -462,6 +467,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			}
 			checkpoint = e.Position
 		}
+		res.checkpoint = checkpoint
 		res.caughtUp = len(events) < limit
 		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
 		return err
@@ -553,7 +559,8 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 
 // handleFailure deals with a projection error on an event: first commit the
 // events before it, then retry it alone with backoff, then apply the poison
-// policy.
+// policy. Under PoisonStop it returns a *ProjectionStalledError once the
+// projection is stalled.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
 	if isTransient(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
@@ -587,8 +594,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	p.store.progress.notify(Position{}) // wakes WaitFor to report the stall
 	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
 		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
-	p.idle(ctx, nil, p.cfg.StalledRetryInterval)
-	return nil
+	return &ProjectionStalledError{Projection: p.name, EventID: f.event.ID, Reason: perr.Error()}
 }
 
 // retryBackoff is the backoff after failures, of an event or of the
