@@ -210,9 +210,9 @@ type Projector struct {
 	tables     []string
 	log        *slog.Logger
 
-	running atomic.Bool // Run is in progress
+	running atomic.Bool // Run or CatchUp is in progress
 
-	// Owned by Run's goroutine.
+	// Owned by the goroutine in Run or CatchUp.
 	epoch     int64     // 0: not the owner
 	nextRenew time.Time // when the lease is next due for renewal
 	attempts  map[uuid.UUID]int
@@ -252,35 +252,68 @@ func (p *Projector) InstanceID() string { return p.cfg.InstanceID }
 var errLeaseLost = errors.New("conduit: lease lost")
 
 // Run applies the projection until ctx ends, then rolls back any batch in
-// flight, releases the lease and returns nil. One Projector runs once at a
-// time; for several instances in one process make several Projectors. Database errors are retried
-// with backoff; Run returns early only for an error no retry can cure
-// (ErrRestoredDatabase).
-func (p *Projector) Run(ctx context.Context) error {
+// flight, releases the lease and returns nil. A Projector runs once at a
+// time (Run or CatchUp); for several instances in one process make several
+// Projectors. Database errors are retried with backoff; Run returns early
+// only for an error no retry can cure (ErrRestoredDatabase).
+func (p *Projector) Run(ctx context.Context) error { return p.run(ctx, false) }
+
+// CatchUp applies the projection until it has passed every event committed
+// before the call (the log's Head), then releases the lease and returns
+// nil: read tables up to date in a test, without sleeps, or in a script. It
+// works as Run does, with these differences:
+//   - if another instance holds the lease, CatchUp waits for it to pass the
+//     head, as WaitFor does (and takes over if the lease expires);
+//   - under PoisonStop a stall returns the *ProjectionStalledError at once
+//     (under PoisonPark the event is parked and CatchUp goes on);
+//   - events held behind the safe horizon are waited for: they become
+//     readable once every transaction older than the head's has ended;
+//   - errors a retry may cure (a dropped connection, a restart) are
+//     retried with backoff, others returned; it returns ctx's error if ctx
+//     ends first.
+//
+// It refuses to run while Run or CatchUp runs on the same Projector.
+func (p *Projector) CatchUp(ctx context.Context) error { return p.run(ctx, true) }
+
+// run is Run, or CatchUp when catchUp is set.
+func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	if !p.running.CompareAndSwap(false, true) {
-		return errors.New("conduit: Projector.Run called while it runs; make one Projector per concurrent instance")
+		return errors.New("conduit: Projector already running (Run or CatchUp); make one Projector per concurrent instance")
 	}
 	defer p.running.Store(false)
-	if !p.cfg.PollOnly {
+	var head *Position // CatchUp's goal
+	// Events held behind the horizon become readable when the transaction
+	// holding it ends, which may append nothing and so wake nobody: look
+	// again soon, then less and less often.
+	behindHorizon := newBackoff(time.Millisecond, p.cfg.PollInterval)
+	if catchUp {
+		h, err := p.store.Head(ctx)
+		if err != nil {
+			return err
+		}
+		head = &h
+		behindHorizon = newBackoff(time.Millisecond, min(p.cfg.PollInterval, waitPollMax)) // a caller waits
+	} else if !p.cfg.PollOnly {
 		p.store.listener.acquire()
 		defer p.store.listener.release()
 	}
 	defer p.release()
 
 	failures := p.cfg.retryBackoff()
-	// Events held behind the horizon become readable when the transaction
-	// holding it ends, which may append nothing and so wake nobody: look
-	// again soon, then less and less often.
-	behindHorizon := newBackoff(time.Millisecond, p.cfg.PollInterval)
+	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
 	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
 		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
-		_, err := p.step(ctx, &registered, &limit)
+		progressed := p.store.progress.wait()
+		res, err := p.step(ctx, &registered, &limit)
 		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
 			failures.reset()
+			if head != nil && res != nil && !res.checkpoint.Before(*head) {
+				return nil
+			}
 			switch limit {
 			case 0: // caught up
 				behindHorizon.reset()
@@ -292,22 +325,40 @@ func (p *Projector) Run(ctx context.Context) error {
 			default:
 				behindHorizon.reset()
 			}
-		case ctx.Err() != nil:
-			return nil
+		case ctx.Err() != nil: // the loop ends
 		case errors.Is(err, ErrRestoredDatabase):
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
 			p.epoch = 0
 		case errors.As(err, &stalled):
+			if head != nil {
+				return err
+			}
 			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+		case errors.Is(err, errStandby) && head != nil:
+			// As WaitFor: the instance holding the lease may pass the head
+			// (or stall); trying to acquire on every round, CatchUp takes
+			// over once its lease expires.
+			switch passed, err := p.store.projectionPassed(ctx, p.name, *head); {
+			case passed:
+				return nil
+			case errors.Is(err, ErrProjectionStalled):
+				return err
+			}
+			p.idle(ctx, progressed, standby.next())
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
+		case head != nil && !isTransient(err):
+			return fmt.Errorf("conduit: catch up %q: %w", p.name, err)
 		default:
 			wait := failures.next()
 			p.log.Warn("conduit: projector error; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
 			p.idle(ctx, nil, wait)
 		}
+	}
+	if head != nil {
+		return fmt.Errorf("conduit: catch up %q to %s: %w", p.name, *head, ctx.Err())
 	}
 	return nil
 }

@@ -506,6 +506,9 @@ func TestProjectorRunTwiceRefused(t *testing.T) {
 	if err := p.Run(context.Background()); err == nil {
 		t.Fatal("a second concurrent Run of one Projector was accepted")
 	}
+	if err := p.CatchUp(context.Background()); err == nil {
+		t.Fatal("CatchUp of a Projector whose Run runs was accepted")
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
