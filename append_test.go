@@ -329,13 +329,9 @@ func TestAppendIdempotentRetry(t *testing.T) {
 	first("s-any", conduit.Any, batch(1))
 	retry("s-any", conduit.Any, anyBatch, res)
 
-	// A zero id is filled in in the caller's slice, so retrying the same
-	// slice is idempotent too.
+	// NewEvent fixes the ids, so retrying the same events is idempotent too.
 	generated := []conduit.EventData{mustEvent(t, "g", 1), mustEvent(t, "g", 2)}
 	res = first("s-generated", conduit.NoStream, generated)
-	if generated[0].ID == uuid.Nil || generated[1].ID == uuid.Nil {
-		t.Fatalf("ids not written back: %v", generated)
-	}
 	retry("s-generated", conduit.NoStream, generated, res)
 
 	// AppendTx retries too.
@@ -506,4 +502,130 @@ func TestEventsImmutable(t *testing.T) {
 	if len(events) != 1 || string(events[0].Data) != `{"n": 1}` {
 		t.Fatalf("events changed: %+v", events)
 	}
+}
+
+// Any and StreamExists promise no conflict: however hard concurrent appends
+// race for the next versions of a few shared streams, none of them surfaces
+// as a version conflict, from Append or from AppendTx.
+func TestAppendAnyUnderContention(t *testing.T) {
+	t.Parallel()
+	for _, tx := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tx=%v", tx), func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			store, pool := newStore(t, nil)
+			const writers, streams, perWriter = 8, 3, 60
+			for s := range streams {
+				if _, err := store.Append(ctx, fmt.Sprintf("s-%d", s), conduit.NoStream, mustEvent(t, "opened", 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, writers*perWriter)
+			for w := range writers {
+				wg.Go(func() {
+					for i := range perWriter {
+						stream := fmt.Sprintf("s-%d", (w+i)%streams)
+						expected := conduit.Any
+						if i%2 == 1 {
+							expected = conduit.StreamExists
+						}
+						events := []conduit.EventData{mustEvent(t, "e", i)}
+						if i%3 == 0 {
+							events = append(events, mustEvent(t, "e", -i))
+						}
+						var err error
+						if tx {
+							err = store.InTx(ctx, func(tx pgx.Tx) error {
+								_, err := store.AppendTx(ctx, tx, stream, expected, events...)
+								return err
+							})
+						} else {
+							_, err = store.Append(ctx, stream, expected, events...)
+						}
+						if err != nil {
+							errs <- fmt.Errorf("writer %d, append %d to %s with %s: %w", w, i, stream, expected, err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			want := streams + writers*perWriter + writers*((perWriter+2)/3)
+			if n := countEvents(t, ctx, pool, ""); n != want {
+				t.Fatalf("%d events stored, want %d", n, want)
+			}
+			for s := range streams {
+				checkStreamGapless(t, store, fmt.Sprintf("s-%d", s))
+			}
+		})
+	}
+}
+
+// An AppendTx with Any that loses the race for the next version to a
+// concurrent transaction appends after it, and the caller's transaction
+// stays usable.
+func TestAppendTxAnyAfterConcurrentCommit(t *testing.T) {
+	t.Parallel()
+	for _, expected := range []conduit.ExpectedVersion{conduit.Any, conduit.StreamExists} {
+		t.Run(expected.String(), func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			store, pool := newStore(t, nil)
+			if _, err := store.Append(ctx, "s", conduit.NoStream, mustEvent(t, "first", 0)); err != nil {
+				t.Fatal(err)
+			}
+			holder, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Rollback(ctx) //nolint:errcheck
+			if _, err := store.AppendTx(ctx, holder, "s", expected, mustEvent(t, "held", 1)); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				done <- store.InTx(ctx, func(tx pgx.Tx) error {
+					res, err := store.AppendTx(ctx, tx, "s", expected, mustEvent(t, "waiting", 2), mustEvent(t, "waiting", 3))
+					if err != nil {
+						return err
+					}
+					if res.Version != 4 {
+						return fmt.Errorf("version %d, want 4", res.Version)
+					}
+					// The transaction is still usable.
+					_, err = tx.Exec(ctx, "SELECT 1")
+					return err
+				})
+			}()
+			waitBlockedBy(t, ctx, pool, backendPID(t, ctx, holder))
+			if err := holder.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("AppendTx with %s after a concurrent commit: %v", expected, err)
+			}
+			if n := checkStreamGapless(t, store, "s"); n != 4 {
+				t.Fatalf("stream has %d events, want 4", n)
+			}
+		})
+	}
+}
+
+// checkStreamGapless checks that the stream's versions run 1..n without a
+// gap and that its order is the global log's order; it returns n.
+func checkStreamGapless(t testing.TB, store *conduit.Store, stream string) int64 {
+	t.Helper()
+	var last conduit.Event
+	for _, e := range collect(t, store.ReadStream(testContext(t), stream, 1)) {
+		if e.StreamVersion != last.StreamVersion+1 || (last.StreamVersion > 0 && !last.Position.Before(e.Position)) {
+			t.Fatalf("stream %s: version %d at %s follows version %d at %s", stream, e.StreamVersion, e.Position,
+				last.StreamVersion, last.Position)
+		}
+		last = e
+	}
+	return last.StreamVersion
 }

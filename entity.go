@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // EntityMaxAttemptsDefault is the default Entity.MaxAttempts.
@@ -22,14 +25,24 @@ type Entity[S any] struct {
 	Initial func() S
 	// Evolve returns the state after one event. Required.
 	Evolve func(state S, e Event) (S, error)
-	// MaxAttempts bounds Update's tries when concurrent writers conflict.
-	// Defaults to EntityMaxAttemptsDefault.
+	// MaxAttempts bounds Update's tries when concurrent writers conflict;
+	// zero or less means the default. Defaults to EntityMaxAttemptsDefault
+	// (5).
 	MaxAttempts int
 }
 
 // Load folds the stream's events into a state and returns it with the
 // stream's version (0 for a stream with no events).
 func (en Entity[S]) Load(ctx context.Context, store *Store, streamID string) (S, int64, error) {
+	return en.load(store.ReadStream(ctx, streamID, 1), streamID)
+}
+
+// LoadTx is Load inside the caller's transaction.
+func (en Entity[S]) LoadTx(ctx context.Context, store *Store, tx pgx.Tx, streamID string) (S, int64, error) {
+	return en.load(store.ReadStreamTx(ctx, tx, streamID, 1), streamID)
+}
+
+func (en Entity[S]) load(events iter.Seq2[Event, error], streamID string) (S, int64, error) {
 	var state S
 	if en.Initial != nil {
 		state = en.Initial()
@@ -38,7 +51,7 @@ func (en Entity[S]) Load(ctx context.Context, store *Store, streamID string) (S,
 		return state, 0, errors.New("conduit: Entity.Evolve is nil")
 	}
 	var version int64
-	for e, err := range store.ReadStream(ctx, streamID, 1) {
+	for e, err := range events {
 		if err != nil {
 			return state, 0, err
 		}
@@ -55,8 +68,32 @@ func (en Entity[S]) Load(ctx context.Context, store *Store, streamID string) (S,
 // first, it reloads and decides again, up to MaxAttempts times; then it
 // returns the last *VersionConflictError. A decide that returns no events
 // appends nothing and returns the current version. An error from decide is
-// returned as is.
+// returned as is. decide may run more than once: keep it free of side
+// effects, and make its events with NewEvent so that each decision has its
+// own ids.
 func (en Entity[S]) Update(ctx context.Context, store *Store, streamID string, decide func(state S) ([]EventData, error)) (AppendResult, error) {
+	return en.update(decide, func() (S, int64, error) { return en.Load(ctx, store, streamID) },
+		func(version int64, events []EventData) (AppendResult, error) {
+			return store.Append(ctx, streamID, Exactly(version), events...)
+		})
+}
+
+// UpdateTx is Update inside the caller's transaction: the load, the
+// decision and the append see the transaction's own writes and commit with
+// it. A conflict leaves tx usable, so UpdateTx reloads and decides again
+// within it (under READ COMMITTED each reload sees the appends committed
+// meanwhile; under REPEATABLE READ a concurrent append ends the transaction
+// with a serialization failure instead: retry the transaction). Call
+// store.Notify after the commit, or run it in store.InTx.
+func (en Entity[S]) UpdateTx(ctx context.Context, store *Store, tx pgx.Tx, streamID string, decide func(state S) ([]EventData, error)) (AppendResult, error) {
+	return en.update(decide, func() (S, int64, error) { return en.LoadTx(ctx, store, tx, streamID) },
+		func(version int64, events []EventData) (AppendResult, error) {
+			return store.AppendTx(ctx, tx, streamID, Exactly(version), events...)
+		})
+}
+
+func (en Entity[S]) update(decide func(S) ([]EventData, error), load func() (S, int64, error),
+	appendAt func(version int64, events []EventData) (AppendResult, error)) (AppendResult, error) {
 	attempts := en.MaxAttempts
 	if attempts <= 0 {
 		attempts = EntityMaxAttemptsDefault
@@ -68,7 +105,7 @@ func (en Entity[S]) Update(ctx context.Context, store *Store, streamID string, d
 			version int64
 			events  []EventData
 		)
-		if state, version, err = en.Load(ctx, store, streamID); err != nil {
+		if state, version, err = load(); err != nil {
 			return AppendResult{}, err
 		}
 		if events, err = decide(state); err != nil {
@@ -78,7 +115,7 @@ func (en Entity[S]) Update(ctx context.Context, store *Store, streamID string, d
 			return AppendResult{Version: version}, nil
 		}
 		var res AppendResult
-		res, err = store.Append(ctx, streamID, Exactly(version), events...)
+		res, err = appendAt(version, events)
 		if !errors.Is(err, ErrVersionConflict) {
 			return res, err
 		}

@@ -1,10 +1,13 @@
 package conduit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
+
+	"github.com/conduit-es/conduit/internal/dberr"
 )
 
 // Sentinel errors. Every typed error below matches one of these with
@@ -33,6 +36,23 @@ var (
 	// ErrEventTooLarge: an event's data and metadata exceed
 	// Config.MaxEventSize. It also matches ErrInvalidEvent.
 	ErrEventTooLarge = errors.New("conduit: event too large")
+
+	// ErrAppendTooLarge: an append has more than MaxEventsPerAppend events,
+	// or more than Config.MaxAppendSize bytes of data and metadata in all.
+	// It also matches ErrInvalidEvent.
+	ErrAppendTooLarge = errors.New("conduit: append too large")
+
+	// ErrRestoredDatabase: the database's transaction ids are below those
+	// stored in the event log, as after a restore from a logical dump into
+	// another cluster. Readers of the global log would see nothing new and
+	// appends could break a stream's order, so appends to existing streams,
+	// ReadAll and projectors refuse. The error is a *RestoredDatabaseError
+	// naming the fix: SELECT conduit.rebase_transaction_ids();
+	ErrRestoredDatabase = errors.New("conduit: transaction ids went backwards (database restored from a logical dump?)")
+
+	// ErrInvalidConfig: a Config or ProjectorConfig field is out of its
+	// documented range. The error is a *ConfigError naming the field.
+	ErrInvalidConfig = errors.New("conduit: invalid configuration")
 
 	// ErrProjection: a synchronous projection failed and the append was
 	// rolled back. The error is a *ProjectionError.
@@ -90,12 +110,57 @@ func (e *TransactionOrderError) Error() string {
 // Is makes errors.Is(err, ErrTransactionOrder) true.
 func (e *TransactionOrderError) Is(target error) bool { return target == ErrTransactionOrder }
 
-// IsRetryable reports whether retrying the whole operation (for AppendTx, the
-// caller's whole transaction) may succeed: version conflicts (after
-// re-reading the stream) and transaction-order refusals.
-func IsRetryable(err error) bool {
-	return errors.Is(err, ErrVersionConflict) || errors.Is(err, ErrTransactionOrder)
+// IsRefused reports an append the store refused, having written nothing:
+// a version conflict, a transaction-order refusal (AppendTx), invalid input
+// or an event id used elsewhere. Resending the same events gets the same
+// answer: reload the stream and decide again, or fix the input.
+func IsRefused(err error) bool {
+	return errors.Is(err, ErrVersionConflict) || errors.Is(err, ErrTransactionOrder) ||
+		errors.Is(err, ErrInvalidEvent) || errors.Is(err, ErrDuplicateEventID)
 }
+
+// IsOutcomeUnknown reports a failure that says nothing about the events:
+// the connection was lost (perhaps around the commit), the server shut down
+// or restarted, the transaction hit a serialization failure or a deadlock,
+// or ctx ended. The events may or may not be stored: resend the same events
+// (for AppendTx, retry the whole transaction). Their ids make that safe: if
+// they were stored, the resend is an idempotent retry.
+func IsOutcomeUnknown(err error) bool {
+	return dberr.IsTransient(err)
+}
+
+// IsRetryable reports whether retrying may succeed: IsOutcomeUnknown
+// (resend the same events), or a version conflict or transaction-order
+// refusal (reload, decide again, append the new decision).
+func IsRetryable(err error) bool {
+	return errors.Is(err, ErrVersionConflict) || errors.Is(err, ErrTransactionOrder) || IsOutcomeUnknown(err)
+}
+
+// RestoredDatabaseError reports ErrRestoredDatabase with the figures.
+type RestoredDatabaseError struct {
+	MaxStored, NextTransactionID int64
+}
+
+func (e *RestoredDatabaseError) Error() string {
+	return fmt.Sprintf("conduit: stored transaction id %d is above the server's next one (%d): the database was "+
+		"restored from a logical dump into another cluster; run SELECT conduit.rebase_transaction_ids(); "+
+		"(projections not caught up at dump time are rebuilt)", e.MaxStored, e.NextTransactionID)
+}
+
+// Is makes errors.Is(err, ErrRestoredDatabase) true.
+func (e *RestoredDatabaseError) Is(target error) bool { return target == ErrRestoredDatabase }
+
+// ConfigError reports a configuration field out of its range.
+type ConfigError struct {
+	// Field is the field's name, such as "ProjectorConfig.BatchSize".
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string { return "conduit: " + e.Field + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrInvalidConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
 
 // ValidationError reports input refused before anything was written.
 type ValidationError struct {
@@ -105,7 +170,8 @@ type ValidationError struct {
 	// Index is the event's index in the append call, or -1.
 	Index  int
 	Reason string
-	// Err is ErrEventTooLarge for size limits, else nil.
+	// Err is ErrEventTooLarge or ErrAppendTooLarge for size limits, else
+	// nil.
 	Err error
 }
 
@@ -119,7 +185,7 @@ func (e *ValidationError) Error() string {
 // Is makes errors.Is(err, ErrInvalidEvent) true.
 func (e *ValidationError) Is(target error) bool { return target == ErrInvalidEvent }
 
-// Unwrap returns ErrEventTooLarge for size limits.
+// Unwrap returns ErrEventTooLarge or ErrAppendTooLarge for size limits.
 func (e *ValidationError) Unwrap() error { return e.Err }
 
 // ProjectionError reports a projection that failed on an event.
@@ -139,3 +205,61 @@ func (e *ProjectionError) Is(target error) bool { return target == ErrProjection
 
 // Unwrap returns the projection's own error.
 func (e *ProjectionError) Unwrap() error { return e.Err }
+
+// appendError maps an append's database error to the library's typed errors.
+func (s *Store) appendError(ctx context.Context, err error, a appendArgs) error {
+	switch dberr.Classify(err) {
+	case dberr.EventIDTaken:
+		// A reused id the fast statement's own check does not cover. The
+		// failed statement may have aborted the caller's transaction, so
+		// look it up through the pool; an id reused within that
+		// transaction is invisible there, and reported without a place.
+		dup := &DuplicateEventIDError{}
+		if at, lerr := s.queries.EventLocateAny(ctx, a.ids); lerr == nil {
+			dup.EventID, dup.StreamID, dup.Version = at.EventID, at.StreamID, at.StreamVersion
+		} else if len(a.ids) == 1 {
+			dup.EventID = a.ids[0]
+		}
+		return dup
+	case dberr.StreamVersionTaken:
+		// Only a writer that bypasses the stream lock can get here.
+		actual, verr := s.StreamVersion(ctx, a.StreamID)
+		if verr != nil {
+			actual = -1
+		}
+		return &VersionConflictError{StreamID: a.StreamID, Expected: a.expected, Actual: actual}
+	}
+	return s.dbError(ctx, err, fmt.Sprintf("append to stream %q", a.StreamID))
+}
+
+// dbError maps a database error met while doing what to the library's
+// typed errors, or wraps it. Errors the library made pass through.
+func (s *Store) dbError(ctx context.Context, err error, what string) error {
+	var (
+		vc *VersionConflictError
+		de *DuplicateEventIDError
+		to *TransactionOrderError
+		pe *ProjectionError
+		rd *RestoredDatabaseError
+	)
+	switch {
+	case errors.As(err, &vc) || errors.As(err, &de) || errors.As(err, &to) || errors.As(err, &pe) || errors.As(err, &rd):
+		return err
+	}
+	switch dberr.Classify(err) {
+	case dberr.RestoredDatabase:
+		return s.restoredDatabase(ctx)
+	case dberr.NoProjection:
+		return fmt.Errorf("conduit: %s: %w", what, ErrNotFound)
+	}
+	return fmt.Errorf("conduit: %s: %w", what, err)
+}
+
+// restoredDatabase returns the *RestoredDatabaseError with the figures.
+func (s *Store) restoredDatabase(ctx context.Context) error {
+	r, err := s.queries.TransactionIDsCheck(ctx)
+	if err != nil {
+		return &RestoredDatabaseError{MaxStored: -1, NextTransactionID: -1}
+	}
+	return &RestoredDatabaseError{MaxStored: r.MaxStored, NextTransactionID: r.NextXid}
+}

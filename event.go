@@ -3,6 +3,7 @@ package conduit
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -20,11 +21,18 @@ const (
 	MaxEventsPerAppend = 10_000
 )
 
-// EventData is an event to append.
+// EventData is an event to append. Make it with NewEvent, which fixes its
+// identity.
 type EventData struct {
-	// ID identifies the event. A zero ID gets a fresh UUIDv7. Supplying your
-	// own makes a retried append idempotent: the same ids at the same place
-	// are not written twice.
+	// ID identifies the event, and makes appends safe to retry: appending
+	// events whose ids are stored already, at the same place, writes nothing
+	// and reports a duplicate. NewEvent sets a fresh UUIDv7.
+	//
+	// An EventData built by hand with a zero ID gets a fresh id each time it
+	// is appended (Append never writes into its arguments), so resending it
+	// after a lost acknowledgement stores it twice. Set the ID (uuid.NewV7,
+	// or an id derived from your own request id) before the first attempt
+	// when you may retry.
 	ID uuid.UUID
 	// Type names the event, such as "person_registered". 1 to 255 bytes.
 	Type string
@@ -34,13 +42,19 @@ type EventData struct {
 	Metadata json.RawMessage
 }
 
-// NewEvent makes an EventData of the given type, with v marshalled as JSON.
+// NewEvent makes an EventData of the given type, with v marshalled as JSON
+// and a fresh UUIDv7 as its ID: the event's identity, fixed before the first
+// append, so resending the same EventData is an idempotent retry.
 func NewEvent(eventType string, v any) (EventData, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return EventData{}, &ValidationError{Field: "data", Index: -1, Reason: err.Error()}
 	}
-	return EventData{Type: eventType, Data: data}, nil
+	id, err := uuid.NewV7()
+	if err != nil {
+		return EventData{}, fmt.Errorf("conduit: make event id: %w", err)
+	}
+	return EventData{ID: id, Type: eventType, Data: data}, nil
 }
 
 // Event is an event as stored.
@@ -104,7 +118,17 @@ const (
 )
 
 // Exactly appends only if the stream's version is n (0: no events yet).
-func Exactly(n int64) ExpectedVersion { return ExpectedVersion(n) }
+// A negative n is refused by Append with a *ValidationError.
+func Exactly(n int64) ExpectedVersion {
+	if n < 0 {
+		return invalidExactly
+	}
+	return ExpectedVersion(n)
+}
+
+// invalidExactly is Exactly(n) for a negative n, which must not turn into
+// Any, NoStream or StreamExists.
+const invalidExactly ExpectedVersion = math.MinInt64
 
 func (v ExpectedVersion) String() string {
 	switch v {
@@ -115,6 +139,9 @@ func (v ExpectedVersion) String() string {
 	case StreamExists:
 		return "stream exists"
 	}
+	if v == invalidExactly {
+		return "Exactly(negative)"
+	}
 	if v < 0 {
 		return fmt.Sprintf("invalid(%d)", int64(v))
 	}
@@ -122,6 +149,14 @@ func (v ExpectedVersion) String() string {
 }
 
 func (v ExpectedVersion) valid() bool { return v >= StreamExists }
+
+// invalidReason says why an invalid v is refused.
+func (v ExpectedVersion) invalidReason() string {
+	if v == invalidExactly {
+		return "Exactly(n) needs n >= 0"
+	}
+	return fmt.Sprintf("%d is not a version; use Any, NoStream, StreamExists or Exactly(n)", int64(v))
+}
 
 // validateStreamID checks a stream id against the documented limits.
 func validateStreamID(streamID string) error {

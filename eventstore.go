@@ -7,38 +7,60 @@ import (
 	"iter"
 	"log/slog"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
-// Defaults for Config fields left zero.
+// Defaults and limits of Config fields. A zero field means its default.
 const (
 	// MaxEventSizeDefault is the default Config.MaxEventSize: 1 MiB.
 	MaxEventSizeDefault = 1 << 20
+	// MaxEventSizeLimit is the largest Config.MaxEventSize: 64 MiB.
+	MaxEventSizeLimit = 64 << 20
+
+	// MaxAppendSizeDefault is the default Config.MaxAppendSize: 16 MiB, or
+	// Config.MaxEventSize if that is larger.
+	MaxAppendSizeDefault = 16 << 20
+	// MaxAppendSizeLimit is the largest Config.MaxAppendSize: 512 MiB (a
+	// PostgreSQL protocol message holds at most 1 GiB, and the data travels
+	// as text).
+	MaxAppendSizeLimit = 512 << 20
+
 	// ReadPageSizeDefault is the default Config.ReadPageSize.
 	ReadPageSizeDefault = 1000
-
-	maxReadPageSize = 1_000_000
+	// ReadPageSizeLimit is the largest Config.ReadPageSize.
+	ReadPageSizeLimit = 1_000_000
 
 	// NotifyIntervalDefault is the default Config.NotifyInterval.
 	NotifyIntervalDefault = 5 * time.Millisecond
+	// NotifyIntervalLimit is the longest Config.NotifyInterval.
+	NotifyIntervalLimit = time.Minute
 )
 
 // Config configures a Store. The zero value (or a nil *Config) means
-// defaults.
+// defaults; a field out of its range makes NewStore return a *ConfigError.
 type Config struct {
 	// MaxEventSize is the largest event accepted, in bytes of data plus
-	// metadata. Defaults to MaxEventSizeDefault (1 MiB).
+	// metadata: 1 to MaxEventSizeLimit (64 MiB). Defaults to
+	// MaxEventSizeDefault (1 MiB).
 	MaxEventSize int
 
+	// MaxAppendSize is the most bytes of data plus metadata one append
+	// takes, all its events together, checked before anything is sent:
+	// MaxEventSize to MaxAppendSizeLimit (512 MiB). Defaults to
+	// MaxAppendSizeDefault (16 MiB), or MaxEventSize if that is larger.
+	MaxAppendSize int
+
 	// ReadPageSize is how many events ReadStream and ReadAll fetch per round
-	// trip; memory use is bounded by it. Defaults to ReadPageSizeDefault.
+	// trip; memory use is bounded by it. 1 to ReadPageSizeLimit. Defaults to
+	// ReadPageSizeDefault (1,000).
 	ReadPageSize int
 
 	// Projections run synchronously inside every append's transaction, in
@@ -55,7 +77,8 @@ type Config struct {
 	// NotifyInterval is the least time between two of those NOTIFYs: the
 	// first append after a quiet spell is notified at once, those of a busy
 	// spell together, so the notifications cost appends little under load.
-	// Defaults to NotifyIntervalDefault.
+	// Up to NotifyIntervalLimit (1 minute). Defaults to
+	// NotifyIntervalDefault (5 ms).
 	NotifyInterval time.Duration
 
 	// Logger receives structured logs. Defaults to slog.Default().
@@ -67,31 +90,33 @@ func (c *Config) withDefaults() (Config, error) {
 	if c != nil {
 		out = *c
 	}
-	if out.MaxEventSize < 0 {
-		return out, fmt.Errorf("conduit: Config.MaxEventSize must not be negative, got %d", out.MaxEventSize)
-	}
-	if out.MaxEventSize == 0 {
-		out.MaxEventSize = MaxEventSizeDefault
-	}
-	if out.ReadPageSize < 0 || out.ReadPageSize > maxReadPageSize {
-		return out, fmt.Errorf("conduit: Config.ReadPageSize must be between 0 and %d, got %d", maxReadPageSize, out.ReadPageSize)
-	}
-	if out.ReadPageSize == 0 {
-		out.ReadPageSize = ReadPageSizeDefault
-	}
-	if out.NotifyInterval < 0 {
-		return out, fmt.Errorf("conduit: Config.NotifyInterval must not be negative, got %s", out.NotifyInterval)
-	}
-	if out.NotifyInterval == 0 {
-		out.NotifyInterval = NotifyIntervalDefault
+	setDefault(&out.MaxEventSize, MaxEventSizeDefault)
+	setDefault(&out.MaxAppendSize, max(MaxAppendSizeDefault, out.MaxEventSize))
+	setDefault(&out.ReadPageSize, ReadPageSizeDefault)
+	setDefault(&out.NotifyInterval, NotifyIntervalDefault)
+	for _, f := range []struct {
+		field     string
+		v, lo, hi int64
+		unit      func(int64) string
+	}{
+		{"Config.MaxEventSize", int64(out.MaxEventSize), 1, MaxEventSizeLimit, bytesText},
+		{"Config.MaxAppendSize", int64(out.MaxAppendSize), int64(out.MaxEventSize), MaxAppendSizeLimit, bytesText},
+		{"Config.ReadPageSize", int64(out.ReadPageSize), 1, ReadPageSizeLimit, countText},
+		{"Config.NotifyInterval", int64(out.NotifyInterval), 1, int64(NotifyIntervalLimit), durationText},
+	} {
+		if f.v < f.lo || f.v > f.hi {
+			return out, &ConfigError{Field: f.field,
+				Reason: fmt.Sprintf("%s is out of range %s to %s", f.unit(f.v), f.unit(f.lo), f.unit(f.hi))}
+		}
 	}
 	names := map[string]bool{}
 	for i, p := range out.Projections {
+		field := fmt.Sprintf("Config.Projections[%d]", i)
 		if p == nil {
-			return out, fmt.Errorf("conduit: Config.Projections[%d] is nil", i)
+			return out, &ConfigError{Field: field, Reason: "nil"}
 		}
 		if p.Name() == "" || names[p.Name()] {
-			return out, fmt.Errorf("conduit: Config.Projections[%d]: name %q is empty or used twice", i, p.Name())
+			return out, &ConfigError{Field: field, Reason: fmt.Sprintf("name %q is empty or used twice", p.Name())}
 		}
 		names[p.Name()] = true
 	}
@@ -100,6 +125,16 @@ func (c *Config) withDefaults() (Config, error) {
 		out.Logger = slog.Default()
 	}
 	return out, nil
+}
+
+func bytesText(n int64) string    { return strconv.FormatInt(n, 10) + " bytes" }
+func countText(n int64) string    { return strconv.FormatInt(n, 10) }
+func durationText(n int64) string { return time.Duration(n).String() }
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // Store appends and reads events. It is safe for concurrent use.
@@ -177,42 +212,45 @@ type AppendResult struct {
 
 // Append appends events to a stream atomically, if the stream is at the
 // expected version, in one round trip whatever the number of events (at most
-// MaxEventsPerAppend). With synchronous projections configured it runs them
-// in the same transaction.
+// MaxEventsPerAppend, and Config.MaxAppendSize bytes in all). With
+// synchronous projections configured it runs them in the same transaction.
+//
+// Append never writes into events. Their ids make a retry safe: resending
+// the same events to the same place (after a lost commit acknowledgement,
+// say) writes nothing and returns a result with Duplicate set. NewEvent
+// gives each event its id; an EventData built by hand with a zero ID gets a
+// fresh id at each call, so such an event is stored again by every retry.
+//
+// With Any and StreamExists a concurrent append to the same stream is never
+// a conflict: appends to one stream are serialized, and this one goes after
+// it.
 //
 // Errors: *ValidationError (ErrInvalidEvent) before anything is sent,
 // *VersionConflictError (ErrVersionConflict), *DuplicateEventIDError
-// (ErrDuplicateEventID), *ProjectionError (ErrProjection), or a database
-// error.
+// (ErrDuplicateEventID), *ProjectionError (ErrProjection),
+// *RestoredDatabaseError (ErrRestoredDatabase), or a database error. Use
+// IsRefused and IsOutcomeUnknown to decide on a retry.
 func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
-	params, err := s.appendParams(streamID, expected, events)
+	a, err := s.newAppend(streamID, expected, events)
 	if err != nil {
 		return AppendResult{}, err
 	}
 	var res AppendResult
-	for attempt := 1; ; attempt++ {
-		if len(s.cfg.Projections) == 0 {
-			// One statement, one implicit transaction, one round trip.
-			res, _, err = s.appendWith(ctx, s.queries, params, expected)
-		} else {
-			err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				var stored []Event
-				res, stored, err = s.appendWith(ctx, s.queries.WithTx(tx), params, expected)
-				if err != nil || res.Duplicate {
-					return err
-				}
-				return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
-			})
-		}
-		// With Any or StreamExists, losing the race for the next version to
-		// a concurrent append is no conflict: append after it instead.
-		if (expected == Any || expected == StreamExists) && attempt < appendRaceRetries && isStreamVersionRace(err) {
-			continue
-		}
-		break
+	if len(s.cfg.Projections) == 0 {
+		// Each statement one implicit transaction, one round trip.
+		res, _, err = s.appendEvents(ctx, s.queries, a)
+	} else {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var stored []Event
+			res, stored, err = s.appendEvents(ctx, s.queries.WithTx(tx), a)
+			if err != nil || res.Duplicate {
+				return err
+			}
+			return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+		})
 	}
 	if err != nil {
-		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
+		return AppendResult{}, s.appendError(ctx, err, a)
 	}
 	if !res.Duplicate {
 		s.Notify()
@@ -223,25 +261,27 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 // AppendTx is Append inside the caller's transaction: the events, and the
 // rows written by synchronous projections, commit or roll back with it.
 //
+// Refusals (a version conflict, an idempotent retry, invalid input, a
+// transaction-order refusal) leave tx usable. A duplicate event id found by
+// the database's unique index, a projection error or a database error leave
+// it aborted. Appends to one stream are serialized by a lock held until tx
+// ends, so a concurrent append with Any or StreamExists goes after this one
+// once tx commits.
+//
 // Besides Append's errors it may return *TransactionOrderError
-// (ErrTransactionOrder) when tx wrote earlier than the transaction that
-// wrote the stream's last event; roll back and retry the transaction.
-// Version conflicts and validation errors leave tx usable; a duplicate event
-// id found only by the database's unique index, a projection error or a
-// database error leave it aborted. When a concurrent transaction takes the
-// stream's next version first, AppendTx returns *VersionConflictError (the
-// transaction is aborted) even for Any and StreamExists, where Append would
-// retry by itself: retry the transaction (IsRetryable reports true).
+// (ErrTransactionOrder) when tx had written before it appended and a younger
+// transaction has appended to the stream since: roll back and retry the
+// transaction.
 //
 // AppendTx cannot know when tx commits, so it wakes no projector: call
 // Notify after the commit, or use InTx.
 func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
-	params, err := s.appendParams(streamID, expected, events)
+	a, err := s.newAppend(streamID, expected, events)
 	if err != nil {
 		return AppendResult{}, err
 	}
 	q := s.queries.WithTx(tx)
-	res, stored, err := s.appendWith(ctx, q, params, expected)
+	res, stored, err := s.appendEvents(ctx, q, a)
 	if err == nil && !res.Duplicate {
 		if err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events)); err != nil {
 			// The events are written; make sure they never commit. (If the
@@ -250,34 +290,52 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 		}
 	}
 	if err != nil {
-		return AppendResult{}, s.interpretAppendError(ctx, err, streamID, expected)
+		return AppendResult{}, s.appendError(ctx, err, a)
 	}
 	return res, nil
 }
 
-// appendParams validates input and builds the query's arrays.
-func (s *Store) appendParams(streamID string, expected ExpectedVersion, events []EventData) (appendArgs, error) {
+// appendArgs is a validated append: the query's arrays and the event ids.
+type appendArgs struct {
+	dbgen.EventAppendFastParams
+	expected ExpectedVersion
+	ids      []uuid.UUID
+}
+
+// newAppend validates input and builds the query's arrays. It reads events
+// and never writes into them: a zero id gets a fresh id here only.
+func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []EventData) (appendArgs, error) {
 	if err := validateStreamID(streamID); err != nil {
 		return appendArgs{}, err
 	}
 	if !expected.valid() {
-		return appendArgs{}, &ValidationError{Field: "expected version", Index: -1, Reason: fmt.Sprintf("%d is not a version", int64(expected))}
+		return appendArgs{}, &ValidationError{Field: "expected version", Index: -1, Reason: expected.invalidReason()}
 	}
 	switch {
 	case len(events) == 0:
 		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Reason: "none given"}
 	case len(events) > MaxEventsPerAppend:
-		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Err: ErrEventTooLarge,
+		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Err: ErrAppendTooLarge,
 			Reason: fmt.Sprintf("%d events, limit %d per append", len(events), MaxEventsPerAppend)}
 	}
-	p := appendArgs{ids: make([]uuid.UUID, len(events))}
-	p.EventAppendParams = dbgen.EventAppendParams{
+	total := 0
+	for i := range events {
+		total += len(events[i].Data) + len(events[i].Metadata)
+	}
+	if total > s.cfg.MaxAppendSize {
+		return appendArgs{}, &ValidationError{Field: "events", Index: -1, Err: ErrAppendTooLarge,
+			Reason: fmt.Sprintf("data and metadata are %d bytes in all, limit %d per append (Config.MaxAppendSize)",
+				total, s.cfg.MaxAppendSize)}
+	}
+	a := appendArgs{expected: expected, ids: make([]uuid.UUID, len(events))}
+	a.EventAppendFastParams = dbgen.EventAppendFastParams{
 		StreamID: streamID,
 		Expected: int64(expected),
 		EventIds: make([]string, len(events)),
 		Types:    make([]string, len(events)),
 		Data:     make([]string, len(events)),
 		Metadata: make([]string, len(events)),
+		EveryRow: len(s.cfg.Projections) > 0, // synchronous projections need every stored event
 	}
 	var seen map[uuid.UUID]int
 	if len(events) > 1 {
@@ -294,7 +352,6 @@ func (s *Store) appendParams(streamID string, expected ExpectedVersion, events [
 			if id, err = uuid.NewV7(); err != nil {
 				return appendArgs{}, fmt.Errorf("conduit: make event id: %w", err)
 			}
-			e.ID = id // the caller's slice: a retry with the same slice is idempotent
 		}
 		if seen != nil {
 			if j, dup := seen[id]; dup {
@@ -303,84 +360,91 @@ func (s *Store) appendParams(streamID string, expected ExpectedVersion, events [
 			}
 			seen[id] = i
 		}
-		p.ids[i] = id
-		p.EventIds[i] = id.String()
-		p.Types[i] = e.Type
-		p.Data[i] = string(e.Data)
-		p.Metadata[i] = string(e.Metadata)
+		a.ids[i] = id
+		a.EventIds[i] = id.String()
+		a.Types[i] = e.Type
+		a.Data[i] = string(e.Data)
+		a.Metadata[i] = string(e.Metadata)
 	}
-	return p, nil
+	return a, nil
 }
 
-// appendArgs is a validated append: the query's arrays and the event ids.
-type appendArgs struct {
-	dbgen.EventAppendParams
-	ids []uuid.UUID
-}
-
-// appendWith appends in one statement when nothing stands in the way, and
-// only when that statement writes nothing asks conduit.append_to_stream
-// why, turning its status into a typed error or an idempotent result. It
-// returns the stored events (without data, see withData) only when
-// synchronous projections need them.
-func (s *Store) appendWith(ctx context.Context, q *dbgen.Queries, a appendArgs, expected ExpectedVersion) (AppendResult, []Event, error) {
-	p := a.EventAppendParams
-	everyRow := len(s.cfg.Projections) > 0 // synchronous projections need every stored event
-	var fast []dbgen.EventAppendFastRow
-	if len(a.ids) == 1 {
-		row, err := q.EventAppendOne(ctx, dbgen.EventAppendOneParams{
-			StreamID: p.StreamID, EventID: p.EventIds[0], EventType: p.Types[0], Data: p.Data[0],
-			Metadata: p.Metadata[0], Expected: p.Expected,
-		})
-		switch {
-		case err == nil:
-			fast = []dbgen.EventAppendFastRow{dbgen.EventAppendFastRow(row)}
-		case !errors.Is(err, pgx.ErrNoRows):
+// appendEvents appends in one statement when nothing stands in the way, and
+// only when that statement writes nothing asks conduit.explain_append why,
+// turning the answer into a typed refusal or an idempotent result. When a
+// concurrent append took the stream's next version meanwhile, nothing stands
+// in the way any more: it appends again, after it. It returns the stored
+// events (without data, see withData) only when synchronous projections need
+// them.
+func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs) (AppendResult, []Event, error) {
+	for {
+		rows, err := s.appendFast(ctx, q, a)
+		if err != nil {
 			return AppendResult{}, nil, err
 		}
-	} else {
-		var err error
-		fast, err = q.EventAppendFast(ctx, dbgen.EventAppendFastParams{
-			EveryRow: everyRow, StreamID: p.StreamID, Types: p.Types, Data: p.Data, Metadata: p.Metadata,
-			EventIds: p.EventIds, Expected: p.Expected,
+		if len(rows) > 0 {
+			if !a.EveryRow {
+				last := rows[len(rows)-1]
+				return AppendResult{Version: last.StreamVersion,
+					Position: Position{TransactionID: last.TransactionID, GlobalPosition: last.GlobalPosition}}, nil, nil
+			}
+			return storedEvents(a, rows, false)
+		}
+		why, err := q.EventAppendExplain(ctx, dbgen.EventAppendExplainParams{
+			StreamID: a.StreamID, Expected: a.Expected, EventIds: a.EventIds,
 		})
 		if err != nil {
 			return AppendResult{}, nil, err
 		}
-		slices.Reverse(fast) // newest first
-	}
-	if len(fast) > 0 {
-		if !everyRow {
-			last := fast[len(fast)-1]
-			return AppendResult{Version: last.StreamVersion,
-				Position: Position{TransactionID: last.TransactionID, GlobalPosition: last.GlobalPosition}}, nil, nil
+		if len(why) == 0 {
+			return AppendResult{}, nil, errors.New("conduit: explain_append returned no rows")
 		}
-		return storedEvents(a, fast, false)
-	}
-	rows, err := q.EventAppend(ctx, p)
-	if err != nil {
-		return AppendResult{}, nil, err
-	}
-	if len(rows) == 0 {
-		return AppendResult{}, nil, errors.New("conduit: append returned no rows")
-	}
-	first := rows[0]
-	switch first.Status {
-	case "ok", "duplicate":
-		stored := make([]dbgen.EventAppendFastRow, len(rows))
-		for i, r := range rows {
-			stored[i] = dbgen.EventAppendFastRow{StreamVersion: r.StreamVersion,
-				TransactionID: uint64(r.TransactionID), GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
+		first := why[0]
+		switch first.Status {
+		case dberr.StatusOK:
+			if err := ctx.Err(); err != nil {
+				return AppendResult{}, nil, err
+			}
+			continue
+		case dberr.StatusDuplicate:
+			stored := make([]dbgen.EventAppendFastRow, len(why))
+			for i, r := range why {
+				stored[i] = dbgen.EventAppendFastRow{StreamVersion: r.StreamVersion,
+					TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
+			}
+			return storedEvents(a, stored, true)
+		case dberr.StatusVersionConflict:
+			return AppendResult{}, nil, &VersionConflictError{StreamID: a.StreamID, Expected: a.expected, Actual: first.StreamVersion}
+		case dberr.StatusEventIDConflict:
+			return AppendResult{}, nil, &DuplicateEventIDError{EventID: first.ConflictEventID, StreamID: first.ConflictStream, Version: first.StreamVersion}
+		case dberr.StatusTransactionOrder:
+			return AppendResult{}, nil, &TransactionOrderError{StreamID: a.StreamID, Version: first.StreamVersion}
+		case dberr.StatusRestoredDatabase:
+			return AppendResult{}, nil, s.restoredDatabase(ctx)
 		}
-		return storedEvents(a, stored, first.Status == "duplicate")
-	case "version_conflict":
-		return AppendResult{}, nil, &VersionConflictError{StreamID: p.StreamID, Expected: expected, Actual: first.StreamVersion}
-	case "event_id_conflict":
-		return AppendResult{}, nil, &DuplicateEventIDError{EventID: a.ids[0], StreamID: first.ConflictStream, Version: first.StreamVersion}
-	case "transaction_order":
-		return AppendResult{}, nil, &TransactionOrderError{StreamID: p.StreamID, Version: first.StreamVersion}
+		return AppendResult{}, nil, fmt.Errorf("conduit: explain_append returned unknown status %q", first.Status)
 	}
-	return AppendResult{}, nil, fmt.Errorf("conduit: append returned unknown status %q", first.Status)
+}
+
+// appendFast runs the single-statement append: rows oldest first, none when
+// it wrote nothing.
+func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs) ([]dbgen.EventAppendFastRow, error) {
+	if len(a.ids) == 1 {
+		row, err := q.EventAppendOne(ctx, dbgen.EventAppendOneParams{
+			StreamID: a.StreamID, EventID: a.EventIds[0], EventType: a.Types[0], Data: a.Data[0],
+			Metadata: a.Metadata[0], Expected: a.Expected,
+		})
+		switch {
+		case err == nil:
+			return []dbgen.EventAppendFastRow{dbgen.EventAppendFastRow(row)}, nil
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil, nil
+		}
+		return nil, err
+	}
+	rows, err := q.EventAppendFast(ctx, a.EventAppendFastParams)
+	slices.Reverse(rows) // the query returns newest first
+	return rows, err
 }
 
 // storedEvents builds the result and the stored events from one row per
@@ -413,66 +477,24 @@ func withData(stored []Event, in []EventData) []Event {
 	return stored
 }
 
-// appendRaceRetries bounds Append's retries when an Any or StreamExists
-// append loses the race for a version to concurrent appends.
-const appendRaceRetries = 10
-
-// isStreamVersionRace reports the unique violation of a concurrent append
-// taking the same stream version between our check and our insert.
-func isStreamVersionRace(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "events_stream_version_key"
-}
-
-// interpretAppendError maps database errors to the library's typed errors.
-func (s *Store) interpretAppendError(ctx context.Context, err error, streamID string, expected ExpectedVersion) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
-		if errors.Is(err, ErrVersionConflict) || errors.Is(err, ErrDuplicateEventID) ||
-			errors.Is(err, ErrTransactionOrder) || errors.Is(err, ErrProjection) {
-			return err
-		}
-		return fmt.Errorf("conduit: append to stream %q: %w", streamID, err)
-	}
-	switch pgErr.ConstraintName {
-	case "events_stream_version_key":
-		// A concurrent append won the race between our version check and
-		// our insert. It has committed (or we would not have failed), so
-		// the pool sees the version that beat us.
-		actual, verr := s.StreamVersion(ctx, streamID)
-		if verr != nil {
-			actual = -1
-		}
-		return &VersionConflictError{StreamID: streamID, Expected: expected, Actual: actual}
-	case "events_event_id_key":
-		dup := &DuplicateEventIDError{EventID: eventIDFromDetail(pgErr.Detail)}
-		if at, err := s.queries.EventLocate(ctx, dup.EventID); err == nil {
-			dup.StreamID, dup.Version = at.StreamID, at.StreamVersion
-		}
-		return dup
-	}
-	return fmt.Errorf("conduit: append to stream %q: %w", streamID, err)
-}
-
-// eventIDFromDetail extracts the id from "Key (event_id)=(…) already exists.".
-func eventIDFromDetail(detail string) uuid.UUID {
-	const prefix = "Key (event_id)=("
-	if len(detail) >= len(prefix)+36 && detail[:len(prefix)] == prefix {
-		if id, err := uuid.Parse(detail[len(prefix) : len(prefix)+36]); err == nil {
-			return id
-		}
-	}
-	return uuid.Nil
-}
-
 // StreamVersion returns the stream's current version: 0 if it has no events.
 func (s *Store) StreamVersion(ctx context.Context, streamID string) (int64, error) {
+	return s.streamVersion(ctx, s.queries, streamID)
+}
+
+// StreamVersionTx is StreamVersion inside the caller's transaction: it sees
+// the transaction's own appends (and, under REPEATABLE READ, its snapshot).
+func (s *Store) StreamVersionTx(ctx context.Context, tx pgx.Tx, streamID string) (int64, error) {
+	return s.streamVersion(ctx, s.queries.WithTx(tx), streamID)
+}
+
+func (s *Store) streamVersion(ctx context.Context, q *dbgen.Queries, streamID string) (int64, error) {
 	if err := validateStreamID(streamID); err != nil {
 		return 0, err
 	}
-	v, err := s.queries.StreamVersionGet(ctx, streamID)
+	v, err := q.StreamVersionGet(ctx, streamID)
 	if err != nil {
-		return 0, fmt.Errorf("conduit: version of stream %q: %w", streamID, err)
+		return 0, s.dbError(ctx, err, fmt.Sprintf("version of stream %q", streamID))
 	}
 	return v, nil
 }
@@ -481,6 +503,18 @@ func (s *Store) StreamVersion(ctx context.Context, streamID string) (int64, erro
 // version order, fetching Config.ReadPageSize events per round trip. A
 // stream with no events yields nothing. The first error ends the sequence.
 func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int64) iter.Seq2[Event, error] {
+	return s.readStream(ctx, s.queries, streamID, fromVersion)
+}
+
+// ReadStreamTx is ReadStream inside the caller's transaction, for a decision
+// that must see the transaction's own appends, or that reads and appends in
+// one transaction (see Entity.UpdateTx). Finish iterating before using tx
+// for anything else.
+func (s *Store) ReadStreamTx(ctx context.Context, tx pgx.Tx, streamID string, fromVersion int64) iter.Seq2[Event, error] {
+	return s.readStream(ctx, s.queries.WithTx(tx), streamID, fromVersion)
+}
+
+func (s *Store) readStream(ctx context.Context, q *dbgen.Queries, streamID string, fromVersion int64) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		if err := validateStreamID(streamID); err != nil {
 			yield(Event{}, err)
@@ -488,11 +522,11 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int
 		}
 		from := max(fromVersion, 1)
 		for {
-			rows, err := s.queries.EventListByStream(ctx, dbgen.EventListByStreamParams{
+			rows, err := q.EventListByStream(ctx, dbgen.EventListByStreamParams{
 				StreamID: streamID, FromVersion: from, MaxCount: int32(s.cfg.ReadPageSize),
 			})
 			if err != nil {
-				yield(Event{}, fmt.Errorf("conduit: read stream %q: %w", streamID, err))
+				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read stream %q", streamID)))
 				return
 			}
 			for _, r := range rows {
@@ -516,12 +550,18 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int
 // could still commit events before them is open, it stops short of them
 // rather than skip them. So a reader that resumes from the last position it
 // saw never misses an event that committed late.
+//
+// On a database restored from a logical dump (before
+// conduit.rebase_transaction_ids() has run) it yields a
+// *RestoredDatabaseError instead of nothing.
 func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		for {
-			rows, err := s.readAllPage(ctx, s.queries, after, s.cfg.ReadPageSize)
+			rows, err := s.queries.EventListAll(ctx, dbgen.EventListAllParams{
+				AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(s.cfg.ReadPageSize),
+			})
 			if err != nil {
-				yield(Event{}, err)
+				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read all after %s", after)))
 				return
 			}
 			for _, r := range rows {
@@ -536,16 +576,6 @@ func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, er
 			}
 		}
 	}
-}
-
-func (s *Store) readAllPage(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]dbgen.ConduitEvent, error) {
-	rows, err := q.EventListAll(ctx, dbgen.EventListAllParams{
-		AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("conduit: read all after %s: %w", after, err)
-	}
-	return rows, nil
 }
 
 func eventFromRow(r dbgen.ConduitEvent) Event {

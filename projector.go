@@ -50,37 +50,33 @@ const (
 	StalledRetryIntervalDefault = 30 * time.Second
 )
 
-// Bounds of ProjectorConfig fields; NewProjector refuses a value outside
-// them with a *ConfigError. Zero always means the default.
+// Limits of ProjectorConfig fields: NewProjector refuses a field above its
+// limit, or below the least value its doc comment gives, with a
+// *ConfigError. A zero field still means its default.
 const (
-	BatchSizeMax            = 100_000
-	LeaseDurationMin        = 100 * time.Millisecond
-	LeaseDurationMax        = time.Hour
-	PollIntervalMin         = time.Millisecond
-	PollIntervalMax         = time.Hour
-	MaxAttemptsMax          = 1000
-	RetryBackoffMin         = time.Millisecond
-	RetryBackoffMax         = time.Minute
-	StalledRetryIntervalMin = time.Millisecond
-	StalledRetryIntervalMax = 24 * time.Hour
+	BatchSizeLimit            = 100_000
+	LeaseDurationLimit        = time.Hour
+	PollIntervalLimit         = time.Hour
+	MaxAttemptsLimit          = 1000
+	RetryBackoffLimit         = time.Minute
+	StalledRetryIntervalLimit = 24 * time.Hour
 )
 
 // ProjectorConfig configures a Projector. The zero value means defaults.
 type ProjectorConfig struct {
 	// BatchSize is the most events applied in one transaction, 1 to
-	// BatchSizeMax (100,000): a batch holds its events, data included, in
+	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
 	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease; another instance takes over within about this
-	// long after the active one dies or hangs. From LeaseDurationMin
-	// (100ms) to LeaseDurationMax (1h). Defaults to LeaseDurationDefault.
+	// long after the active one dies or hangs. From 100ms to
+	// LeaseDurationLimit (1h). Defaults to LeaseDurationDefault.
 	LeaseDuration time.Duration
 	// PollInterval is how often the projector looks for new events without
 	// being woken. Polling is the guarantee; wake-ups only cut latency.
-	// From PollIntervalMin (1ms) to PollIntervalMax (1h). Defaults to
-	// PollIntervalDefault.
+	// From 1ms to PollIntervalLimit (1h). Defaults to PollIntervalDefault.
 	PollInterval time.Duration
 	// PollOnly turns off LISTEN: the projector is woken only by appends of
 	// the same Store in this process, and polls. Use it behind PgBouncer in
@@ -90,20 +86,19 @@ type ProjectorConfig struct {
 	// Defaults to PoisonStop.
 	Poison PoisonPolicy
 	// MaxAttempts is how many times an event is tried before the poison
-	// policy applies, 1 to MaxAttemptsMax (1,000). Defaults to
+	// policy applies, 1 to MaxAttemptsLimit (1,000). Defaults to
 	// MaxAttemptsDefault.
 	MaxAttempts int
 	// RetryBackoff is the wait before the second try of an event the
 	// projection failed on, and after the first of a run of database
 	// errors. Each further failure doubles it, up to 30 times RetryBackoff;
 	// each wait is drawn at random between half and the whole of that
-	// (jitter). From RetryBackoffMin (1ms) to RetryBackoffMax (1 minute, so
-	// waits reach 30 minutes at most). Defaults to RetryBackoffDefault.
+	// (jitter). From 1ms to RetryBackoffLimit (1 minute, so waits reach 30
+	// minutes at most). Defaults to RetryBackoffDefault.
 	RetryBackoff time.Duration
 	// StalledRetryInterval is how often a stalled projector tries its
-	// poison event again, from StalledRetryIntervalMin (1ms) to
-	// StalledRetryIntervalMax (24h). Defaults to
-	// StalledRetryIntervalDefault.
+	// poison event again, from 1ms to StalledRetryIntervalLimit (24h).
+	// Defaults to StalledRetryIntervalDefault.
 	StalledRetryInterval time.Duration
 	// InstanceID names this instance in the lease and the status. Defaults
 	// to host-pid-random.
@@ -124,17 +119,29 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	if c != nil {
 		out = *c
 	}
-	for _, err := range []error{
-		inRange("BatchSize", &out.BatchSize, BatchSizeDefault, 1, BatchSizeMax),
-		inRange("LeaseDuration", &out.LeaseDuration, LeaseDurationDefault, LeaseDurationMin, LeaseDurationMax),
-		inRange("PollInterval", &out.PollInterval, PollIntervalDefault, PollIntervalMin, PollIntervalMax),
-		inRange("MaxAttempts", &out.MaxAttempts, MaxAttemptsDefault, 1, MaxAttemptsMax),
-		inRange("RetryBackoff", &out.RetryBackoff, RetryBackoffDefault, RetryBackoffMin, RetryBackoffMax),
-		inRange("StalledRetryInterval", &out.StalledRetryInterval, StalledRetryIntervalDefault,
-			StalledRetryIntervalMin, StalledRetryIntervalMax),
+	setDefault(&out.BatchSize, BatchSizeDefault)
+	setDefault(&out.LeaseDuration, LeaseDurationDefault)
+	setDefault(&out.PollInterval, PollIntervalDefault)
+	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
+	setDefault(&out.RetryBackoff, RetryBackoffDefault)
+	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
+	// Durations start at 1ms: a bare number is nanoseconds (5 is 5ns).
+	const ms = int64(time.Millisecond)
+	for _, f := range []struct {
+		field     string
+		v, lo, hi int64
+		unit      func(int64) string
+	}{
+		{"ProjectorConfig.BatchSize", int64(out.BatchSize), 1, BatchSizeLimit, countText},
+		{"ProjectorConfig.LeaseDuration", int64(out.LeaseDuration), 100 * ms, int64(LeaseDurationLimit), durationText},
+		{"ProjectorConfig.PollInterval", int64(out.PollInterval), ms, int64(PollIntervalLimit), durationText},
+		{"ProjectorConfig.MaxAttempts", int64(out.MaxAttempts), 1, MaxAttemptsLimit, countText},
+		{"ProjectorConfig.RetryBackoff", int64(out.RetryBackoff), ms, int64(RetryBackoffLimit), durationText},
+		{"ProjectorConfig.StalledRetryInterval", int64(out.StalledRetryInterval), ms, int64(StalledRetryIntervalLimit), durationText},
 	} {
-		if err != nil {
-			return out, err
+		if f.v < f.lo || f.v > f.hi {
+			return out, &ConfigError{Field: f.field,
+				Reason: fmt.Sprintf("%s is out of range %s to %s", f.unit(f.v), f.unit(f.lo), f.unit(f.hi))}
 		}
 	}
 	if out.Poison != PoisonStop && out.Poison != PoisonPark {
@@ -148,54 +155,6 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	}
 	return out, nil
 }
-
-// inRange sets *v to def if it is zero, and refuses it outside lo..hi.
-func inRange[T int | time.Duration](field string, v *T, def, lo, hi T) error {
-	switch {
-	case *v == 0:
-		*v = def
-	case *v < lo || *v > hi:
-		return &ConfigError{Field: "ProjectorConfig." + field,
-			Reason: fmt.Sprintf("%v is outside %v..%v (0 means the default, %v)", *v, lo, hi, def)}
-	}
-	return nil
-}
-
-// ErrInvalidConfig: a configuration value was refused. The error is a
-// *ConfigError naming the field.
-var ErrInvalidConfig = errors.New("conduit: invalid configuration")
-
-// ConfigError reports a configuration field refused, and why.
-type ConfigError struct {
-	// Field is the struct and the field, as in "ProjectorConfig.BatchSize".
-	Field  string
-	Reason string
-}
-
-func (e *ConfigError) Error() string { return fmt.Sprintf("conduit: %s: %s", e.Field, e.Reason) }
-
-// Is makes errors.Is(err, ErrInvalidConfig) true.
-func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
-
-// ErrRestoredDatabase: the database's transaction ids are below those stored
-// in the event log, as after a restore from a logical dump into another
-// cluster. Readers of the global log would see nothing new, so projectors
-// refuse to run. The error is a *RestoredDatabaseError naming the fix.
-var ErrRestoredDatabase = errors.New("conduit: transaction ids went backwards (database restored from a logical dump?)")
-
-// RestoredDatabaseError reports ErrRestoredDatabase with the figures.
-type RestoredDatabaseError struct {
-	MaxStored, NextTransactionID int64
-}
-
-func (e *RestoredDatabaseError) Error() string {
-	return fmt.Sprintf("conduit: stored transaction id %d is above the server's next one (%d): the database was "+
-		"restored from a logical dump into another cluster; run SELECT conduit.rebase_transaction_ids(); "+
-		"(projections not caught up at dump time are rebuilt)", e.MaxStored, e.NextTransactionID)
-}
-
-// Is makes errors.Is(err, ErrRestoredDatabase) true.
-func (e *RestoredDatabaseError) Is(target error) bool { return target == ErrRestoredDatabase }
 
 // Projector runs one projection asynchronously: it follows the global log
 // from the projection's checkpoint, in batches, each applied and

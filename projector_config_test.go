@@ -105,11 +105,11 @@ func TestProjectorConfigRanges(t *testing.T) {
 // cap, and past about 38 attempts an overflow into negative or zero waits.
 func TestProjectorRetryWaitJitteredAndCapped(t *testing.T) {
 	t.Parallel()
-	for _, backoff := range []time.Duration{conduit.RetryBackoffMin, conduit.RetryBackoffDefault, conduit.RetryBackoffMax} {
-		cfg := &conduit.ProjectorConfig{RetryBackoff: backoff, MaxAttempts: conduit.MaxAttemptsMax}
+	for _, backoff := range []time.Duration{time.Millisecond, conduit.RetryBackoffDefault, conduit.RetryBackoffLimit} {
+		cfg := &conduit.ProjectorConfig{RetryBackoff: backoff, MaxAttempts: conduit.MaxAttemptsLimit}
 		capped := 30 * backoff
 		distinct := map[time.Duration]bool{}
-		for attempt := 1; attempt <= conduit.MaxAttemptsMax; attempt++ {
+		for attempt := 1; attempt <= conduit.MaxAttemptsLimit; attempt++ {
 			wait, err := conduit.RetryWait(cfg, attempt)
 			if err != nil {
 				t.Fatal(err)

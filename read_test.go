@@ -1,11 +1,14 @@
 package conduit_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/conduit-es/conduit"
 )
@@ -234,5 +237,75 @@ func TestReadUnknownStream(t *testing.T) {
 	// fromVersion 0 or below means from the start.
 	if events := collect(t, store.ReadStream(ctx, "known", 0)); len(events) != 1 {
 		t.Fatalf("ReadStream from 0 yielded %d events", len(events))
+	}
+}
+
+// On a database restored from a logical dump into another cluster (before
+// conduit.rebase_transaction_ids()), appends and ReadAll fail loudly with
+// ErrRestoredDatabase naming the fix, instead of a "retryable" refusal and
+// an empty log; after the fix both work.
+func TestRestoredDatabaseAppendAndReadAll(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	for i := range 3 {
+		if _, err := store.Append(ctx, fmt.Sprintf("s-%d", i), conduit.NoStream, repeatEvents(100)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sql := range []string{
+		`ALTER TABLE conduit.events DISABLE TRIGGER events_immutable`,
+		`UPDATE conduit.events SET transaction_id = (transaction_id::text::bigint + 1000000000)::text::xid8`,
+		`ALTER TABLE conduit.events ENABLE TRIGGER events_immutable`,
+	} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkRestored := func(what string, err error) {
+		t.Helper()
+		var rde *conduit.RestoredDatabaseError
+		if !errors.Is(err, conduit.ErrRestoredDatabase) || !errors.As(err, &rde) ||
+			!strings.Contains(err.Error(), "conduit.rebase_transaction_ids()") {
+			t.Fatalf("%s: err = %v, want ErrRestoredDatabase naming the fix", what, err)
+		}
+		if conduit.IsRetryable(err) || conduit.IsRefused(err) || conduit.IsOutcomeUnknown(err) {
+			t.Fatalf("%s: ErrRestoredDatabase is classified as retryable", what)
+		}
+	}
+	_, err := store.Append(ctx, "s-0", conduit.Any, mustEvent(t, "after", 1))
+	checkRestored("Append to an existing stream", err)
+	err = store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.AppendTx(ctx, tx, "s-1", conduit.Exactly(100), mustEvent(t, "after", 1))
+		return err
+	})
+	checkRestored("AppendTx", err)
+	var read int
+	for _, err := range store.ReadAll(ctx, conduit.Position{}) {
+		if err != nil {
+			checkRestored("ReadAll", err)
+			break
+		}
+		read++
+	}
+	if read != 0 {
+		t.Fatalf("ReadAll yielded %d events before failing", read)
+	}
+	for _, err := range store.ReadAll(ctx, conduit.Position{}) {
+		if err == nil {
+			t.Fatal("ReadAll yielded an event on a restored database")
+		}
+		checkRestored("ReadAll", err)
+	}
+
+	if _, err := pool.Exec(ctx, `SELECT conduit.rebase_transaction_ids()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, "s-0", conduit.Exactly(100), mustEvent(t, "after", 1)); err != nil {
+		t.Fatalf("Append after the rebase: %v", err)
+	}
+	waitSettled(t, ctx, pool)
+	if n := len(collect(t, store.ReadAll(ctx, conduit.Position{}))); n != 301 {
+		t.Fatalf("ReadAll after the rebase read %d events, want 301", n)
 	}
 }

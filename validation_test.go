@@ -34,6 +34,8 @@ type badInput struct {
 	field    string
 	index    int
 	tooLarge bool
+	// appendTooLarge: the whole append is over a limit (ErrAppendTooLarge).
+	appendTooLarge bool
 }
 
 // checkRefused fails unless err is a *ValidationError for the case.
@@ -48,6 +50,9 @@ func checkRefused(t *testing.T, c badInput, err error) {
 	}
 	if errors.Is(err, conduit.ErrEventTooLarge) != c.tooLarge {
 		t.Fatalf("%s: errors.Is(err, ErrEventTooLarge) = %v (%v)", c.name, !c.tooLarge, err)
+	}
+	if errors.Is(err, conduit.ErrAppendTooLarge) != c.appendTooLarge {
+		t.Fatalf("%s: errors.Is(err, ErrAppendTooLarge) = %v (%v)", c.name, !c.appendTooLarge, err)
 	}
 }
 
@@ -64,6 +69,7 @@ func TestValidation(t *testing.T) {
 	}
 	big := `"` + strings.Repeat("x", conduit.MaxEventSizeDefault) + `"`
 	ok := ev("t", "{}")
+	fits := big[:conduit.MaxEventSizeDefault-1] + `"` // exactly MaxEventSizeDefault bytes
 
 	cases := []badInput{
 		{name: "empty type", events: []conduit.EventData{ok, ev("", "{}")}, field: "type", index: 1},
@@ -85,8 +91,13 @@ func TestValidation(t *testing.T) {
 		{name: "event over 1 MiB", events: []conduit.EventData{ev("t", big)}, field: "data", tooLarge: true},
 		{name: "data and metadata over 1 MiB", events: []conduit.EventData{evMeta(big[:conduit.MaxEventSizeDefault-8]+`"`, `{"k":"vvvvvvvvv"}`)}, field: "data", tooLarge: true},
 		{name: "no events", events: nil, field: "events", index: -1},
-		{name: "more than 10,000 events", events: repeatEvents(conduit.MaxEventsPerAppend + 1), field: "events", index: -1, tooLarge: true},
+		{name: "more than 10,000 events", events: repeatEvents(conduit.MaxEventsPerAppend + 1), field: "events", index: -1, appendTooLarge: true},
+		{name: "over 16 MiB in all", events: slices.Repeat([]conduit.EventData{ev("t", fits)}, 17), field: "events", index: -1, appendTooLarge: true},
 		{name: "expected version -7", expected: conduit.ExpectedVersion(-7), events: []conduit.EventData{ok}, field: "expected version", index: -1},
+		{name: "Exactly(-1)", expected: conduit.Exactly(-1), events: []conduit.EventData{ok}, field: "expected version", index: -1},
+		{name: "Exactly(-2)", expected: conduit.Exactly(-2), events: []conduit.EventData{ok}, field: "expected version", index: -1},
+		{name: "Exactly(-3)", expected: conduit.Exactly(-3), events: []conduit.EventData{ok}, field: "expected version", index: -1},
+		{name: "Exactly(-42)", expected: conduit.Exactly(-42), events: []conduit.EventData{ok}, field: "expected version", index: -1},
 	}
 	for i := range cases {
 		c := &cases[i]
@@ -110,6 +121,13 @@ func TestValidation(t *testing.T) {
 	checkRefused(t, badInput{name: "custom MaxEventSize", field: "data", index: 0, tooLarge: true}, err)
 	_, err = small.Append(ctx, "s", conduit.Any, evMeta(`"`+strings.Repeat("x", 48)+`"`, `"`+strings.Repeat("x", 49)+`"`))
 	checkRefused(t, badInput{name: "custom MaxEventSize with metadata", field: "data", index: 0, tooLarge: true}, err)
+	smallAppends, err := conduit.NewStore(pool, &conduit.Config{MaxEventSize: 100, MaxAppendSize: 250})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hundred := ev("t", `"`+strings.Repeat("x", 98)+`"`)
+	_, err = smallAppends.Append(ctx, "s", conduit.Any, hundred, hundred, evMeta(`"`+strings.Repeat("x", 48)+`"`, `{}`))
+	checkRefused(t, badInput{name: "custom MaxAppendSize", field: "events", index: -1, appendTooLarge: true}, err)
 	if n := countEvents(t, ctx, pool, ""); n != 0 {
 		t.Fatalf("refused appends wrote %d events", n)
 	}

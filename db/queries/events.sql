@@ -1,71 +1,83 @@
--- name: EventAppend :many
+-- name: EventAppendExplain :many
+-- Why an append wrote nothing: a conflict, an idempotent retry (one row per
+-- stored event), or 'ok' when a concurrent append took the version
+-- meanwhile. See conduit.explain_append.
 SELECT r_status::text AS status,
        COALESCE(r_stream_version, 0)::bigint AS stream_version,
-       COALESCE(r_transaction_id, 0)::bigint AS transaction_id,
+       COALESCE(r_transaction_id, '0')::xid8 AS transaction_id,
        COALESCE(r_global_position, 0)::bigint AS global_position,
        COALESCE(r_recorded_at, 'epoch')::timestamptz AS recorded_at,
+       COALESCE(r_conflict_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS conflict_event_id,
        COALESCE(r_conflict_stream, '')::text AS conflict_stream
-  FROM conduit.append_to_stream(
-       sqlc.arg(stream_id)::text,
-       sqlc.arg(expected)::bigint,
-       sqlc.arg(event_ids)::text[]::uuid[],
-       sqlc.arg(types)::text[],
-       sqlc.arg(data)::text[],
-       sqlc.arg(metadata)::text[]);
+  FROM conduit.explain_append(sqlc.arg(stream_id)::text, sqlc.arg(expected)::bigint,
+                              sqlc.arg(event_ids)::text[]::uuid[]);
 
 -- name: EventAppendFast :many
--- The common case of an append in one plain statement: when the expected
--- version holds, the first event id is unused and the transaction order
--- holds (see conduit.append_to_stream), it inserts and returns one row per
--- event; otherwise it inserts nothing and returns no rows, and the caller
--- asks conduit.append_to_stream what happened (conflict, idempotent retry,
--- ...). The UNIQUE (stream_id, stream_version) constraint stops racing
--- appends that both pass the check. Rows come newest first: all of them
--- when every_row (synchronous projections need them), else just the last.
-WITH head AS (
+-- An append in one plain statement. Under the stream's lock (see
+-- conduit.append_stream_lock) it inserts the events after the stream's last
+-- where conduit.append_verdict says 'ok' and returns one row per event,
+-- newest first: all of them when every_row (synchronous projections need
+-- them), else just the last. Otherwise it inserts nothing and returns no
+-- rows, and the caller asks conduit.explain_append why. The first event
+-- goes in alone, ON CONFLICT DO NOTHING on the stream's version, and the
+-- others only after it: a head read before the lock was granted is stale,
+-- and then nothing is written (never a unique violation, which would abort
+-- the caller's transaction).
+WITH lock AS MATERIALIZED (
+    SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked
+), head AS (
     SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM (SELECT 1) AS one
+      FROM lock
       LEFT JOIN LATERAL (
             SELECT h.stream_version, h.transaction_id
               FROM conduit.events h
-             WHERE h.stream_id = sqlc.arg(stream_id)::text
+             WHERE h.stream_id = sqlc.arg(stream_id)::text AND lock.locked
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
-), ins AS (
+), first AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
-  FROM head,
-       ROWS FROM (unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(types)::text[]),
-                  unnest(sqlc.arg(data)::text[]), unnest(sqlc.arg(metadata)::text[]))
-           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
- WHERE (sqlc.arg(expected)::bigint = -1
-        OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
-        OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)
-        OR head.version = sqlc.arg(expected)::bigint)
+SELECT sqlc.arg(stream_id)::text, head.version + 1, (sqlc.arg(event_ids)::text[])[1]::uuid,
+       (sqlc.arg(types)::text[])[1], (sqlc.arg(data)::text[])[1]::jsonb,
+       NULLIF((sqlc.arg(metadata)::text[])[1], '')::jsonb
+  FROM head
+ WHERE conduit.append_verdict(sqlc.arg(expected)::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
    -- With Exactly(n) or NoStream an idempotent retry already fails the
    -- version check; only Any and StreamExists need to look the id up (a
    -- reused id elsewhere is still stopped by the unique index).
    AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = (sqlc.arg(event_ids)::text[])[1]::uuid))
-   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ON CONFLICT (stream_id, stream_version) DO NOTHING
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+), rest AS (
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT sqlc.arg(stream_id)::text, first.stream_version + u.ord - 1, u.id::uuid, u.typ, u.dat::jsonb,
+       NULLIF(u.meta, '')::jsonb
+  FROM first,
+       ROWS FROM (unnest(sqlc.arg(event_ids)::text[]), unnest(sqlc.arg(types)::text[]),
+                  unnest(sqlc.arg(data)::text[]), unnest(sqlc.arg(metadata)::text[]))
+           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+ WHERE u.ord > 1
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 )
 SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at
-  FROM ins
+  FROM (SELECT * FROM first UNION ALL SELECT * FROM rest) AS ins
  ORDER BY ins.stream_version DESC
  LIMIT CASE WHEN sqlc.arg(every_row)::boolean THEN NULL ELSE 1 END;
 
 -- name: EventAppendOne :one
 -- EventAppendFast for a single event, with scalar parameters: no arrays to
--- unnest (each unnest materializes its rows), for the most common append.
-WITH head AS (
+-- unnest, for the most common append.
+WITH lock AS MATERIALIZED (
+    SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked
+), head AS (
     SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM (SELECT 1) AS one
+      FROM lock
       LEFT JOIN LATERAL (
             SELECT h.stream_version, h.transaction_id
               FROM conduit.events h
-             WHERE h.stream_id = sqlc.arg(stream_id)::text
+             WHERE h.stream_id = sqlc.arg(stream_id)::text AND lock.locked
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
 )
@@ -73,13 +85,11 @@ INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type
 SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,
        sqlc.arg(data)::text::jsonb, NULLIF(sqlc.arg(metadata)::text, '')::jsonb
   FROM head
- WHERE (sqlc.arg(expected)::bigint = -1
-        OR (sqlc.arg(expected)::bigint = -2 AND head.version = 0)
-        OR (sqlc.arg(expected)::bigint = -3 AND head.version > 0)
-        OR head.version = sqlc.arg(expected)::bigint)
+ WHERE conduit.append_verdict(sqlc.arg(expected)::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
    AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = sqlc.arg(event_id)::text::uuid))
-   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ON CONFLICT (stream_id, stream_version) DO NOTHING
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at;
 
 -- name: EventListByStream :many
@@ -102,6 +112,9 @@ SELECT global_position,
   FROM conduit.events e
  WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   -- Evaluated once per statement: fails (CDI04) on a database restored
+   -- from a logical dump, where the horizon is below every stored event.
+   AND conduit.assert_transaction_ids()
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.
  ORDER BY e.transaction_id, e.global_position
@@ -117,6 +130,11 @@ SELECT COALESCE((SELECT stream_version
 -- name: TransactionAbort :exec
 SELECT conduit.abort_transaction(sqlc.arg(reason)::text);
 
--- name: EventLocate :one
--- Where an event id is stored, to explain a duplicate id.
-SELECT stream_id, stream_version FROM conduit.events WHERE event_id = sqlc.arg(event_id);
+-- name: EventLocateAny :one
+-- The first of an append's ids that is stored, and where, to explain a
+-- reused id found by the unique index.
+SELECT e.event_id, e.stream_id, e.stream_version
+  FROM unnest(sqlc.arg(event_ids)::uuid[]) WITH ORDINALITY AS u(id, ord)
+  JOIN conduit.events e ON e.event_id = u.id
+ ORDER BY u.ord
+ LIMIT 1;

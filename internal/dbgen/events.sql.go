@@ -12,62 +12,53 @@ import (
 	"github.com/google/uuid"
 )
 
-const eventAppend = `-- name: EventAppend :many
+const eventAppendExplain = `-- name: EventAppendExplain :many
 SELECT r_status::text AS status,
        COALESCE(r_stream_version, 0)::bigint AS stream_version,
-       COALESCE(r_transaction_id, 0)::bigint AS transaction_id,
+       COALESCE(r_transaction_id, '0')::xid8 AS transaction_id,
        COALESCE(r_global_position, 0)::bigint AS global_position,
        COALESCE(r_recorded_at, 'epoch')::timestamptz AS recorded_at,
+       COALESCE(r_conflict_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS conflict_event_id,
        COALESCE(r_conflict_stream, '')::text AS conflict_stream
-  FROM conduit.append_to_stream(
-       $1::text,
-       $2::bigint,
-       $3::text[]::uuid[],
-       $4::text[],
-       $5::text[],
-       $6::text[])
+  FROM conduit.explain_append($1::text, $2::bigint,
+                              $3::text[]::uuid[])
 `
 
-type EventAppendParams struct {
+type EventAppendExplainParams struct {
 	StreamID string
 	Expected int64
 	EventIds []string
-	Types    []string
-	Data     []string
-	Metadata []string
 }
 
-type EventAppendRow struct {
-	Status         string
-	StreamVersion  int64
-	TransactionID  int64
-	GlobalPosition int64
-	RecordedAt     time.Time
-	ConflictStream string
+type EventAppendExplainRow struct {
+	Status          string
+	StreamVersion   int64
+	TransactionID   uint64
+	GlobalPosition  int64
+	RecordedAt      time.Time
+	ConflictEventID uuid.UUID
+	ConflictStream  string
 }
 
-func (q *Queries) EventAppend(ctx context.Context, arg EventAppendParams) ([]EventAppendRow, error) {
-	rows, err := q.db.Query(ctx, eventAppend,
-		arg.StreamID,
-		arg.Expected,
-		arg.EventIds,
-		arg.Types,
-		arg.Data,
-		arg.Metadata,
-	)
+// Why an append wrote nothing: a conflict, an idempotent retry (one row per
+// stored event), or 'ok' when a concurrent append took the version
+// meanwhile. See conduit.explain_append.
+func (q *Queries) EventAppendExplain(ctx context.Context, arg EventAppendExplainParams) ([]EventAppendExplainRow, error) {
+	rows, err := q.db.Query(ctx, eventAppendExplain, arg.StreamID, arg.Expected, arg.EventIds)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []EventAppendRow
+	var items []EventAppendExplainRow
 	for rows.Next() {
-		var i EventAppendRow
+		var i EventAppendExplainRow
 		if err := rows.Scan(
 			&i.Status,
 			&i.StreamVersion,
 			&i.TransactionID,
 			&i.GlobalPosition,
 			&i.RecordedAt,
+			&i.ConflictEventID,
 			&i.ConflictStream,
 		); err != nil {
 			return nil, err
@@ -81,37 +72,46 @@ func (q *Queries) EventAppend(ctx context.Context, arg EventAppendParams) ([]Eve
 }
 
 const eventAppendFast = `-- name: EventAppendFast :many
-WITH head AS (
+WITH lock AS MATERIALIZED (
+    SELECT conduit.append_stream_lock($2::text) AS locked
+), head AS (
     SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM (SELECT 1) AS one
+      FROM lock
       LEFT JOIN LATERAL (
             SELECT h.stream_version, h.transaction_id
               FROM conduit.events h
-             WHERE h.stream_id = $2::text
+             WHERE h.stream_id = $2::text AND lock.locked
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
-), ins AS (
+), first AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT $2::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
-  FROM head,
-       ROWS FROM (unnest($3::text[]), unnest($4::text[]),
-                  unnest($5::text[]), unnest($6::text[]))
-           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
- WHERE ($7::bigint = -1
-        OR ($7::bigint = -2 AND head.version = 0)
-        OR ($7::bigint = -3 AND head.version > 0)
-        OR head.version = $7::bigint)
+SELECT $2::text, head.version + 1, ($3::text[])[1]::uuid,
+       ($4::text[])[1], ($5::text[])[1]::jsonb,
+       NULLIF(($6::text[])[1], '')::jsonb
+  FROM head
+ WHERE conduit.append_verdict($7::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
    -- With Exactly(n) or NoStream an idempotent retry already fails the
    -- version check; only Any and StreamExists need to look the id up (a
    -- reused id elsewhere is still stopped by the unique index).
    AND ($7::bigint >= 0 OR $7::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($3::text[])[1]::uuid))
-   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ON CONFLICT (stream_id, stream_version) DO NOTHING
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+), rest AS (
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $2::text, first.stream_version + u.ord - 1, u.id::uuid, u.typ, u.dat::jsonb,
+       NULLIF(u.meta, '')::jsonb
+  FROM first,
+       ROWS FROM (unnest($3::text[]), unnest($4::text[]),
+                  unnest($5::text[]), unnest($6::text[]))
+           WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+ WHERE u.ord > 1
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 )
 SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at
-  FROM ins
+  FROM (SELECT stream_version, transaction_id, global_position, recorded_at FROM first UNION ALL SELECT stream_version, transaction_id, global_position, recorded_at FROM rest) AS ins
  ORDER BY ins.stream_version DESC
  LIMIT CASE WHEN $1::boolean THEN NULL ELSE 1 END
 `
@@ -133,14 +133,16 @@ type EventAppendFastRow struct {
 	RecordedAt     time.Time
 }
 
-// The common case of an append in one plain statement: when the expected
-// version holds, the first event id is unused and the transaction order
-// holds (see conduit.append_to_stream), it inserts and returns one row per
-// event; otherwise it inserts nothing and returns no rows, and the caller
-// asks conduit.append_to_stream what happened (conflict, idempotent retry,
-// ...). The UNIQUE (stream_id, stream_version) constraint stops racing
-// appends that both pass the check. Rows come newest first: all of them
-// when every_row (synchronous projections need them), else just the last.
+// An append in one plain statement. Under the stream's lock (see
+// conduit.append_stream_lock) it inserts the events after the stream's last
+// where conduit.append_verdict says 'ok' and returns one row per event,
+// newest first: all of them when every_row (synchronous projections need
+// them), else just the last. Otherwise it inserts nothing and returns no
+// rows, and the caller asks conduit.explain_append why. The first event
+// goes in alone, ON CONFLICT DO NOTHING on the stream's version, and the
+// others only after it: a head read before the lock was granted is stale,
+// and then nothing is written (never a unique violation, which would abort
+// the caller's transaction).
 func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams) ([]EventAppendFastRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendFast,
 		arg.EveryRow,
@@ -175,13 +177,15 @@ func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams
 }
 
 const eventAppendOne = `-- name: EventAppendOne :one
-WITH head AS (
+WITH lock AS MATERIALIZED (
+    SELECT conduit.append_stream_lock($1::text) AS locked
+), head AS (
     SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM (SELECT 1) AS one
+      FROM lock
       LEFT JOIN LATERAL (
             SELECT h.stream_version, h.transaction_id
               FROM conduit.events h
-             WHERE h.stream_id = $1::text
+             WHERE h.stream_id = $1::text AND lock.locked
              ORDER BY h.stream_version DESC
              LIMIT 1) AS last ON true
 )
@@ -189,13 +193,11 @@ INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type
 SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
        $4::text::jsonb, NULLIF($5::text, '')::jsonb
   FROM head
- WHERE ($6::bigint = -1
-        OR ($6::bigint = -2 AND head.version = 0)
-        OR ($6::bigint = -3 AND head.version > 0)
-        OR head.version = $6::bigint)
+ WHERE conduit.append_verdict($6::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
    AND ($6::bigint >= 0 OR $6::bigint = -2
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
-   AND (head.tx IS NULL OR head.tx <= pg_current_xact_id())
+ON CONFLICT (stream_id, stream_version) DO NOTHING
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 `
 
@@ -216,7 +218,7 @@ type EventAppendOneRow struct {
 }
 
 // EventAppendFast for a single event, with scalar parameters: no arrays to
-// unnest (each unnest materializes its rows), for the most common append.
+// unnest, for the most common append.
 func (q *Queries) EventAppendOne(ctx context.Context, arg EventAppendOneParams) (EventAppendOneRow, error) {
 	row := q.db.QueryRow(ctx, eventAppendOne,
 		arg.StreamID,
@@ -243,6 +245,9 @@ SELECT global_position,
   FROM conduit.events e
  WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)
    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   -- Evaluated once per statement: fails (CDI04) on a database restored
+   -- from a logical dump, where the horizon is below every stored event.
+   AND conduit.assert_transaction_ids()
  -- Qualified: a bare transaction_id here would name the bigint output
  -- column, and the sort could not use the primary key.
  ORDER BY e.transaction_id, e.global_position
@@ -335,20 +340,26 @@ func (q *Queries) EventListByStream(ctx context.Context, arg EventListByStreamPa
 	return items, nil
 }
 
-const eventLocate = `-- name: EventLocate :one
-SELECT stream_id, stream_version FROM conduit.events WHERE event_id = $1
+const eventLocateAny = `-- name: EventLocateAny :one
+SELECT e.event_id, e.stream_id, e.stream_version
+  FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord)
+  JOIN conduit.events e ON e.event_id = u.id
+ ORDER BY u.ord
+ LIMIT 1
 `
 
-type EventLocateRow struct {
+type EventLocateAnyRow struct {
+	EventID       uuid.UUID
 	StreamID      string
 	StreamVersion int64
 }
 
-// Where an event id is stored, to explain a duplicate id.
-func (q *Queries) EventLocate(ctx context.Context, eventID uuid.UUID) (EventLocateRow, error) {
-	row := q.db.QueryRow(ctx, eventLocate, eventID)
-	var i EventLocateRow
-	err := row.Scan(&i.StreamID, &i.StreamVersion)
+// The first of an append's ids that is stored, and where, to explain a
+// reused id found by the unique index.
+func (q *Queries) EventLocateAny(ctx context.Context, eventIds []uuid.UUID) (EventLocateAnyRow, error) {
+	row := q.db.QueryRow(ctx, eventLocateAny, eventIds)
+	var i EventLocateAnyRow
+	err := row.Scan(&i.EventID, &i.StreamID, &i.StreamVersion)
 	return i, err
 }
 

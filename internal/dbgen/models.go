@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// Conduit event log. Append with conduit.append_to_stream; rows are immutable. Read the global log in (transaction_id, global_position) order below pg_snapshot_xmin(pg_current_snapshot()).
+// Conduit event log. Append with conduit.append_to_stream (or the Go API); rows are immutable. Read the global log in (transaction_id, global_position) order below pg_snapshot_xmin(pg_current_snapshot()).
 type ConduitEvent struct {
 	GlobalPosition int64
 	TransactionID  uint64

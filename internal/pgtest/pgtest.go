@@ -2,11 +2,22 @@
 // cloned from a migrated template, so tests that commit, LISTEN or compete
 // for leases stay apart and run in parallel.
 //
-// Where the server comes from, in order: DATABASE_URL (any database on the
-// server; pgtest creates its own); else, where a Docker engine answers, a
-// PostgreSQL container started with testcontainers-go; else the test is
-// skipped, except when CI=true, where it fails: CI must never count a test
-// that did not run.
+// Where the server comes from, in order:
+//
+//  1. DATABASE_URL, a URL or keyword/value connection string naming any
+//     database on the server; pgtest creates its own databases there.
+//  2. A local server at the libpq defaults: the PGHOST, PGPORT, PGUSER, ...
+//     environment variables, else the default unix socket directory and
+//     the OS user name; then, only when none of PGHOST, PGPORT, PGUSER and
+//     PGSERVICE is set, 127.0.0.1:5432 as user postgres (the server
+//     `make test` uses). A server counts only if it answers within two
+//     seconds and its role may create databases.
+//  3. Where a Docker engine answers, a PostgreSQL container started with
+//     testcontainers-go.
+//
+// Without any, the test is skipped, except when CI=true, where it fails: CI
+// must never count a test that did not run. The first test to get a server
+// logs which one it is (go test -v shows it).
 package pgtest
 
 import (
@@ -16,9 +27,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,30 +45,103 @@ import (
 // MigrateFunc migrates a fresh database.
 type MigrateFunc func(ctx context.Context, pool *pgxpool.Pool) error
 
+// probeTimeout bounds each attempt at a local server, so that a machine
+// without one falls through to the next choice quickly.
+const probeTimeout = 2 * time.Second
+
 var (
 	serverOnce sync.Once
-	serverURL  string
+	serverURL  string // connection string of the server's admin database
+	serverFrom string // where it came from, for the log
 	serverErr  error
+	logged     atomic.Bool
 )
 
-// ServerURL returns a URL of the test server's admin database, or skips
-// (fails in CI) when there is none.
+// ServerURL returns a connection string for the test server's admin
+// database, or skips (fails in CI) when there is none.
 func ServerURL(t testing.TB) string {
 	t.Helper()
-	serverOnce.Do(func() {
-		if u := os.Getenv("DATABASE_URL"); u != "" {
-			serverURL = u
-			return
-		}
-		serverURL, serverErr = startContainer()
-	})
+	serverOnce.Do(func() { serverURL, serverFrom, serverErr = findServer() })
 	if serverErr != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("pgtest: no PostgreSQL: DATABASE_URL is unset and no container could start: %v", serverErr)
+			t.Fatalf("pgtest: no PostgreSQL: %v", serverErr)
 		}
 		t.Skipf("pgtest: no PostgreSQL (set DATABASE_URL): %v", serverErr)
 	}
+	if logged.CompareAndSwap(false, true) {
+		t.Logf("pgtest: using PostgreSQL %s", serverFrom)
+	}
 	return serverURL
+}
+
+// findServer returns a connection string for the first server of the
+// package doc's list, and says where it came from; or why there is none.
+func findServer() (connString, from string, err error) {
+	if u := os.Getenv("DATABASE_URL"); u != "" {
+		return u, redact(u) + " from DATABASE_URL", nil
+	}
+	var failures []string
+	// postgres:///postgres is the libpq defaults with the maintenance
+	// database, which exists everywhere (createdb connects to it too); the
+	// default database, named after the user, often does not.
+	local := []string{"postgres:///postgres"}
+	if !libpqEnvSet() {
+		local = append(local, "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	}
+	for _, u := range local {
+		if err := probe(u); err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", redact(u), err))
+			continue
+		}
+		return u, redact(u) + " (local server)" + passedOver(failures), nil
+	}
+	u, err := startContainer()
+	if err != nil {
+		failures = append(failures, fmt.Sprintf("testcontainers: %v", err))
+		return "", "", fmt.Errorf("DATABASE_URL is unset; %s", strings.Join(failures, "; "))
+	}
+	return u, redact(u) + " in a testcontainers container" + passedOver(failures), nil
+}
+
+// passedOver says why the servers tried first were not used.
+func passedOver(failures []string) string {
+	if len(failures) == 0 {
+		return ""
+	}
+	return "; passed over " + strings.Join(failures, "; ")
+}
+
+// libpqEnvSet reports whether the environment names a server or user for
+// libpq. Then the fallback to 127.0.0.1 as postgres would go around the
+// user's choice, so it is not tried.
+func libpqEnvSet() bool {
+	for _, v := range []string{"PGHOST", "PGPORT", "PGUSER", "PGSERVICE"} {
+		if os.Getenv(v) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// probe checks that the server of connString answers and that its role may
+// create databases.
+func probe(connString string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var canCreate bool
+	err = conn.QueryRow(ctx, "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&canCreate)
+	if err != nil {
+		return fmt.Errorf("read the role's rights: %w", err)
+	}
+	if !canCreate {
+		return fmt.Errorf("role %q may not create databases", conn.Config().User)
+	}
+	return nil
 }
 
 func startContainer() (string, error) {
@@ -77,15 +164,66 @@ func startContainer() (string, error) {
 	return "postgres://postgres:postgres@" + endpoint + "/postgres?sslmode=disable", nil
 }
 
-// URLFor returns the server URL with its database replaced by name.
+// URLFor returns the server's connection string with its database replaced
+// by name. Everything else stays as written, so socket hosts, TLS settings
+// and other parameters carry over.
 func URLFor(t testing.TB, name string) string {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(ServerURL(t))
+	u := withDatabase(ServerURL(t), name)
+	cfg, err := pgx.ParseConfig(u)
 	if err != nil {
-		t.Fatalf("pgtest: parse DATABASE_URL: %v", err)
+		t.Fatalf("pgtest: parse the server's connection string: %v", err)
 	}
-	return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable",
-		cfg.User, cfg.Password, cfg.Host, cfg.Port, name)
+	if cfg.Database != name {
+		// A dbname query parameter overrides the URL's path.
+		t.Fatalf("pgtest: cannot point %s at database %s: name the database in the URL's path", redact(ServerURL(t)), name)
+	}
+	return u
+}
+
+// withDatabase returns connString, a URL or keyword/value string, with its
+// database replaced by name.
+func withDatabase(connString, name string) string {
+	rest, ok := strings.CutPrefix(connString, "postgres://")
+	if !ok {
+		rest, ok = strings.CutPrefix(connString, "postgresql://")
+	}
+	if !ok {
+		// Keyword/value: a later key overrides an earlier one.
+		quoted := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(name)
+		return strings.TrimSpace(connString + " dbname='" + quoted + "'")
+	}
+	scheme := connString[:len(connString)-len(rest)]
+	// As in libpq, the user info ends at an '@' before the first '/'.
+	var userinfo string
+	if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
+		userinfo, rest = rest[:i+1], rest[i+1:]
+	}
+	// Then come the hosts, up to the path (the database) or the query.
+	hosts, query := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		hosts, rest = rest[:i], rest[i:]
+		if j := strings.IndexByte(rest, '?'); j >= 0 {
+			query = rest[j:]
+		}
+	}
+	return scheme + userinfo + hosts + "/" + url.PathEscape(name) + query
+}
+
+// Template describes a template database: a fresh database that Migrate
+// ran on. Templates are kept on the server, named conduit_tmpl_ and a
+// fingerprint of Migrations and Key, and are reused by every test and test
+// process that asks for the same fingerprint.
+type Template struct {
+	// Migrations are the files Migrate applies. A change to them makes a
+	// new template.
+	Migrations fs.FS
+	// Key identifies whatever else Migrate does (a schema on top of the
+	// migrations, say); a different Key makes a different template. Empty
+	// when the files say it all.
+	Key string
+	// Migrate builds the template's schema, once per fingerprint.
+	Migrate MigrateFunc
 }
 
 // NewDB creates a fresh database cloned from a template migrated with
@@ -94,12 +232,20 @@ func URLFor(t testing.TB, name string) string {
 // template.
 func NewDB(t testing.TB, migrations fs.FS, migrate MigrateFunc) string {
 	t.Helper()
+	return NewDBFrom(t, Template{Migrations: migrations, Migrate: migrate})
+}
+
+// NewDBFrom creates a fresh database cloned from tmpl, building tmpl first
+// if the server lacks it, and returns its name. The database is dropped
+// when the test ends.
+func NewDBFrom(t testing.TB, tmpl Template) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	admin := adminConn(t, ctx)
 	defer admin.Close(context.Background())
 
-	template := ensureTemplate(t, ctx, admin, migrations, migrate)
+	template := ensureTemplate(t, ctx, admin, tmpl)
 	name := "conduit_test_" + randomSuffix()
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{template}.Sanitize()); err != nil {
 		t.Fatalf("pgtest: create database from template: %v", err)
@@ -151,10 +297,12 @@ func adminConn(t testing.TB, ctx context.Context) *pgx.Conn {
 	return conn
 }
 
-func redact(url string) string {
-	cfg, err := pgx.ParseConfig(url)
+// redact names the server, user and database of connString, without
+// the password.
+func redact(connString string) string {
+	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
-		return "(unparsable DATABASE_URL)"
+		return "(unparsable connection string)"
 	}
 	return fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
 }
@@ -165,9 +313,9 @@ var templates sync.Map // fingerprint -> template name, per process
 // template database and returns its name. The template is built under
 // another name and renamed when complete, so a crash never leaves a
 // half-migrated template behind.
-func ensureTemplate(t testing.TB, ctx context.Context, admin *pgx.Conn, migrations fs.FS, migrate MigrateFunc) string {
+func ensureTemplate(t testing.TB, ctx context.Context, admin *pgx.Conn, tmpl Template) string {
 	t.Helper()
-	fp := fingerprint(t, migrations)
+	fp := fingerprint(t, tmpl)
 	if name, ok := templates.Load(fp); ok {
 		return name.(string)
 	}
@@ -196,7 +344,7 @@ func ensureTemplate(t testing.TB, ctx context.Context, admin *pgx.Conn, migratio
 		if err != nil {
 			t.Fatalf("pgtest: connect to template: %v", err)
 		}
-		err = migrate(ctx, pool)
+		err = tmpl.Migrate(ctx, pool)
 		pool.Close()
 		if err != nil {
 			t.Fatalf("pgtest: migrate template: %v", err)
@@ -209,8 +357,11 @@ func ensureTemplate(t testing.TB, ctx context.Context, admin *pgx.Conn, migratio
 	return name
 }
 
-func fingerprint(t testing.TB, fsys fs.FS) string {
+// fingerprint hashes the template's migration files and Key. Without a Key
+// it is the hash of the files alone.
+func fingerprint(t testing.TB, tmpl Template) string {
 	t.Helper()
+	fsys := tmpl.Migrations
 	h := sha256.New()
 	var paths []string
 	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
@@ -230,6 +381,10 @@ func fingerprint(t testing.TB, fsys fs.FS) string {
 		}
 		fmt.Fprintf(h, "%s\x00%d\x00", p, len(b))
 		h.Write(b)
+	}
+	if tmpl.Key != "" {
+		fmt.Fprintf(h, "\x00key\x00%d\x00", len(tmpl.Key))
+		h.Write([]byte(tmpl.Key))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }

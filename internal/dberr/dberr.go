@@ -1,0 +1,140 @@
+// Package dberr is the one place where Conduit interprets errors from
+// PostgreSQL and the driver: SQLSTATEs, constraint names, Conduit's own CDI
+// codes, and which failures are transient. The names and codes that the Go
+// code shares with the SQL in db/ are constants here; a test checks them
+// against pg_catalog, so a migration cannot rename one silently.
+//
+// The root package turns a Kind into its public typed errors; nothing else
+// looks inside a *pgconn.PgError.
+package dberr
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Names shared with db/migrations.
+const (
+	// ConstraintStreamVersion is UNIQUE (stream_id, stream_version) on
+	// conduit.events.
+	ConstraintStreamVersion = "events_stream_version_key"
+	// ConstraintEventID is UNIQUE (event_id) on conduit.events.
+	ConstraintEventID = "events_event_id_key"
+
+	// CodeAppendOnly: an UPDATE, DELETE or TRUNCATE of conduit.events
+	// (conduit.refuse_event_change).
+	CodeAppendOnly = "CDI01"
+	// CodeNoProjection: conduit.rebuild_projection was given an unknown
+	// name.
+	CodeNoProjection = "CDI02"
+	// CodeTransactionAborted: conduit.abort_transaction, called when a
+	// synchronous projection fails inside AppendTx.
+	CodeTransactionAborted = "CDI03"
+	// CodeRestoredDatabase: conduit.assert_transaction_ids found stored
+	// transaction ids above the server's (a logical restore).
+	CodeRestoredDatabase = "CDI04"
+
+	// EventsChannel is the NOTIFY channel that wakes projectors.
+	EventsChannel = "conduit_events"
+)
+
+// Statuses of conduit.explain_append (and conduit.append_verdict).
+const (
+	StatusOK               = "ok"
+	StatusDuplicate        = "duplicate"
+	StatusVersionConflict  = "version_conflict"
+	StatusEventIDConflict  = "event_id_conflict"
+	StatusTransactionOrder = "transaction_order"
+	StatusRestoredDatabase = "restored_database"
+	StatusInvalidExpected  = "invalid_expected_version"
+)
+
+// Kind is what an error means to Conduit.
+type Kind int
+
+const (
+	// Other: none of the below; reported as is.
+	Other Kind = iota
+	// Transient: the connection, the server or the transaction failed for
+	// a reason that says nothing about the work (connection lost, server
+	// shutting down or restarting, out of resources, serialization failure,
+	// deadlock, lock not available, a context that ended). The outcome of a
+	// write in flight is unknown; doing the same work again is safe where it
+	// is idempotent, and may succeed.
+	Transient
+	// QueryCanceled: a statement cancelled by statement_timeout or by an
+	// operator (57014). The work was too slow; not transient.
+	QueryCanceled
+	// StreamVersionTaken: a unique violation of ConstraintStreamVersion.
+	StreamVersionTaken
+	// EventIDTaken: a unique violation of ConstraintEventID.
+	EventIDTaken
+	// AppendOnly: CodeAppendOnly.
+	AppendOnly
+	// NoProjection: CodeNoProjection.
+	NoProjection
+	// TransactionAborted: CodeTransactionAborted.
+	TransactionAborted
+	// RestoredDatabase: CodeRestoredDatabase.
+	RestoredDatabase
+)
+
+// Classify says what err means. A nil err is Other.
+func Classify(err error) Kind {
+	if err == nil {
+		return Other
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return classifyPg(pgErr)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, pgx.ErrTxClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+		return Transient
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &netErr) || errors.As(err, &connectErr) {
+		return Transient
+	}
+	return Other
+}
+
+func classifyPg(e *pgconn.PgError) Kind {
+	switch e.Code {
+	case "23505":
+		switch e.ConstraintName {
+		case ConstraintStreamVersion:
+			return StreamVersionTaken
+		case ConstraintEventID:
+			return EventIDTaken
+		}
+		return Other
+	case "57014":
+		return QueryCanceled
+	case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
+		return Transient
+	case CodeAppendOnly:
+		return AppendOnly
+	case CodeNoProjection:
+		return NoProjection
+	case CodeTransactionAborted:
+		return TransactionAborted
+	case CodeRestoredDatabase:
+		return RestoredDatabase
+	}
+	switch e.Code[:2] {
+	case "08", "53", "57", "58": // connection, resources, operator intervention, system
+		return Transient
+	}
+	return Other
+}
+
+// IsTransient reports Classify(err) == Transient.
+func IsTransient(err error) bool { return Classify(err) == Transient }
