@@ -243,21 +243,22 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	var head *Position // CatchUp's goal
 	// Events held behind the horizon become readable when the transaction
 	// holding it ends, which may append nothing and so wake nobody: look
-	// again soon, then less and less often.
-	behindHorizon := newBackoff(time.Millisecond, p.cfg.PollInterval)
+	// again soon, then less and less often (up to 50ms when a caller waits).
+	horizonWaitMax := p.cfg.PollInterval
 	if catchUp {
 		h, err := p.store.Head(ctx)
 		if err != nil {
 			return err
 		}
 		head = &h
-		behindHorizon = newBackoff(time.Millisecond, min(p.cfg.PollInterval, waitPollMax)) // a caller waits
+		horizonWaitMax = min(horizonWaitMax, waitPollMax)
 	} else if !p.cfg.PollOnly {
 		p.store.listener.acquire()
 		defer p.store.listener.release()
 	}
 	defer p.release()
 
+	behindHorizon := newBackoff(time.Millisecond, horizonWaitMax)
 	failures := p.cfg.retryBackoff()
 	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
