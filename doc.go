@@ -27,25 +27,52 @@
 //
 // When the expectation fails the append writes nothing and returns a
 // [*VersionConflictError] carrying the expected and actual versions. Two
-// racing appends cannot both pass: a UNIQUE (stream_id, stream_version)
-// constraint backs the check.
+// racing appends cannot both pass: appends to one stream are serialized (a
+// transaction-scoped lock on the stream), and a UNIQUE (stream_id,
+// stream_version) constraint backs the check. With Any and StreamExists a
+// concurrent append is never a conflict: the later one goes after it.
 //
 // [Store.AppendTx] does the same inside your own pgx transaction, so events
-// commit or roll back with your other writes. Within such a transaction
-// an append can also fail with [*TransactionOrderError]: retry the whole
-// transaction (see Reading and the safe horizon).
+// commit or roll back with your other writes; refusals leave the
+// transaction usable. If your transaction wrote before a younger one
+// appended to the same stream, the append fails with
+// [*TransactionOrderError]: retry the whole transaction (see Reading and the
+// safe horizon). [Store.StreamVersionTx], [Store.ReadStreamTx],
+// [Entity.LoadTx] and [Entity.UpdateTx] read and decide inside the
+// transaction too; [Store.InTx] commits and then wakes projectors.
 //
-// Events with a zero [EventData.ID] get a fresh UUIDv7, written back into
-// the caller's slice. Re-appending the same event ids at the same place
-// (after a lost commit acknowledgement) is an idempotent retry: it writes
-// nothing and returns [AppendResult.Duplicate] true. An event id already
-// used elsewhere is a [*DuplicateEventIDError].
+// # Event identity and retries
 //
-// Input is checked before anything is written: stream ids of 1 to
+// [NewEvent] gives each event a UUIDv7, fixed before the first append.
+// Appending events whose ids are stored already, at the same place, is an
+// idempotent retry: it writes nothing and returns [AppendResult.Duplicate]
+// true. So a client that lost the commit acknowledgement resends the same
+// events. Append never writes into its arguments: an [EventData] built by
+// hand with a zero ID gets a fresh id at each call, and resending it stores
+// it again; set ID yourself when you may retry. An event id already used
+// elsewhere is a [*DuplicateEventIDError].
+//
+// Two questions decide a retry. [IsRefused]: the store refused and wrote
+// nothing (a version conflict, a transaction-order refusal, invalid input,
+// a reused id): reload, decide again, or fix the input. [IsOutcomeUnknown]:
+// the connection was lost, the server restarted, or the transaction hit a
+// serialization failure or a deadlock: the events may or may not be stored,
+// so resend the same events (for AppendTx, retry the transaction):
+//
+//	for {
+//		res, err = store.Append(ctx, stream, conduit.Exactly(v), events...)
+//		if !conduit.IsOutcomeUnknown(err) || ctx.Err() != nil {
+//			break
+//		}
+//	}
+//	if conduit.IsRefused(err) { /* reload and decide again */ }
+//
+// Input is checked before anything is sent: stream ids of 1 to
 // [MaxStreamIDLength] bytes, event types of 1 to [MaxEventTypeLength]
-// bytes, at most [MaxEventsPerAppend] events per call, data that is valid
-// JSON storable as jsonb (no \u0000), and data plus metadata within
-// [Config.MaxEventSize] (1 MiB by default).
+// bytes, at most [MaxEventsPerAppend] events and [Config.MaxAppendSize]
+// bytes (16 MiB by default) per call, data that is valid JSON storable as
+// jsonb (no \u0000), data plus metadata within [Config.MaxEventSize] (1 MiB
+// by default), and an expected version that is one of the four modes.
 //
 // # Reading and the safe horizon
 //
@@ -203,15 +230,18 @@
 //   - [ErrDuplicateEventID]: [*DuplicateEventIDError] (the id, and where it is used when known);
 //   - [ErrTransactionOrder]: [*TransactionOrderError], only from AppendTx;
 //   - [ErrInvalidEvent]: [*ValidationError] naming the field and event index;
-//     [ErrEventTooLarge] for size limits also matches it;
+//     [ErrEventTooLarge] and [ErrAppendTooLarge] for size limits also match it;
 //   - [ErrProjection]: [*ProjectionError], unwrapping to the projection's error;
 //   - [ErrNotFound]: an unknown projection or parked event;
 //   - [ErrProjectionStalled]: [*ProjectionStalledError], from WaitFor and CatchUp;
-//   - [ErrInvalidConfig]: [*ConfigError] naming the field, from NewProjector;
-//   - [ErrRestoredDatabase]: [*RestoredDatabaseError], from a projector.
+//   - [ErrRestoredDatabase]: [*RestoredDatabaseError], from appends to
+//     existing streams, ReadAll and projectors on a database restored from a
+//     logical dump, naming the fix;
+//   - [ErrInvalidConfig]: [*ConfigError] naming the field out of range.
 //
-// [IsRetryable] reports whether retrying the whole operation may succeed
-// (version conflicts after re-reading, and transaction-order refusals).
+// [IsRefused] and [IsOutcomeUnknown] say how to retry (see Event identity
+// and retries); [IsRetryable] reports either a refusal that a reload may
+// cure or an unknown outcome.
 // Events are immutable: the database refuses UPDATE, DELETE and TRUNCATE
 // on conduit.events.
 package conduit

@@ -83,7 +83,9 @@ func (en Entity[S]) Update(ctx context.Context, store *Store, streamID string, d
 // it. A conflict leaves tx usable, so UpdateTx reloads and decides again
 // within it (under READ COMMITTED each reload sees the appends committed
 // meanwhile; under REPEATABLE READ a concurrent append ends the transaction
-// with a serialization failure instead: retry the transaction). Call
+// with a serialization failure instead: retry the transaction). If tx wrote
+// before UpdateTx and a younger transaction appends to the stream meanwhile,
+// it returns *TransactionOrderError: retry the transaction. Call
 // store.Notify after the commit, or run it in store.InTx.
 func (en Entity[S]) UpdateTx(ctx context.Context, store *Store, tx pgx.Tx, streamID string, decide func(state S) ([]EventData, error)) (AppendResult, error) {
 	return en.update(decide, func() (S, int64, error) { return en.LoadTx(ctx, store, tx, streamID) },

@@ -3,8 +3,11 @@ package conduit_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/conduit-es/conduit"
 )
@@ -165,5 +168,57 @@ func TestEntityUpdate(t *testing.T) {
 	})
 	if !errors.Is(err, conduit.ErrVersionConflict) || tries != conduit.EntityMaxAttemptsDefault {
 		t.Fatalf("default bound: err = %v after %d tries", err, tries)
+	}
+}
+
+// UpdateTx decides inside the caller's transaction: a conflict with a
+// concurrent writer leaves the transaction usable, UpdateTx reloads within
+// it, and the decision commits with the caller's other writes.
+func TestEntityUpdateTx(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	if _, err := store.Append(ctx, "acct", conduit.NoStream, mustEvent(t, "opened", struct{}{}), deposit(t, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE audit (note text)`); err != nil {
+		t.Fatal(err)
+	}
+	var states []account
+	err := store.InTx(ctx, func(tx pgx.Tx) error {
+		// (Had tx written before the concurrent append, its append would be
+		// refused with ErrTransactionOrder: the stream's order must be the
+		// log's, ordered by transaction id.)
+		res, err := accounts.UpdateTx(ctx, store, tx, "acct", func(a account) ([]conduit.EventData, error) {
+			states = append(states, a)
+			if len(states) == 1 {
+				if _, err := store.Append(ctx, "acct", conduit.Any, deposit(t, 100)); err != nil {
+					return nil, err
+				}
+			}
+			return []conduit.EventData{deposit(t, a.Balance)}, nil
+		})
+		if err != nil || res.Version != 4 {
+			return fmt.Errorf("UpdateTx = %+v, %v", res, err)
+		}
+		// The transaction sees its own append.
+		if a, v, err := accounts.LoadTx(ctx, store, tx, "acct"); err != nil || v != 4 || a.Balance != 220 {
+			return fmt.Errorf("LoadTx in the transaction: %+v v%d %v", a, v, err)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO audit VALUES ('doubled')`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 2 || states[0].Balance != 10 || states[1].Balance != 110 {
+		t.Fatalf("decide saw %+v, want balances 10 then 110", states)
+	}
+	var notes int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM audit`).Scan(&notes); err != nil || notes != 1 {
+		t.Fatalf("audit rows %d, %v", notes, err)
+	}
+	if a, v, err := accounts.Load(ctx, store, "acct"); err != nil || v != 4 || a.Balance != 220 {
+		t.Fatalf("after commit: %+v v%d %v", a, v, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -106,5 +107,45 @@ func TestConfigProjectionsCopied(t *testing.T) {
 	cfg.Projections[0] = namedProjection{name: "p", err: errors.New("changed after NewStore")}
 	if _, err := store.Append(ctx, "s", conduit.NoStream, mustEvent(t, "e", 1)); err != nil {
 		t.Fatalf("the store uses the caller's slice: %v", err)
+	}
+}
+
+// Every numeric Config field has a range; a value outside it is a
+// *ConfigError naming the field, never a silent clamp or wrap-around.
+func TestConfigRanges(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	for _, c := range []struct {
+		cfg   conduit.Config
+		field string
+	}{
+		{conduit.Config{MaxEventSize: -1}, "Config.MaxEventSize"},
+		{conduit.Config{MaxEventSize: conduit.MaxEventSizeLimit + 1}, "Config.MaxEventSize"},
+		{conduit.Config{MaxEventSize: 1 << 40}, "Config.MaxEventSize"},
+		{conduit.Config{MaxAppendSize: -5}, "Config.MaxAppendSize"},
+		{conduit.Config{MaxAppendSize: conduit.MaxAppendSizeLimit + 1}, "Config.MaxAppendSize"},
+		{conduit.Config{MaxEventSize: 2 << 20, MaxAppendSize: 1 << 20}, "Config.MaxAppendSize"},
+		{conduit.Config{ReadPageSize: -1}, "Config.ReadPageSize"},
+		{conduit.Config{ReadPageSize: 1 << 32}, "Config.ReadPageSize"},
+		{conduit.Config{ReadPageSize: 1 << 31}, "Config.ReadPageSize"},
+		{conduit.Config{NotifyInterval: -time.Millisecond}, "Config.NotifyInterval"},
+		{conduit.Config{NotifyInterval: time.Hour}, "Config.NotifyInterval"},
+		{conduit.Config{Projections: []conduit.Projection{nil}}, "Config.Projections[0]"},
+	} {
+		_, err := conduit.NewStore(pool, &c.cfg)
+		var ce *conduit.ConfigError
+		if !errors.As(err, &ce) || !errors.Is(err, conduit.ErrInvalidConfig) || ce.Field != c.field {
+			t.Errorf("%+v: err = %v, want a *ConfigError naming %s", c.cfg, err, c.field)
+		}
+	}
+	for _, cfg := range []conduit.Config{
+		{},
+		{MaxEventSize: conduit.MaxEventSizeLimit},
+		{MaxEventSize: 32 << 20}, // MaxAppendSize follows it up
+		{MaxAppendSize: conduit.MaxAppendSizeLimit, ReadPageSize: conduit.ReadPageSizeLimit, NotifyInterval: conduit.NotifyIntervalLimit},
+	} {
+		if _, err := conduit.NewStore(pool, &cfg); err != nil {
+			t.Errorf("%+v: %v", cfg, err)
+		}
 	}
 }

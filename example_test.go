@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,10 +15,12 @@ import (
 	"github.com/pressly/goose/v3"
 
 	"github.com/conduit-es/conduit"
+	"github.com/conduit-es/conduit/internal/pgtest"
 )
 
 // The examples run against a real PostgreSQL: each gets a new database on
-// DATABASE_URL's server and drops it afterwards. Without a server an
+// the tests' server (DATABASE_URL, else a local server at the libpq
+// defaults, see internal/pgtest) and drops it afterwards. Without a server an
 // example prints why, its output differs from the expected one, and
 // `go test` fails with that message: an example that did not run never
 // passes.
@@ -49,9 +50,9 @@ func exampleStore(cfg *conduit.Config) (store *conduit.Store, done func(), ok bo
 // closes the pool and drops the database. On failure it prints why and
 // returns ok false.
 func exampleDatabase() (pool *pgxpool.Pool, done func(), ok bool) {
-	url := os.Getenv("DATABASE_URL")
-	if url == "" {
-		fmt.Println("example needs PostgreSQL: set DATABASE_URL (make test sets it)")
+	url, _, err := pgtest.Server()
+	if err != nil {
+		fmt.Println("example needs PostgreSQL (set DATABASE_URL):", err)
 		return nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -63,7 +64,7 @@ func exampleDatabase() (pool *pgxpool.Pool, done func(), ok bool) {
 
 	poolCfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return fail("parse DATABASE_URL", err)
+		return fail("parse the server's URL", err)
 	}
 	admin, err := pgx.ConnectConfig(ctx, poolCfg.ConnConfig.Copy())
 	if err != nil {
@@ -146,18 +147,18 @@ func ExampleStore_Append_idempotentRetry() {
 	defer done()
 	ctx := context.Background()
 
-	// Append gives events with a zero ID a fresh id, written back into the
-	// slice: sending the same slice again is an idempotent retry.
-	events := make([]conduit.EventData, 1)
-	events[0], _ = conduit.NewEvent("order_paid", map[string]int{"amount_cents": 4900})
-	first, err := store.Append(ctx, "order-1", conduit.NoStream, events...)
+	// NewEvent gives each event its id: sending the same events again is an
+	// idempotent retry.
+	a, _ := conduit.NewEvent("order_placed", map[string]string{"customer": "ada"})
+	b, _ := conduit.NewEvent("order_paid", map[string]int{"amount_cents": 4900})
+	first, err := store.Append(ctx, "order-1", conduit.NoStream, a, b)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	// The acknowledgement was lost; the client does not know whether the
-	// append committed, and retries.
-	retry, err := store.Append(ctx, "order-1", conduit.NoStream, events...)
+	// append committed, and sends the same events again.
+	retry, err := store.Append(ctx, "order-1", conduit.NoStream, a, b)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -165,8 +166,150 @@ func ExampleStore_Append_idempotentRetry() {
 	fmt.Println("first:", first.Version, "duplicate:", first.Duplicate)
 	fmt.Println("retry:", retry.Version, "duplicate:", retry.Duplicate)
 	// Output:
-	// first: 1 duplicate: false
-	// retry: 1 duplicate: true
+	// first: 2 duplicate: false
+	// retry: 2 duplicate: true
+}
+
+// The retry loop a service writes around Append: while the outcome is
+// unknown (a lost connection, a server restart, a deadlock), resend the same
+// events, whose ids make that safe; when the store refuses (a concurrent
+// writer moved the stream on), reload, decide again and append the new
+// decision.
+func ExampleIsOutcomeUnknown() {
+	store, done, ok := exampleStore(nil)
+	if !ok {
+		return
+	}
+	defer done()
+	ctx := context.Background()
+	opened, _ := conduit.NewEvent("account_opened", map[string]int{"balance": 0})
+	if _, err := store.Append(ctx, "account-7", conduit.NoStream, opened); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// decide reads the stream's version and decides on a deposit. A
+	// concurrent writer gets in between on the first attempt.
+	attempts := 0
+	decide := func() (int64, []conduit.EventData, error) {
+		attempts++
+		version, err := store.StreamVersion(ctx, "account-7")
+		if attempts == 1 {
+			other, _ := conduit.NewEvent("fee_charged", map[string]int{"amount": 1})
+			_, _ = store.Append(ctx, "account-7", conduit.Any, other)
+		}
+		deposit, _ := conduit.NewEvent("deposited", map[string]int{"amount": 100})
+		return version, []conduit.EventData{deposit}, err
+	}
+
+	var res conduit.AppendResult
+	for range 5 {
+		version, events, err := decide()
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		for {
+			res, err = store.Append(ctx, "account-7", conduit.Exactly(version), events...)
+			if !conduit.IsOutcomeUnknown(err) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond) // then resend the same events
+		}
+		if conduit.IsRefused(err) && errors.Is(err, conduit.ErrVersionConflict) {
+			fmt.Println("refused:", err)
+			continue // reload and decide again
+		}
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		break
+	}
+	fmt.Println("appended at version", res.Version, "after", attempts, "decisions")
+	// Output:
+	// refused: conduit: version conflict on stream "account-7": expected 1, actual 2
+	// appended at version 3 after 2 decisions
+}
+
+// AppendTx joins the caller's transaction: the events commit with the
+// service's own writes, or not at all. After the commit, Notify wakes the
+// projectors (InTx does both).
+func ExampleStore_AppendTx() {
+	store, done, ok := exampleStore(nil)
+	if !ok {
+		return
+	}
+	defer done()
+	ctx := context.Background()
+	pool := store.Pool()
+	if _, err := pool.Exec(ctx, `CREATE TABLE payments (order_id text PRIMARY KEY, cents int NOT NULL)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, `INSERT INTO payments VALUES ('order-1', 4900)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+	paid, _ := conduit.NewEvent("order_paid", map[string]int{"amount_cents": 4900})
+	res, err := store.AppendTx(ctx, tx, "order-1", conduit.Any, paid)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := tx.Commit(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	store.Notify() // wake projectors now rather than at their next poll
+
+	var cents int
+	_ = pool.QueryRow(ctx, `SELECT cents FROM payments WHERE order_id = 'order-1'`).Scan(&cents)
+	fmt.Println("version:", res.Version, "payment:", cents)
+	// Output:
+	// version: 1 payment: 4900
+}
+
+// InTx runs a function in a transaction, commits it when the function
+// returns nil, and then calls Notify; an error rolls everything back.
+func ExampleStore_InTx() {
+	store, done, ok := exampleStore(nil)
+	if !ok {
+		return
+	}
+	defer done()
+	ctx := context.Background()
+
+	errOutOfStock := errors.New("out of stock")
+	err := store.InTx(ctx, func(tx pgx.Tx) error {
+		reserved, _ := conduit.NewEvent("stock_reserved", map[string]int{"quantity": 1})
+		if _, err := store.AppendTx(ctx, tx, "order-2", conduit.NoStream, reserved); err != nil {
+			return err
+		}
+		return errOutOfStock // rolls the append back
+	})
+	fmt.Println(err)
+	version, _ := store.StreamVersion(ctx, "order-2")
+	fmt.Println("version after the rollback:", version)
+
+	err = store.InTx(ctx, func(tx pgx.Tx) error {
+		placed, _ := conduit.NewEvent("order_placed", map[string]string{"customer": "ada"})
+		_, err := store.AppendTx(ctx, tx, "order-2", conduit.NoStream, placed)
+		return err
+	})
+	version, _ = store.StreamVersion(ctx, "order-2")
+	fmt.Println(err, "version:", version)
+	// Output:
+	// out of stock
+	// version after the rollback: 0
+	// <nil> version: 1
 }
 
 func ExampleStore_ReadStream() {
@@ -361,16 +504,36 @@ func ExampleEntity_Update() {
 	_, err = accounts.Update(ctx, store, "account-1", withdraw(9000))
 	fmt.Println("withdraw 9000:", err)
 
-	acct, version, err := accounts.Load(ctx, store, "account-1")
+	// UpdateTx decides inside your transaction: a transfer moves money
+	// between two accounts atomically.
+	err = store.InTx(ctx, func(tx pgx.Tx) error {
+		if _, err := accounts.UpdateTx(ctx, store, tx, "account-1", withdraw(2000)); err != nil {
+			return err
+		}
+		_, err := accounts.UpdateTx(ctx, store, tx, "account-2", func(account) ([]conduit.EventData, error) {
+			e, err := conduit.NewEvent("deposited", amount{Cents: 2000})
+			return []conduit.EventData{e}, err
+		})
+		return err
+	})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println("balance", acct.Balance, "at version", version)
+
+	for _, id := range []string{"account-1", "account-2"} {
+		acct, version, err := accounts.Load(ctx, store, id)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Println(id, "balance", acct.Balance, "at version", version)
+	}
 	// Output:
 	// withdrew 3000, version 2
 	// withdraw 9000: insufficient funds
-	// balance 7000 at version 2
+	// account-1 balance 5000 at version 3
+	// account-2 balance 2000 at version 1
 }
 
 // Running Conduit's migrations from your own goose pipeline: give them their

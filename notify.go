@@ -10,13 +10,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
 // EventsChannel is the LISTEN/NOTIFY channel that wakes projectors after
 // appends. Notifications carry no payload: they are hints, and a projector
 // that misses one still finds the events at its next poll.
-const EventsChannel = "conduit_events"
+const EventsChannel = dberr.EventsChannel
 
 // commitNotifier sends NOTIFY after appends have committed, coalesced: at
 // most one notification is in flight, and appends that commit meanwhile are

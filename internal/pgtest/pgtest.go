@@ -57,12 +57,20 @@ var (
 	logged     atomic.Bool
 )
 
+// Server finds the test server once per process, in the package doc's
+// order, and returns a connection string for its admin database and where
+// it came from; or why there is none. For code without a testing.TB (the
+// runnable examples); tests call ServerURL.
+func Server() (connString, from string, err error) {
+	serverOnce.Do(func() { serverURL, serverFrom, serverErr = findServer() })
+	return serverURL, serverFrom, serverErr
+}
+
 // ServerURL returns a connection string for the test server's admin
 // database, or skips (fails in CI) when there is none.
 func ServerURL(t testing.TB) string {
 	t.Helper()
-	serverOnce.Do(func() { serverURL, serverFrom, serverErr = findServer() })
-	if serverErr != nil {
+	if _, _, err := Server(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("pgtest: no PostgreSQL: %v", serverErr)
 		}
