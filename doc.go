@@ -141,6 +141,13 @@
 //	res, err := store.Append(ctx, "order-42", conduit.Any, placed)
 //	err = store.WaitFor(ctx, "order_totals", res.Position) // read your own writes
 //
+// WaitFor does not wait for what cannot come: a projection stalled short of
+// the position returns a [*ProjectionStalledError], and a name that never
+// ran, with no Projector made on this Store, returns [ErrNotFound] at once.
+// [Projector.CatchUp] applies every event committed before the call (the
+// log's [Store.Head]) and returns: read tables up to date in a test,
+// without sleeps, or in a script.
+//
 // Wake-ups: Append sends a NOTIFY on [EventsChannel] after its commit,
 // coalesced, outside the append's transaction (a NOTIFY inside it would
 // serialize every committing append on a cluster-wide lock); each Store runs
@@ -226,6 +233,7 @@
 //     [ErrEventTooLarge] and [ErrAppendTooLarge] for size limits also match it;
 //   - [ErrProjection]: [*ProjectionError], unwrapping to the projection's error;
 //   - [ErrNotFound]: an unknown projection or parked event;
+//   - [ErrProjectionStalled]: [*ProjectionStalledError], from WaitFor and CatchUp;
 //   - [ErrRestoredDatabase]: [*RestoredDatabaseError], from appends to
 //     existing streams, ReadAll and projectors on a database restored from a
 //     logical dump, naming the fix;

@@ -146,6 +146,9 @@ type Store struct {
 	progress appendSignal // a projector in this process moved its checkpoint
 	notifier commitNotifier
 	listener *listener
+
+	// projectors names the Projectors made on this Store (see WaitFor).
+	projectors projectionNames
 }
 
 // NewStore returns a Store over pool. It does not touch the database; run

@@ -75,3 +75,64 @@ func ExampleProjector() {
 	// lag: 0 applied: 3
 	// run: <nil>
 }
+
+// CatchUp applies everything committed so far and returns: read tables up
+// to date in a test or a script, without a goroutine or a sleep.
+func ExampleProjector_CatchUp() {
+	store, done, ok := exampleStore(nil)
+	if !ok {
+		return
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := store.Pool()
+	if _, err := pool.Exec(ctx, `CREATE TABLE public.order_totals (order_id text PRIMARY KEY, cents bigint NOT NULL)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	type ItemAdded struct {
+		Cents int64 `json:"cents"`
+	}
+	totals := conduit.NewRouter("order_totals", "public.order_totals")
+	conduit.On(totals, "item_added", func(ctx context.Context, tx pgx.Tx, e conduit.Event, d ItemAdded) error {
+		_, err := tx.Exec(ctx, `INSERT INTO public.order_totals VALUES ($1, $2)
+			ON CONFLICT (order_id) DO UPDATE SET cents = order_totals.cents + EXCLUDED.cents`, e.StreamID, d.Cents)
+		return err
+	})
+	projector, err := conduit.NewProjector(store, totals, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	for _, add := range []struct {
+		order string
+		cents int64
+	}{{"order-1", 450}, {"order-2", 1200}, {"order-1", 300}} {
+		e, _ := conduit.NewEvent("item_added", ItemAdded{Cents: add.cents})
+		if _, err := store.Append(ctx, add.order, conduit.Any, e); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	if err := projector.CatchUp(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	rows, _ := pool.Query(ctx, `SELECT order_id, cents FROM public.order_totals ORDER BY order_id`)
+	for rows.Next() {
+		var order string
+		var cents int64
+		_ = rows.Scan(&order, &cents)
+		fmt.Println(order, cents)
+	}
+	head, _ := store.Head(ctx)
+	status, _ := store.ProjectionStatus(ctx, "order_totals")
+	fmt.Println("at the head:", status.Checkpoint == head, "state:", status.State)
+	// Output:
+	// order-1 750
+	// order-2 1200
+	// at the head: true state: stopped
+}

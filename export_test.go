@@ -1,5 +1,7 @@
 package conduit
 
+import "time"
+
 // Test-only hooks for the fault-injection tests (package conduit_test).
 
 // ListenerPID returns the backend process id of s's listener connection, or
@@ -9,3 +11,13 @@ func ListenerPID(s *Store) uint32 { return s.listener.pid.Load() }
 // ListenerReady returns a channel closed once s's listener has LISTENed for
 // the first time.
 func ListenerReady(s *Store) <-chan struct{} { return s.listener.listened }
+
+// RetryWait returns the wait of a projector configured with cfg before it
+// tries an event again after its attempt-th failure.
+func RetryWait(cfg *ProjectorConfig, attempt int) (time.Duration, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return 0, err
+	}
+	return c.retryWait(attempt), nil
+}

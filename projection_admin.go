@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -136,14 +137,30 @@ func zeroTime(t time.Time) time.Time {
 // returned by Append), so a read of its tables sees the append: read your
 // own writes. It returns ctx's error if ctx ends first; transient database
 // errors (a dropped connection, a restart) are retried until then.
+//
+// It does not wait for what cannot come. A projection stalled on a poison
+// event short of pos (see PoisonStop) returns a *ProjectionStalledError
+// (ErrProjectionStalled) with the event and the reason; a projection that
+// has never run, and for which no Projector was made on this Store, returns
+// ErrNotFound at once. A Projector made on this Store (even one whose Run
+// has not started yet) makes its name known, so WaitFor waits for its first
+// run.
 func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) error {
 	wait := time.Millisecond
 	for {
 		progressed := s.progress.wait()
-		r, err := s.queries.ProjectionCheckpointGet(ctx, projection)
+		passed, err := s.projectionPassed(ctx, projection, pos)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			// Not registered yet: its first run will be.
+		case passed:
+			return nil
+		case errors.Is(err, errNotRegistered):
+			if !s.projectors.has(projection) {
+				return fmt.Errorf("conduit: wait for %q: no projection of that name has run, "+
+					"and no Projector for it was made on this Store: %w", projection, ErrNotFound)
+			}
+			// Made here, not registered yet: its first run registers it.
+		case errors.Is(err, ErrProjectionStalled):
+			return err
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
 		case err != nil && !isTransient(err):
@@ -151,11 +168,6 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 		case err != nil:
 			// A dropped connection or a restarting server: the pool
 			// reconnects; keep waiting until ctx ends.
-		default:
-			cp := Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition}
-			if !cp.Before(pos) {
-				return nil
-			}
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -165,9 +177,106 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 		case <-progressed:
 			t.Stop()
 		case <-t.C:
-			wait = min(wait*2, 50*time.Millisecond)
+			wait = min(wait*2, waitPollMax)
 		}
 	}
+}
+
+// waitPollMax is the longest WaitFor goes without reading the checkpoint
+// again; a projector in this process wakes it sooner.
+const waitPollMax = 50 * time.Millisecond
+
+// errNotRegistered: the projection has no row in conduit.projections (no
+// Projector for it has ever run on this database).
+var errNotRegistered = errors.New("conduit: projection not registered")
+
+// projectionPassed reports whether the projection's checkpoint has passed
+// pos, in one round trip. Short of pos, it returns a
+// *ProjectionStalledError if a poison event holds the projection, and
+// errNotRegistered if the projection has no row.
+func (s *Store) projectionPassed(ctx context.Context, projection string, pos Position) (bool, error) {
+	r, err := s.queries.ProjectionCheckpointGet(ctx, projection)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, errNotRegistered
+	}
+	if err != nil {
+		return false, err
+	}
+	if !(Position{TransactionID: r.CheckpointTx, GlobalPosition: r.CheckpointPosition}).Before(pos) {
+		return true, nil
+	}
+	if ProjectionState(r.State) == StateStalled {
+		return false, &ProjectionStalledError{Projection: projection, EventID: r.StalledEventID, Reason: r.StallReason}
+	}
+	return false, nil
+}
+
+// ErrProjectionStalled: the projection stopped at a poison event under
+// PoisonStop, short of the position waited for. The error is a
+// *ProjectionStalledError. The projector retries the event every
+// ProjectorConfig.StalledRetryInterval: a fixed projection goes on by
+// itself; a rebuild or a skipped fix is the other way out.
+var ErrProjectionStalled = errors.New("conduit: projection stalled")
+
+// ProjectionStalledError reports a projection stalled at a poison event, as
+// its status does (StateStalled, StallReason, StalledEventID).
+type ProjectionStalledError struct {
+	Projection string
+	// EventID is the poison event's id.
+	EventID uuid.UUID
+	// Reason is the projection's error on it, with the event's type,
+	// stream and version.
+	Reason string
+}
+
+func (e *ProjectionStalledError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("conduit: projection %q is stalled at event %s", e.Projection, e.EventID)
+	}
+	return fmt.Sprintf("conduit: projection %q is stalled: %s", e.Projection, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrProjectionStalled) true.
+func (e *ProjectionStalledError) Is(target error) bool { return target == ErrProjectionStalled }
+
+// projectionNames is a set of projection names, safe for concurrent use. The
+// zero value is empty.
+type projectionNames struct {
+	mu    sync.Mutex
+	names map[string]struct{}
+}
+
+func (n *projectionNames) add(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.names == nil {
+		n.names = map[string]struct{}{}
+	}
+	n.names[name] = struct{}{}
+}
+
+func (n *projectionNames) has(name string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.names[name]
+	return ok
+}
+
+// Head returns the Position of the last event committed so far, in the
+// global log's (transaction id, global position) order: the zero Position
+// for an empty log. WaitFor(ctx, name, head) then returns once the
+// projection has applied every event committed before the call (and any
+// that older transactions, still open then, commit meanwhile: they sort
+// before head). One query on the log's primary key.
+func (s *Store) Head(ctx context.Context) (Position, error) {
+	r, err := s.queries.LogHeadGet(ctx)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Position{}, nil
+	}
+	if err != nil {
+		return Position{}, fmt.Errorf("conduit: head of the log: %w", err)
+	}
+	return Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition}, nil
 }
 
 // RebuildProjection truncates the projection's read tables and resets its

@@ -50,19 +50,33 @@ const (
 	StalledRetryIntervalDefault = 30 * time.Second
 )
 
+// Limits of ProjectorConfig fields: NewProjector refuses a field above its
+// limit, or below the least value its doc comment gives, with a
+// *ConfigError. A zero field still means its default.
+const (
+	BatchSizeLimit            = 100_000
+	LeaseDurationLimit        = time.Hour
+	PollIntervalLimit         = time.Hour
+	MaxAttemptsLimit          = 1000
+	RetryBackoffLimit         = time.Minute
+	StalledRetryIntervalLimit = 24 * time.Hour
+)
+
 // ProjectorConfig configures a Projector. The zero value means defaults.
 type ProjectorConfig struct {
-	// BatchSize is the most events applied in one transaction. Defaults to
-	// BatchSizeDefault.
+	// BatchSize is the most events applied in one transaction, 1 to
+	// BatchSizeLimit (100,000): a batch holds its events, data included, in
+	// memory, and the cost per batch is already a small share at 10,000
+	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease; another instance takes over within about this
-	// long after the active one dies or hangs. Defaults to
-	// LeaseDurationDefault.
+	// long after the active one dies or hangs. From 100ms to
+	// LeaseDurationLimit (1h). Defaults to LeaseDurationDefault.
 	LeaseDuration time.Duration
 	// PollInterval is how often the projector looks for new events without
 	// being woken. Polling is the guarantee; wake-ups only cut latency.
-	// Defaults to PollIntervalDefault.
+	// From 1ms to PollIntervalLimit (1h). Defaults to PollIntervalDefault.
 	PollInterval time.Duration
 	// PollOnly turns off LISTEN: the projector is woken only by appends of
 	// the same Store in this process, and polls. Use it behind PgBouncer in
@@ -72,13 +86,19 @@ type ProjectorConfig struct {
 	// Defaults to PoisonStop.
 	Poison PoisonPolicy
 	// MaxAttempts is how many times an event is tried before the poison
-	// policy applies. Defaults to MaxAttemptsDefault.
+	// policy applies, 1 to MaxAttemptsLimit (1,000). Defaults to
+	// MaxAttemptsDefault.
 	MaxAttempts int
-	// RetryBackoff is the first wait after a failure; it doubles, with
-	// jitter, up to 30 times as long. Defaults to RetryBackoffDefault.
+	// RetryBackoff is the wait before the second try of an event the
+	// projection failed on, and after the first of a run of database
+	// errors. Each further failure doubles it, up to 30 times RetryBackoff;
+	// each wait is drawn at random between half and the whole of that
+	// (jitter). From 1ms to RetryBackoffLimit (1 minute, so waits reach 30
+	// minutes at most). Defaults to RetryBackoffDefault.
 	RetryBackoff time.Duration
 	// StalledRetryInterval is how often a stalled projector tries its
-	// poison event again. Defaults to StalledRetryIntervalDefault.
+	// poison event again, from 1ms to StalledRetryIntervalLimit (24h).
+	// Defaults to StalledRetryIntervalDefault.
 	StalledRetryInterval time.Duration
 	// InstanceID names this instance in the lease and the status. Defaults
 	// to host-pid-random.
@@ -99,29 +119,33 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	if c != nil {
 		out = *c
 	}
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{
-		{"BatchSize", int64(out.BatchSize)}, {"LeaseDuration", int64(out.LeaseDuration)},
-		{"PollInterval", int64(out.PollInterval)}, {"MaxAttempts", int64(out.MaxAttempts)},
-		{"RetryBackoff", int64(out.RetryBackoff)}, {"StalledRetryInterval", int64(out.StalledRetryInterval)},
-	} {
-		if f.v < 0 {
-			return out, fmt.Errorf("conduit: ProjectorConfig.%s must not be negative", f.name)
-		}
-	}
-	if out.Poison != PoisonStop && out.Poison != PoisonPark {
-		return out, fmt.Errorf("conduit: ProjectorConfig.Poison: unknown policy %d", out.Poison)
-	}
 	setDefault(&out.BatchSize, BatchSizeDefault)
 	setDefault(&out.LeaseDuration, LeaseDurationDefault)
 	setDefault(&out.PollInterval, PollIntervalDefault)
 	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
 	setDefault(&out.RetryBackoff, RetryBackoffDefault)
 	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
-	if out.LeaseDuration < 100*time.Millisecond {
-		return out, fmt.Errorf("conduit: ProjectorConfig.LeaseDuration must be at least 100ms, got %s", out.LeaseDuration)
+	// Durations start at 1ms: a bare number is nanoseconds (5 is 5ns).
+	const ms = int64(time.Millisecond)
+	for _, f := range []struct {
+		field     string
+		v, lo, hi int64
+		unit      func(int64) string
+	}{
+		{"ProjectorConfig.BatchSize", int64(out.BatchSize), 1, BatchSizeLimit, countText},
+		{"ProjectorConfig.LeaseDuration", int64(out.LeaseDuration), 100 * ms, int64(LeaseDurationLimit), durationText},
+		{"ProjectorConfig.PollInterval", int64(out.PollInterval), ms, int64(PollIntervalLimit), durationText},
+		{"ProjectorConfig.MaxAttempts", int64(out.MaxAttempts), 1, MaxAttemptsLimit, countText},
+		{"ProjectorConfig.RetryBackoff", int64(out.RetryBackoff), ms, int64(RetryBackoffLimit), durationText},
+		{"ProjectorConfig.StalledRetryInterval", int64(out.StalledRetryInterval), ms, int64(StalledRetryIntervalLimit), durationText},
+	} {
+		if f.v < f.lo || f.v > f.hi {
+			return out, &ConfigError{Field: f.field,
+				Reason: fmt.Sprintf("%s is out of range %s to %s", f.unit(f.v), f.unit(f.lo), f.unit(f.hi))}
+		}
+	}
+	if out.Poison != PoisonStop && out.Poison != PoisonPark {
+		return out, &ConfigError{Field: "ProjectorConfig.Poison", Reason: fmt.Sprintf("unknown policy %d", out.Poison)}
 	}
 	if out.InstanceID == "" {
 		host, _ := os.Hostname()
@@ -145,9 +169,9 @@ type Projector struct {
 	tables     []string
 	log        *slog.Logger
 
-	running atomic.Bool // Run is in progress
+	running atomic.Bool // Run or CatchUp is in progress
 
-	// Owned by Run's goroutine.
+	// Owned by the goroutine in Run or CatchUp.
 	epoch     int64     // 0: not the owner
 	nextRenew time.Time // when the lease is next due for renewal
 	attempts  map[uuid.UUID]int
@@ -173,6 +197,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	if o, ok := p.(ReadTableOwner); ok {
 		pr.tables = o.ReadTables()
 	}
+	store.projectors.add(pr.name)
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
 	return pr, nil
 }
@@ -186,34 +211,69 @@ func (p *Projector) InstanceID() string { return p.cfg.InstanceID }
 var errLeaseLost = errors.New("conduit: lease lost")
 
 // Run applies the projection until ctx ends, then rolls back any batch in
-// flight, releases the lease and returns nil. One Projector runs once at a
-// time; for several instances in one process make several Projectors. Database errors are retried
-// with backoff; Run returns early only for an error no retry can cure
-// (ErrRestoredDatabase).
-func (p *Projector) Run(ctx context.Context) error {
+// flight, releases the lease and returns nil. A Projector runs once at a
+// time (Run or CatchUp); for several instances in one process make several
+// Projectors. Database errors are retried with backoff; Run returns early
+// only for an error no retry can cure (ErrRestoredDatabase).
+func (p *Projector) Run(ctx context.Context) error { return p.run(ctx, false) }
+
+// CatchUp applies the projection until it has passed every event committed
+// before the call (the log's Head), then releases the lease and returns
+// nil: read tables up to date in a test, without sleeps, or in a script. It
+// works as Run does, with these differences:
+//   - if another instance holds the lease, CatchUp waits for it to pass the
+//     head, as WaitFor does (and takes over if the lease expires);
+//   - under PoisonStop a stall returns the *ProjectionStalledError at once
+//     (under PoisonPark the event is parked and CatchUp goes on);
+//   - events held behind the safe horizon are waited for: they become
+//     readable once every transaction older than the head's has ended;
+//   - errors a retry may cure (a dropped connection, a restart) are
+//     retried with backoff, others returned; it returns ctx's error if ctx
+//     ends first.
+//
+// It refuses to run while Run or CatchUp runs on the same Projector.
+func (p *Projector) CatchUp(ctx context.Context) error { return p.run(ctx, true) }
+
+// run is Run, or CatchUp when catchUp is set.
+func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	if !p.running.CompareAndSwap(false, true) {
-		return errors.New("conduit: Projector.Run called while it runs; make one Projector per concurrent instance")
+		return errors.New("conduit: Projector already running (Run or CatchUp); make one Projector per concurrent instance")
 	}
 	defer p.running.Store(false)
-	if !p.cfg.PollOnly {
+	var head *Position // CatchUp's goal
+	// Events held behind the horizon become readable when the transaction
+	// holding it ends, which may append nothing and so wake nobody: look
+	// again soon, then less and less often (up to 50ms when a caller waits).
+	horizonWaitMax := p.cfg.PollInterval
+	if catchUp {
+		h, err := p.store.Head(ctx)
+		if err != nil {
+			return err
+		}
+		head = &h
+		horizonWaitMax = min(horizonWaitMax, waitPollMax)
+	} else if !p.cfg.PollOnly {
 		p.store.listener.acquire()
 		defer p.store.listener.release()
 	}
 	defer p.release()
 
-	failures := newBackoff(p.cfg.RetryBackoff, 30*p.cfg.RetryBackoff)
-	// Events held behind the horizon become readable when the transaction
-	// holding it ends, which may append nothing and so wake nobody: look
-	// again soon, then less and less often.
-	behindHorizon := newBackoff(time.Millisecond, p.cfg.PollInterval)
+	behindHorizon := newBackoff(time.Millisecond, horizonWaitMax)
+	failures := p.cfg.retryBackoff()
+	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
 	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
 		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
-		err := p.step(ctx, &registered, &limit)
+		progressed := p.store.progress.wait()
+		res, err := p.step(ctx, &registered, &limit)
+		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
 			failures.reset()
+			if head != nil && res != nil && !res.checkpoint.Before(*head) {
+				return nil
+			}
 			switch limit {
 			case 0: // caught up
 				behindHorizon.reset()
@@ -225,34 +285,55 @@ func (p *Projector) Run(ctx context.Context) error {
 			default:
 				behindHorizon.reset()
 			}
-		case ctx.Err() != nil:
-			return nil
+		case ctx.Err() != nil: // the loop ends
 		case errors.Is(err, ErrRestoredDatabase):
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
 			p.epoch = 0
+		case errors.As(err, &stalled):
+			if head != nil {
+				return err
+			}
+			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+		case errors.Is(err, errStandby) && head != nil:
+			// As WaitFor: the instance holding the lease may pass the head
+			// (or stall); trying to acquire on every round, CatchUp takes
+			// over once its lease expires.
+			switch passed, err := p.store.projectionPassed(ctx, p.name, *head); {
+			case passed:
+				return nil
+			case errors.Is(err, ErrProjectionStalled):
+				return err
+			}
+			p.idle(ctx, progressed, standby.next())
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
+		case head != nil && !isTransient(err):
+			return fmt.Errorf("conduit: catch up %q: %w", p.name, err)
 		default:
 			wait := failures.next()
 			p.log.Warn("conduit: projector error; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
 			p.idle(ctx, nil, wait)
 		}
 	}
+	if head != nil {
+		return fmt.Errorf("conduit: catch up %q to %s: %w", p.name, *head, ctx.Err())
+	}
 	return nil
 }
 
 var errStandby = errors.New("conduit: lease held by another instance")
 
-// step does one unit of work: register, acquire, or one batch. On a batch
-// that reached the safe horizon it sets *limit to 0, or to -1 when committed
-// events wait behind the horizon.
-func (p *Projector) step(ctx context.Context, registered *bool, limit *int) error {
+// step does one unit of work: register, acquire, and one batch. It returns
+// the batch's result if one committed. On a batch that reached the safe
+// horizon it sets *limit to 0, or to -1 when committed events wait behind
+// the horizon.
+func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*batchResult, error) {
 	q := p.store.queries
 	if !*registered {
 		if err := q.ProjectionRegister(ctx, dbgen.ProjectionRegisterParams{Name: p.name, ReadTables: p.tablesOrEmpty()}); err != nil {
-			return fmt.Errorf("register projection %q: %w", p.name, err)
+			return nil, fmt.Errorf("register projection %q: %w", p.name, err)
 		}
 		*registered = true
 	}
@@ -261,14 +342,14 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 			Owner: p.cfg.InstanceID, LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name,
 		})
 		if errors.Is(err, pgx.ErrNoRows) {
-			return errStandby
+			return nil, errStandby
 		}
 		if err != nil {
-			return fmt.Errorf("acquire lease: %w", err)
+			return nil, fmt.Errorf("acquire lease: %w", err)
 		}
 		if err := p.checkTransactionIDs(ctx); err != nil {
 			p.epoch = epoch
-			return err
+			return nil, err
 		}
 		p.epoch = epoch
 		p.renewed()
@@ -280,9 +361,9 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	var fail *applyFailure
 	switch {
 	case errors.As(err, &fail):
-		return p.handleFailure(ctx, fail, limit)
+		return nil, p.handleFailure(ctx, fail, limit)
 	case err != nil:
-		return err
+		return nil, err
 	}
 	p.renewed()
 	delete(p.attempts, res.firstID) // it went through
@@ -294,7 +375,7 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) erro
 	default:
 		*limit = p.cfg.BatchSize
 	}
-	return nil
+	return &res, nil
 }
 
 func (p *Projector) tablesOrEmpty() []string {
@@ -326,9 +407,10 @@ func (f *applyFailure) Error() string { return f.err.Error() }
 func (f *applyFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
-	caughtUp bool
-	held     bool // caught up, but committed events wait behind the horizon (or just committed)
-	firstID  uuid.UUID
+	checkpoint Position // committed by the batch
+	caughtUp   bool
+	held       bool // caught up, but committed events wait behind the horizon (or just committed)
+	firstID    uuid.UUID
 }
 
 // batch applies up to limit events after the checkpoint in one transaction
@@ -396,6 +478,7 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			}
 			checkpoint = e.Position
 		}
+		res.checkpoint = checkpoint
 		res.caughtUp = len(events) < limit
 		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
 		return err
@@ -487,7 +570,8 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 
 // handleFailure deals with a projection error on an event: first commit the
 // events before it, then retry it alone with backoff, then apply the poison
-// policy.
+// policy. Under PoisonStop it returns a *ProjectionStalledError once the
+// projection is stalled.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
 	if isTransient(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
@@ -501,7 +585,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	perr := &ProjectionError{Projection: p.name, Event: f.event, Err: f.err}
 	*limit = 1
 	if n < p.cfg.MaxAttempts {
-		wait := p.cfg.RetryBackoff << (n - 1)
+		wait := p.cfg.retryWait(n)
 		p.log.Warn("conduit: projection failed on event; retrying", slog.String("event_id", f.event.ID.String()),
 			slog.Int("attempt", n), slog.Any("error", f.err), slog.Duration("retry_in", wait))
 		p.idle(ctx, nil, wait)
@@ -518,11 +602,21 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *i
 	}); err != nil {
 		return err
 	}
+	p.store.progress.notify(Position{}) // wakes WaitFor to report the stall
 	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
 		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
-	p.idle(ctx, nil, p.cfg.StalledRetryInterval)
-	return nil
+	return &ProjectionStalledError{Projection: p.name, EventID: f.event.ID, Reason: perr.Error()}
 }
+
+// retryBackoff is the backoff after failures, of an event or of the
+// database: RetryBackoff doubled up to 30 times RetryBackoff, with jitter.
+func (c *ProjectorConfig) retryBackoff() *backoff {
+	return newBackoff(c.RetryBackoff, 30*c.RetryBackoff)
+}
+
+// retryWait is the wait before trying an event again after its
+// attempt-th failure.
+func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().wait(attempt) }
 
 // idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.
 func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {

@@ -535,7 +535,11 @@ func TestWaitForSurvivesTerminatedConnection(t *testing.T) {
 	ctx := testContext(t)
 	waiter, _ := openStore(t, pool.Config().ConnString(), "fault-waiter", nil)
 	startFaultProjector(t, store, "waited", "p1", conduit.ProjectorConfig{}, nil)
-	waitFor(t, waiter, "waited", appendDeposits(t, ctx, store, 3).Position) // the waiter's pool has a connection
+	// Through store first: the waiter, which made no Projector, knows the
+	// projection only once it has run.
+	res := appendDeposits(t, ctx, store, 3)
+	waitFor(t, store, "waited", res.Position)
+	waitFor(t, waiter, "waited", res.Position) // the waiter's pool has a connection
 	if n := terminate(t, pool, "application_name = 'fault-waiter'"); n == 0 {
 		t.Fatal("no waiter session to terminate")
 	}
@@ -932,6 +936,9 @@ func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
 		start(id)
 	}
 
+	// The test's store made no Projector: WaitFor (in progress) knows the
+	// projection once an instance has registered it.
+	owner("")
 	faults := []string{"kill-owner", "kill-any", "pause-idle", "pause-in-batch", "kill-owner", "pause-in-batch", "pause-two-owners"}
 	rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
 	for _, fault := range faults {

@@ -193,8 +193,12 @@ func TestProjectorPoisonStop(t *testing.T) {
 	if n := attempts.Load(); n < 3 {
 		t.Fatalf("poison event tried %d times, want at least 3", n)
 	}
+	// While it is stalled, WaitFor past the event reports the stall.
+	err = store.WaitFor(ctx, "ledger", res.Position)
+	checkStalledError(t, err, "ledger", st.StalledEventID)
 	// A fix (here: the handler stops failing) lets it go on by itself.
 	broken.Store(false)
+	waitForState(t, store, "ledger", conduit.StateCaughtUp)
 	waitFor(t, store, "ledger", res.Position)
 	checkLedgerMatchesLog(t, store, pool)
 	st, _ = store.ProjectionStatus(ctx, "ledger")
@@ -313,11 +317,12 @@ var errBoom = errors.New("boom")
 func TestWaitForDeadline(t *testing.T) {
 	t.Parallel()
 	store, _ := newStore(t, nil)
+	newProjector(t, store, &ledger{name: "never-run"}, nil) // known, so WaitFor waits
 	res := appendN(t, store, "a", 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := store.WaitFor(ctx, "nobody-runs-this", res.Position)
+	err := store.WaitFor(ctx, "never-run", res.Position)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitFor = %v, want DeadlineExceeded", err)
 	}
@@ -504,6 +509,9 @@ func TestProjectorRunTwiceRefused(t *testing.T) {
 	waitForState(t, store, "ledger", conduit.StateCaughtUp)
 	if err := p.Run(context.Background()); err == nil {
 		t.Fatal("a second concurrent Run of one Projector was accepted")
+	}
+	if err := p.CatchUp(context.Background()); err == nil {
+		t.Fatal("CatchUp of a Projector whose Run runs was accepted")
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -88,7 +88,11 @@ UPDATE conduit.projections
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
 
 -- name: ProjectionCheckpointGet :one
-SELECT checkpoint_tx, checkpoint_position
+-- The checkpoint, and the stall that holds it back if any, in one round trip
+-- (for WaitFor and CatchUp). NULLs become zero values.
+SELECT checkpoint_tx, checkpoint_position, state,
+       COALESCE(stall_reason, '')::text AS stall_reason,
+       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id
   FROM conduit.projections
  WHERE name = sqlc.arg(name);
 

@@ -141,7 +141,9 @@ func (q *Queries) ProjectionAcquire(ctx context.Context, arg ProjectionAcquirePa
 }
 
 const projectionCheckpointGet = `-- name: ProjectionCheckpointGet :one
-SELECT checkpoint_tx, checkpoint_position
+SELECT checkpoint_tx, checkpoint_position, state,
+       COALESCE(stall_reason, '')::text AS stall_reason,
+       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id
   FROM conduit.projections
  WHERE name = $1
 `
@@ -149,12 +151,23 @@ SELECT checkpoint_tx, checkpoint_position
 type ProjectionCheckpointGetRow struct {
 	CheckpointTx       uint64
 	CheckpointPosition int64
+	State              string
+	StallReason        string
+	StalledEventID     uuid.UUID
 }
 
+// The checkpoint, and the stall that holds it back if any, in one round trip
+// (for WaitFor and CatchUp). NULLs become zero values.
 func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (ProjectionCheckpointGetRow, error) {
 	row := q.db.QueryRow(ctx, projectionCheckpointGet, name)
 	var i ProjectionCheckpointGetRow
-	err := row.Scan(&i.CheckpointTx, &i.CheckpointPosition)
+	err := row.Scan(
+		&i.CheckpointTx,
+		&i.CheckpointPosition,
+		&i.State,
+		&i.StallReason,
+		&i.StalledEventID,
+	)
 	return i, err
 }
 
