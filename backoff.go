@@ -13,7 +13,7 @@ type backoff struct {
 	n        int // waits since the last reset
 }
 
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
+func newBackoff(first, limit time.Duration) *backoff { return &backoff{min: first, max: limit} }
 
 func (b *backoff) next() time.Duration {
 	b.n++

@@ -9,8 +9,13 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// EntityMaxAttemptsDefault is the default Entity.MaxAttempts.
-const EntityMaxAttemptsDefault = 5
+// Default and limit of Entity.MaxAttempts.
+const (
+	// EntityMaxAttemptsDefault is the default Entity.MaxAttempts.
+	EntityMaxAttemptsDefault = 5
+	// EntityMaxAttemptsLimit is the largest Entity.MaxAttempts.
+	EntityMaxAttemptsLimit = 100
+)
 
 // Entity folds a stream into a state value of type S: the event-sourced
 // entity (aggregate) pattern. Load rebuilds the state; Update loads,
@@ -25,9 +30,9 @@ type Entity[S any] struct {
 	Initial func() S
 	// Evolve returns the state after one event. Required.
 	Evolve func(state S, e Event) (S, error)
-	// MaxAttempts bounds Update's tries when concurrent writers conflict;
-	// zero or less means the default. Defaults to EntityMaxAttemptsDefault
-	// (5).
+	// MaxAttempts bounds Update's tries when concurrent writers conflict:
+	// 1 to EntityMaxAttemptsLimit (100); out of range, Update returns a
+	// *ConfigError. Defaults to EntityMaxAttemptsDefault (5).
 	MaxAttempts int
 }
 
@@ -97,8 +102,9 @@ func (en Entity[S]) UpdateTx(ctx context.Context, store *Store, tx pgx.Tx, strea
 func (en Entity[S]) update(decide func(S) ([]EventData, error), load func() (S, int64, error),
 	appendAt func(version int64, events []EventData) (AppendResult, error)) (AppendResult, error) {
 	attempts := en.MaxAttempts
-	if attempts <= 0 {
-		attempts = EntityMaxAttemptsDefault
+	setDefault(&attempts, EntityMaxAttemptsDefault)
+	if err := checkRanges(countRange("Entity.MaxAttempts", attempts, 1, EntityMaxAttemptsLimit)); err != nil {
+		return AppendResult{}, err
 	}
 	var err error
 	for range attempts {

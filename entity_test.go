@@ -199,11 +199,11 @@ func TestEntityUpdateTx(t *testing.T) {
 			return []conduit.EventData{deposit(t, a.Balance)}, nil
 		})
 		if err != nil || res.Version != 4 {
-			return fmt.Errorf("UpdateTx = %+v, %v", res, err)
+			return fmt.Errorf("UpdateTx = %+v, %w", res, err)
 		}
 		// The transaction sees its own append.
 		if a, v, err := accounts.LoadTx(ctx, store, tx, "acct"); err != nil || v != 4 || a.Balance != 220 {
-			return fmt.Errorf("LoadTx in the transaction: %+v v%d %v", a, v, err)
+			return fmt.Errorf("LoadTx in the transaction: %+v v%d %w", a, v, err)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO audit VALUES ('doubled')`)
 		return err
@@ -220,5 +220,27 @@ func TestEntityUpdateTx(t *testing.T) {
 	}
 	if a, v, err := accounts.Load(ctx, store, "acct"); err != nil || v != 4 || a.Balance != 220 {
 		t.Fatalf("after commit: %+v v%d %v", a, v, err)
+	}
+}
+
+// Entity.MaxAttempts has a range like every other setting.
+func TestEntityMaxAttemptsRange(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, _ := newStore(t, nil)
+	none := func(account) ([]conduit.EventData, error) { return nil, nil }
+	for _, n := range []int{-1, conduit.EntityMaxAttemptsLimit + 1} {
+		en := accounts
+		en.MaxAttempts = n
+		_, err := en.Update(ctx, store, "acct", none)
+		var ce *conduit.ConfigError
+		if !errors.As(err, &ce) || ce.Field != "Entity.MaxAttempts" {
+			t.Errorf("MaxAttempts %d: err = %v, want a *ConfigError", n, err)
+		}
+	}
+	en := accounts
+	en.MaxAttempts = conduit.EntityMaxAttemptsLimit
+	if _, err := en.Update(ctx, store, "acct", none); err != nil {
+		t.Errorf("MaxAttempts %d: %v", en.MaxAttempts, err)
 	}
 }

@@ -242,8 +242,7 @@ func (s *Store) dbError(ctx context.Context, err error, what string) error {
 		pe *ProjectionError
 		rd *RestoredDatabaseError
 	)
-	switch {
-	case errors.As(err, &vc) || errors.As(err, &de) || errors.As(err, &to) || errors.As(err, &pe) || errors.As(err, &rd):
+	if errors.As(err, &vc) || errors.As(err, &de) || errors.As(err, &to) || errors.As(err, &pe) || errors.As(err, &rd) {
 		return err
 	}
 	switch dberr.Classify(err) {

@@ -202,7 +202,7 @@ func validateEvent(i int, e *EventData, maxSize int) error {
 }
 
 func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
+	for i := range len(s) {
 		if s[i] == 0 {
 			return true
 		}

@@ -7,7 +7,6 @@ import (
 	"iter"
 	"log/slog"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -94,20 +93,13 @@ func (c *Config) withDefaults() (Config, error) {
 	setDefault(&out.MaxAppendSize, max(MaxAppendSizeDefault, out.MaxEventSize))
 	setDefault(&out.ReadPageSize, ReadPageSizeDefault)
 	setDefault(&out.NotifyInterval, NotifyIntervalDefault)
-	for _, f := range []struct {
-		field     string
-		v, lo, hi int64
-		unit      func(int64) string
-	}{
-		{"Config.MaxEventSize", int64(out.MaxEventSize), 1, MaxEventSizeLimit, bytesText},
-		{"Config.MaxAppendSize", int64(out.MaxAppendSize), int64(out.MaxEventSize), MaxAppendSizeLimit, bytesText},
-		{"Config.ReadPageSize", int64(out.ReadPageSize), 1, ReadPageSizeLimit, countText},
-		{"Config.NotifyInterval", int64(out.NotifyInterval), 1, int64(NotifyIntervalLimit), durationText},
-	} {
-		if f.v < f.lo || f.v > f.hi {
-			return out, &ConfigError{Field: f.field,
-				Reason: fmt.Sprintf("%s is out of range %s to %s", f.unit(f.v), f.unit(f.lo), f.unit(f.hi))}
-		}
+	if err := checkRanges(
+		bytesRange("Config.MaxEventSize", out.MaxEventSize, 1, MaxEventSizeLimit),
+		bytesRange("Config.MaxAppendSize", out.MaxAppendSize, out.MaxEventSize, MaxAppendSizeLimit),
+		countRange("Config.ReadPageSize", out.ReadPageSize, 1, ReadPageSizeLimit),
+		durationRange("Config.NotifyInterval", out.NotifyInterval, 1, NotifyIntervalLimit),
+	); err != nil {
+		return out, err
 	}
 	names := map[string]bool{}
 	for i, p := range out.Projections {
@@ -125,16 +117,6 @@ func (c *Config) withDefaults() (Config, error) {
 		out.Logger = slog.Default()
 	}
 	return out, nil
-}
-
-func bytesText(n int64) string    { return strconv.FormatInt(n, 10) + " bytes" }
-func countText(n int64) string    { return strconv.FormatInt(n, 10) }
-func durationText(n int64) string { return time.Duration(n).String() }
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
-		*v = def
-	}
 }
 
 // Store appends and reads events. It is safe for concurrent use.

@@ -379,7 +379,11 @@ func ExampleStore_ReadAll() {
 		last = e.Position
 	}
 	more := 0
-	for range store.ReadAll(ctx, last) {
+	for _, err := range store.ReadAll(ctx, last) {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
 		more++
 	}
 	fmt.Println("after the last position:", more)

@@ -3,16 +3,15 @@ package conduit
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
@@ -91,8 +90,7 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 // both pass IF NOT EXISTS; the loser's unique violation means it exists.
 func ensureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 	err := dbgen.New(pool).SchemaEnsure(ctx)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+	if dberr.Classify(err) == dberr.UniqueViolation {
 		return nil
 	}
 	return err

@@ -55,7 +55,7 @@ func (n *commitNotifier) run() {
 			n.dirty.Store(false)
 			n.lastSent = time.Now()
 			err := n.send()
-			if isTransient(err) {
+			if dberr.IsTransient(err) {
 				// Likely a pooled connection that died (a restart, a
 				// terminated backend): the pool hands out another.
 				err = n.send()

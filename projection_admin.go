@@ -9,9 +9,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
@@ -163,7 +163,7 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 			return err
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
-		case err != nil && !isTransient(err):
+		case err != nil && !dberr.IsTransient(err):
 			return fmt.Errorf("conduit: wait for %q: %w", projection, err)
 		case err != nil:
 			// A dropped connection or a restarting server: the pool
@@ -286,13 +286,8 @@ func (s *Store) Head(ctx context.Context) (Position, error) {
 // rebuilding until it has caught up. It waits for a batch in flight and
 // never interleaves with one. ErrNotFound if the projection never ran.
 func (s *Store) RebuildProjection(ctx context.Context, name string) error {
-	err := s.queries.ProjectionRebuild(ctx, name)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "CDI02" {
-		return fmt.Errorf("conduit: rebuild %q: %w", name, ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("conduit: rebuild %q: %w", name, err)
+	if err := s.queries.ProjectionRebuild(ctx, name); err != nil {
+		return s.dbError(ctx, err, fmt.Sprintf("rebuild %q", name))
 	}
 	s.Notify()
 	return nil

@@ -96,7 +96,7 @@ func TestWaitForStalledProjection(t *testing.T) {
 
 // checkStalledError asserts err is a *ProjectionStalledError for the
 // projection's poison event, matching ErrProjectionStalled.
-func checkStalledError(t testing.TB, err error, projection string, eventID uuid.UUID) *conduit.ProjectionStalledError {
+func checkStalledError(t testing.TB, err error, projection string, eventID uuid.UUID) {
 	t.Helper()
 	var stalled *conduit.ProjectionStalledError
 	if !errors.As(err, &stalled) || !errors.Is(err, conduit.ErrProjectionStalled) {
@@ -105,7 +105,6 @@ func checkStalledError(t testing.TB, err error, projection string, eventID uuid.
 	if stalled.Projection != projection || stalled.EventID != eventID || !strings.Contains(stalled.Reason, "boom") {
 		t.Fatalf("stalled error = %+v, want projection %q, event %s and the reason", stalled, projection, eventID)
 	}
-	return stalled
 }
 
 // Head is the last committed event in global-log order: zero for an empty
@@ -136,7 +135,7 @@ func TestHead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer older.Rollback(ctx)
+	defer older.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 	held, err := store.AppendTx(ctx, older, "held", conduit.NoStream, mustEvent(t, "late", 1))
 	if err != nil {
 		t.Fatal(err)

@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -17,8 +15,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
@@ -126,23 +124,16 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	setDefault(&out.RetryBackoff, RetryBackoffDefault)
 	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
 	// Durations start at 1ms: a bare number is nanoseconds (5 is 5ns).
-	const ms = int64(time.Millisecond)
-	for _, f := range []struct {
-		field     string
-		v, lo, hi int64
-		unit      func(int64) string
-	}{
-		{"ProjectorConfig.BatchSize", int64(out.BatchSize), 1, BatchSizeLimit, countText},
-		{"ProjectorConfig.LeaseDuration", int64(out.LeaseDuration), 100 * ms, int64(LeaseDurationLimit), durationText},
-		{"ProjectorConfig.PollInterval", int64(out.PollInterval), ms, int64(PollIntervalLimit), durationText},
-		{"ProjectorConfig.MaxAttempts", int64(out.MaxAttempts), 1, MaxAttemptsLimit, countText},
-		{"ProjectorConfig.RetryBackoff", int64(out.RetryBackoff), ms, int64(RetryBackoffLimit), durationText},
-		{"ProjectorConfig.StalledRetryInterval", int64(out.StalledRetryInterval), ms, int64(StalledRetryIntervalLimit), durationText},
-	} {
-		if f.v < f.lo || f.v > f.hi {
-			return out, &ConfigError{Field: f.field,
-				Reason: fmt.Sprintf("%s is out of range %s to %s", f.unit(f.v), f.unit(f.lo), f.unit(f.hi))}
-		}
+	const ms = time.Millisecond
+	if err := checkRanges(
+		countRange("ProjectorConfig.BatchSize", out.BatchSize, 1, BatchSizeLimit),
+		durationRange("ProjectorConfig.LeaseDuration", out.LeaseDuration, 100*ms, LeaseDurationLimit),
+		durationRange("ProjectorConfig.PollInterval", out.PollInterval, ms, PollIntervalLimit),
+		countRange("ProjectorConfig.MaxAttempts", out.MaxAttempts, 1, MaxAttemptsLimit),
+		durationRange("ProjectorConfig.RetryBackoff", out.RetryBackoff, ms, RetryBackoffLimit),
+		durationRange("ProjectorConfig.StalledRetryInterval", out.StalledRetryInterval, ms, StalledRetryIntervalLimit),
+	); err != nil {
+		return out, err
 	}
 	if out.Poison != PoisonStop && out.Poison != PoisonPark {
 		return out, &ConfigError{Field: "ProjectorConfig.Poison", Reason: fmt.Sprintf("unknown policy %d", out.Poison)}
@@ -309,7 +300,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			p.idle(ctx, progressed, standby.next())
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
-		case head != nil && !isTransient(err):
+		case head != nil && !dberr.IsTransient(err):
 			return fmt.Errorf("conduit: catch up %q: %w", p.name, err)
 		default:
 			wait := failures.next()
@@ -553,7 +544,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err := sp.Rollback(ctx); err != nil {
 			return err
 		}
-		if isTransient(applyErr) {
+		if dberr.IsTransient(applyErr) {
 			return applyErr
 		}
 		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
@@ -573,7 +564,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 // policy. Under PoisonStop it returns a *ProjectionStalledError once the
 // projection is stalled.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
-	if isTransient(f.err) {
+	if dberr.IsTransient(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
 	}
 	if f.index > 0 {
@@ -674,36 +665,4 @@ func (p *Projector) release() {
 		p.log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
 	}
 	p.epoch = 0
-}
-
-// isTransient reports errors that say nothing about the event: the
-// connection, the server or the transaction failed, and a retry may work.
-func isTransient(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, pgx.ErrTxClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
-		return true
-	}
-	var netErr net.Error
-	if errors.As(err, &netErr) {
-		return true
-	}
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code[:2] {
-		case "08", "53", "57", "58": // connection, resources, operator intervention, system
-			return true
-		}
-		switch pgErr.Code {
-		case "40001", "40P01", "55P03": // serialization, deadlock, lock not available
-			return true
-		}
-	}
-	return false
 }

@@ -74,6 +74,9 @@ const (
 	StreamVersionTaken
 	// EventIDTaken: a unique violation of ConstraintEventID.
 	EventIDTaken
+	// UniqueViolation: any other unique violation (such as two concurrent
+	// CREATE SCHEMA IF NOT EXISTS).
+	UniqueViolation
 	// AppendOnly: CodeAppendOnly.
 	AppendOnly
 	// NoProjection: CodeNoProjection.
@@ -115,7 +118,7 @@ func classifyPg(e *pgconn.PgError) Kind {
 		case ConstraintEventID:
 			return EventIDTaken
 		}
-		return Other
+		return UniqueViolation
 	case "57014":
 		return QueryCanceled
 	case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available

@@ -35,7 +35,7 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "57014"}, dberr.QueryCanceled}, // statement_timeout: not transient
 		{&pgconn.PgError{Code: "23505", ConstraintName: dberr.ConstraintStreamVersion}, dberr.StreamVersionTaken},
 		{&pgconn.PgError{Code: "23505", ConstraintName: dberr.ConstraintEventID}, dberr.EventIDTaken},
-		{&pgconn.PgError{Code: "23505", ConstraintName: "users_email_key"}, dberr.Other},
+		{&pgconn.PgError{Code: "23505", ConstraintName: "users_email_key"}, dberr.UniqueViolation},
 		{&pgconn.PgError{Code: "22P02"}, dberr.Other},
 		{fmt.Errorf("conduit: x: %w", &pgconn.PgError{Code: dberr.CodeRestoredDatabase}), dberr.RestoredDatabase},
 	} {
