@@ -2,7 +2,9 @@ package conduit_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -286,4 +288,39 @@ func TestCatchUpWaitsBehindHorizon(t *testing.T) {
 		t.Fatalf("after CatchUp: status %+v, want the checkpoint at %s", st, res.Position)
 	}
 	checkLedgerMatchesLog(t, store, pool)
+}
+
+// slowProjection's handler takes longer than the statement_timeout it sets.
+type slowProjection struct{}
+
+func (slowProjection) Name() string { return "slow" }
+func (slowProjection) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
+	if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = '20ms'`); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_sleep(1)`)
+	return err
+}
+
+// A statement cancelled by statement_timeout in a handler is a failed
+// attempt of that event, not a transient database error: the poison policy
+// applies (it used to be retried forever, status running, no stall reason).
+func TestProjectorStatementTimeoutIsAnAttempt(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, _ := newStore(t, nil)
+	res := appendN(t, store, "s", 1)
+	p, err := conduit.NewProjector(store, slowProjection{}, &conduit.ProjectorConfig{MaxAttempts: 2, RetryBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.CatchUp(ctx)
+	var stalled *conduit.ProjectionStalledError
+	if !errors.As(err, &stalled) || !strings.Contains(stalled.Reason, "statement timeout") {
+		t.Fatalf("CatchUp = %v, want a stall on the statement timeout", err)
+	}
+	st, err := store.ProjectionStatus(ctx, "slow")
+	if err != nil || st.State != conduit.StateStalled || !st.Checkpoint.Before(res.Position) {
+		t.Fatalf("status %+v, %v; want stalled before %s", st, err, res.Position)
+	}
 }

@@ -24,7 +24,7 @@ SELECT r_status::text AS status,
 -- and then nothing is written (never a unique violation, which would abort
 -- the caller's transaction).
 WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
-head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)),
 first AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + 1, (sqlc.arg(event_ids)::text[])[1]::uuid,
@@ -61,7 +61,7 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 -- EventAppendFast for a single event, with scalar parameters: no arrays to
 -- unnest, for the most common append.
 WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
-head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h)
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx))
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,
        sqlc.arg(data)::text::jsonb, NULLIF(sqlc.arg(metadata)::text, '')::jsonb

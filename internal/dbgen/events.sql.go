@@ -72,18 +72,9 @@ func (q *Queries) EventAppendExplain(ctx context.Context, arg EventAppendExplain
 }
 
 const eventAppendFast = `-- name: EventAppendFast :many
-WITH lock AS MATERIALIZED (
-    SELECT conduit.append_stream_lock($2::text) AS locked
-), head AS (
-    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM lock
-      LEFT JOIN LATERAL (
-            SELECT h.stream_version, h.transaction_id
-              FROM conduit.events h
-             WHERE h.stream_id = $2::text AND lock.locked
-             ORDER BY h.stream_version DESC
-             LIMIT 1) AS last ON true
-), first AS (
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock($2::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head($2::text, lock.locked) AS h(version, last_tx)),
+first AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT $2::text, head.version + 1, ($3::text[])[1]::uuid,
        ($4::text[])[1], ($5::text[])[1]::jsonb,
@@ -177,18 +168,8 @@ func (q *Queries) EventAppendFast(ctx context.Context, arg EventAppendFastParams
 }
 
 const eventAppendOne = `-- name: EventAppendOne :one
-WITH lock AS MATERIALIZED (
-    SELECT conduit.append_stream_lock($1::text) AS locked
-), head AS (
-    SELECT COALESCE(last.stream_version, 0) AS version, last.transaction_id AS tx
-      FROM lock
-      LEFT JOIN LATERAL (
-            SELECT h.stream_version, h.transaction_id
-              FROM conduit.events h
-             WHERE h.stream_id = $1::text AND lock.locked
-             ORDER BY h.stream_version DESC
-             LIMIT 1) AS last ON true
-)
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock($1::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head($1::text, lock.locked) AS h(version, last_tx))
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
        $4::text::jsonb, NULLIF($5::text, '')::jsonb
