@@ -22,8 +22,9 @@ var migrationFiles embed.FS
 // apart from any goose_db_version table of yours.
 const MigrationTable = "conduit.goose_db_version"
 
-// migrationLockID is the advisory lock id that serializes concurrent
-// Migrate calls (crc64 of "conduit-migrate"), distinct from goose's default.
+// migrationLockID is the session advisory lock id that serializes concurrent
+// Migrate calls, distinct from goose's default: the bytes of "conduit"
+// followed by 0x01.
 const migrationLockID int64 = 0x636f6e6475697401
 
 // Migrations returns Conduit's goose migrations as an fs.FS whose root holds

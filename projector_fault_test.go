@@ -263,9 +263,8 @@ func appendRetry(ctx context.Context, store *conduit.Store, stream string, event
 		if err == nil {
 			return res, nil
 		}
-		if errors.Is(err, conduit.ErrInvalidEvent) || errors.Is(err, conduit.ErrVersionConflict) ||
-			errors.Is(err, conduit.ErrDuplicateEventID) || errors.Is(err, conduit.ErrProjection) {
-			return res, err
+		if !conduit.IsOutcomeUnknown(err) {
+			return res, err // refused, or an error no resend cures
 		}
 		t := time.NewTimer(wait)
 		select {

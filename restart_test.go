@@ -104,7 +104,12 @@ func TestPostgresRestart(t *testing.T) {
 			stream := fmt.Sprintf("acct-%d", i%4)
 			_, err := appender.Append(actx, stream, conduit.Any, e)
 			if err != nil && actx.Err() == nil {
-				// Its outcome is unknown: retry with the same event id.
+				// A restart leaves the outcome unknown, and says so: retry
+				// with the same event id.
+				if !conduit.IsOutcomeUnknown(err) {
+					appendDone <- fmt.Errorf("append failed during the restart with an error not classified as outcome unknown: %w", err)
+					return
+				}
 				retried.Add(1)
 				_, err = appendRetry(actx, appender, stream, e)
 			}
