@@ -222,7 +222,8 @@ func (s *Store) appendError(ctx context.Context, err error, a appendArgs) error 
 		}
 		return dup
 	case dberr.StreamVersionTaken:
-		// Only a writer that bypasses the stream lock can get here.
+		// Append retries this itself; only a writer that bypasses the
+		// stream lock can get here.
 		actual, verr := s.StreamVersion(ctx, a.StreamID)
 		if verr != nil {
 			actual = -1

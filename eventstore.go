@@ -218,18 +218,27 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 		return AppendResult{}, err
 	}
 	var res AppendResult
-	if len(s.cfg.Projections) == 0 {
-		// Each statement one implicit transaction, one round trip.
-		res, _, err = s.appendEvents(ctx, s.queries, a)
-	} else {
-		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			var stored []Event
-			res, stored, err = s.appendEvents(ctx, s.queries.WithTx(tx), a)
-			if err != nil || res.Duplicate {
-				return err
-			}
-			return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
-		})
+	for {
+		if len(s.cfg.Projections) == 0 {
+			// Each statement one implicit transaction, one round trip.
+			res, _, err = s.appendEvents(ctx, s.queries, a, false)
+		} else {
+			err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+				var stored []Event
+				res, stored, err = s.appendEvents(ctx, s.queries.WithTx(tx), a, false)
+				if err != nil || res.Duplicate {
+					return err
+				}
+				return applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events))
+			})
+		}
+		// The stream's lock was granted after a concurrent append had
+		// committed, and the head read before it was stale: nothing was
+		// written, append again (a new transaction reads the new head).
+		if dberr.Classify(err) == dberr.StreamVersionTaken && ctx.Err() == nil {
+			continue
+		}
+		break
 	}
 	if err != nil {
 		return AppendResult{}, s.appendError(ctx, err, a)
@@ -263,7 +272,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 		return AppendResult{}, err
 	}
 	q := s.queries.WithTx(tx)
-	res, stored, err := s.appendEvents(ctx, q, a)
+	res, stored, err := s.appendEvents(ctx, q, a, true)
 	if err == nil && !res.Duplicate {
 		if err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events)); err != nil {
 			// The events are written; make sure they never commit. (If the
@@ -279,7 +288,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 
 // appendArgs is a validated append: the query's arrays and the event ids.
 type appendArgs struct {
-	dbgen.EventAppendFastParams
+	dbgen.EventAppendManyParams
 	expected ExpectedVersion
 	ids      []uuid.UUID
 }
@@ -310,7 +319,7 @@ func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []Ev
 				total, s.cfg.MaxAppendSize)}
 	}
 	a := appendArgs{expected: expected, ids: make([]uuid.UUID, len(events))}
-	a.EventAppendFastParams = dbgen.EventAppendFastParams{
+	a.EventAppendManyParams = dbgen.EventAppendManyParams{
 		StreamID: streamID,
 		Expected: int64(expected),
 		EventIds: make([]string, len(events)),
@@ -355,12 +364,13 @@ func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []Ev
 // only when that statement writes nothing asks conduit.explain_append why,
 // turning the answer into a typed refusal or an idempotent result. When a
 // concurrent append took the stream's next version meanwhile, nothing stands
-// in the way any more: it appends again, after it. It returns the stored
-// events (without data, see withData) only when synchronous projections need
-// them.
-func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs) (AppendResult, []Event, error) {
+// in the way any more: it appends again, after it. callerTx says q runs in
+// the caller's transaction (AppendTx), which no error may abort. It returns
+// the stored events (without data, see withData) only when synchronous
+// projections need them.
+func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs, callerTx bool) (AppendResult, []Event, error) {
 	for {
-		rows, err := s.appendFast(ctx, q, a)
+		rows, err := s.appendFast(ctx, q, a, callerTx)
 		if err != nil {
 			return AppendResult{}, nil, err
 		}
@@ -389,9 +399,9 @@ func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs
 			}
 			continue
 		case dberr.StatusDuplicate:
-			stored := make([]dbgen.EventAppendFastRow, len(why))
+			stored := make([]dbgen.EventAppendManyRow, len(why))
 			for i, r := range why {
-				stored[i] = dbgen.EventAppendFastRow{StreamVersion: r.StreamVersion,
+				stored[i] = dbgen.EventAppendManyRow{StreamVersion: r.StreamVersion,
 					TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition, RecordedAt: r.RecordedAt}
 			}
 			return storedEvents(a, stored, true)
@@ -409,29 +419,42 @@ func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs
 }
 
 // appendFast runs the single-statement append: rows oldest first, none when
-// it wrote nothing.
-func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs) ([]dbgen.EventAppendFastRow, error) {
-	if len(a.ids) == 1 {
+// it wrote nothing. In the caller's transaction it never fails on a race.
+func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs, callerTx bool) ([]dbgen.EventAppendManyRow, error) {
+	var (
+		rows []dbgen.EventAppendManyRow
+		err  error
+	)
+	switch {
+	case callerTx:
+		var txRows []dbgen.EventAppendTxRow
+		txRows, err = q.EventAppendTx(ctx, dbgen.EventAppendTxParams(a.EventAppendManyParams))
+		rows = make([]dbgen.EventAppendManyRow, len(txRows))
+		for i, r := range txRows {
+			rows[i] = dbgen.EventAppendManyRow(r)
+		}
+	case len(a.ids) == 1:
 		row, err := q.EventAppendOne(ctx, dbgen.EventAppendOneParams{
 			StreamID: a.StreamID, EventID: a.EventIds[0], EventType: a.Types[0], Data: a.Data[0],
 			Metadata: a.Metadata[0], Expected: a.Expected,
 		})
 		switch {
 		case err == nil:
-			return []dbgen.EventAppendFastRow{dbgen.EventAppendFastRow(row)}, nil
+			return []dbgen.EventAppendManyRow{dbgen.EventAppendManyRow(row)}, nil
 		case errors.Is(err, pgx.ErrNoRows):
 			return nil, nil
 		}
 		return nil, err
+	default:
+		rows, err = q.EventAppendMany(ctx, a.EventAppendManyParams)
 	}
-	rows, err := q.EventAppendFast(ctx, a.EventAppendFastParams)
-	slices.Reverse(rows) // the query returns newest first
+	slices.Reverse(rows) // the queries return newest first
 	return rows, err
 }
 
 // storedEvents builds the result and the stored events from one row per
 // event; duplicate marks an idempotent retry.
-func storedEvents(a appendArgs, rows []dbgen.EventAppendFastRow, duplicate bool) (AppendResult, []Event, error) {
+func storedEvents(a appendArgs, rows []dbgen.EventAppendManyRow, duplicate bool) (AppendResult, []Event, error) {
 	if len(rows) != len(a.ids) {
 		return AppendResult{}, nil, fmt.Errorf("conduit: append returned %d rows for %d events", len(rows), len(a.ids))
 	}
