@@ -45,6 +45,14 @@ test-short: ## Run the tests without the race detector.
 demo: ## Run the demo shop against DATABASE_URL.
 	go run ./cmd/conduit-demo
 
+# The soak restarts PostgreSQL where it can (pg_ctlcluster), as the restart test does.
+SOAK_DURATION ?= 2m
+SOAK_RESTART ?= $(shell command -v pg_ctlcluster >/dev/null 2>&1 && echo true || echo false)
+
+.PHONY: soak
+soak: ## Run the fault-injecting soak for SOAK_DURATION (2m) against DATABASE_URL; fails if a check fails.
+	go run ./internal/cmd/conduit-soak -duration $(SOAK_DURATION) -restart=$(SOAK_RESTART)
+
 .PHONY: bench
 bench: ## Run the benchmarks against DATABASE_URL and write BENCHMARKS.md.
 	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md
