@@ -184,7 +184,8 @@
 // never dies silently and needs no restart. [Projector.Run] returns early
 // only for [ErrRestoredDatabase]: after a logical restore into another
 // cluster, transaction ids restart below the stored ones and readers would
-// see nothing new; SELECT conduit.rebase_transaction_ids() repairs it.
+// see nothing new; SELECT conduit.rebase_transaction_ids() repairs it, and
+// releases the leases the dump carried, so projectors start at once.
 //
 // A poison event (one the projection keeps failing on) is retried
 // [ProjectorConfig.MaxAttempts] times, then handled by the projector's

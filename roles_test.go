@@ -487,6 +487,23 @@ func TestApplicationRoleRefusals(t *testing.T) {
 	if n := countRows(t, r.appPool, "shop.orders"); n != 1 {
 		t.Errorf("after the refused rebuild shop.orders has %d rows, want 1", n)
 	}
+
+	// The owner is not bound, as README says: it can disable the trigger
+	// and rewrite events (rolled back here), and run the rebase.
+	tx, err := r.ownerPool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `ALTER TABLE conduit.events DISABLE TRIGGER events_immutable;
+		UPDATE conduit.events SET data = '{"rewritten": true}'`); err != nil {
+		t.Errorf("as the owner: disable the trigger and rewrite: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ownerPool.Exec(ctx, `SELECT conduit.rebase_transaction_ids()`); err != nil {
+		t.Errorf("as the owner: rebase_transaction_ids: %v", err)
+	}
 }
 
 // The reporting role reads the read tables it was given, nothing else,

@@ -127,6 +127,37 @@ END
 $$;
 -- +goose StatementEnd
 
+-- rebase_transaction_ids, run after a logical restore, now also releases
+-- every lease: a dump carries the leases live when it was taken, and a
+-- restored instance would otherwise wait up to its LeaseDuration for them
+-- to expire. A stalled projection stays stalled. (An instance still running
+-- with a released lease loses it at its next batch: the fencing epoch.)
+--
+-- Migration 2's version does the rebase, kept under another name so that
+-- migrating down restores it without a second copy of its text.
+ALTER FUNCTION conduit.rebase_transaction_ids() RENAME TO rebase_transaction_ids_00002;
+COMMENT ON FUNCTION conduit.rebase_transaction_ids_00002() IS
+    'Migration 2''s conduit.rebase_transaction_ids: called by the current one, and kept so that migrating below version 4 restores it.';
+-- (OR REPLACE only for sqlc, which does not follow the rename.)
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION conduit.rebase_transaction_ids() RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_rebased text;
+    v_released bigint;
+BEGIN
+    v_rebased := conduit.rebase_transaction_ids_00002();
+    UPDATE conduit.projections
+       SET owner = NULL, lease_expires_at = NULL,
+           state = CASE WHEN state = 'stalled' THEN 'stalled' ELSE 'stopped' END,
+           updated_at = now()
+     WHERE owner IS NOT NULL OR lease_expires_at IS NOT NULL;
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    RETURN format('%s; released leases: %s', v_rebased, v_released);
+END
+$$;
+-- +goose StatementEnd
+
 -- PUBLIC may execute any function by default; these are not for everyone.
 -- rebase_transaction_ids disables a trigger of conduit.events, which only
 -- its owner can do: it fails for anyone else anyway. rebuild_projection is
@@ -134,6 +165,7 @@ $$;
 -- append_to_stream_00001 is for no one.
 REVOKE EXECUTE ON FUNCTION
     conduit.rebase_transaction_ids(),
+    conduit.rebase_transaction_ids_00002(),
     conduit.rebuild_projection(text),
     conduit.append_to_stream_00001(text, bigint, uuid[], text[], text[], text[]),
     conduit.grant_application(name),
@@ -143,10 +175,13 @@ REVOKE EXECUTE ON FUNCTION
 
 -- +goose Down
 GRANT EXECUTE ON FUNCTION
-    conduit.rebase_transaction_ids(),
+    conduit.rebase_transaction_ids_00002(),
     conduit.rebuild_projection(text),
     conduit.append_to_stream_00001(text, bigint, uuid[], text[], text[], text[])
     TO PUBLIC;
+DROP FUNCTION conduit.rebase_transaction_ids();
+ALTER FUNCTION conduit.rebase_transaction_ids_00002() RENAME TO rebase_transaction_ids;
+COMMENT ON FUNCTION conduit.rebase_transaction_ids() IS NULL;
 DROP FUNCTION conduit.grant_reporting(name, regclass[], text);
 DROP FUNCTION conduit.revoke_application(name);
 DROP FUNCTION conduit.grant_application(name);
