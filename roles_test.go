@@ -78,7 +78,28 @@ func newRoles(t *testing.T) *roles {
 	}
 
 	run(r.admin, scripts[0]) // as a superuser: the roles
-	r.ownerPool = connectAs(t, url, r.owner)
+	// A password, for servers that do not trust local connections.
+	password := hex.EncodeToString(b) + "-secret"
+	for _, role := range []string{r.owner, r.app, r.reporting} {
+		if _, err := r.admin.Exec(ctx, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" PASSWORD '"+password+"'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connectAs := func(role string) *pgxpool.Pool {
+		t.Helper()
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ConnConfig.User, cfg.ConnConfig.Password = role, password
+		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		return pool
+	}
+	r.ownerPool = connectAs(r.owner)
 	if err := conduit.Migrate(ctx, r.ownerPool); err != nil {
 		t.Fatalf("Migrate as the owner: %v", err)
 	}
@@ -90,8 +111,8 @@ func newRoles(t *testing.T) *roles {
 	run(r.ownerPool, scripts[1]) // as the owner: the application's grants
 	run(r.admin, scripts[2])     // as a superuser: reporting
 
-	r.appPool = connectAs(t, url, r.app)
-	r.reportPool = connectAs(t, url, r.reporting)
+	r.appPool = connectAs(r.app)
+	r.reportPool = connectAs(r.reporting)
 	store, err := conduit.NewStore(r.appPool, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -118,23 +139,6 @@ func readmePrivilegeScripts(t *testing.T) []string {
 		t.Fatalf("README's Privileges section has %d SQL blocks, want 3 (superuser, owner, superuser)", len(blocks))
 	}
 	return []string{blocks[0][1], blocks[1][1], blocks[2][1]}
-}
-
-// connectAs opens a pool on url as role (the test server trusts local
-// connections), closed at cleanup.
-func connectAs(t *testing.T, url, role string) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.User = role
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
 }
 
 // orders records each event it applies in shop.orders.
