@@ -184,7 +184,8 @@
 // never dies silently and needs no restart. [Projector.Run] returns early
 // only for [ErrRestoredDatabase]: after a logical restore into another
 // cluster, transaction ids restart below the stored ones and readers would
-// see nothing new; SELECT conduit.rebase_transaction_ids() repairs it.
+// see nothing new; SELECT conduit.rebase_transaction_ids() repairs it, and
+// releases the leases the dump carried, so projectors start at once.
 //
 // A poison event (one the projection keeps failing on) is retried
 // [ProjectorConfig.MaxAttempts] times, then handled by the projector's
@@ -220,6 +221,31 @@
 //	provider, err := goose.NewProvider(goose.DialectPostgres, db, conduit.Migrations(),
 //		goose.WithTableName(conduit.MigrationTable))
 //
+// # Privileges
+//
+// Events are immutable against every role but the owner of conduit.events:
+// the owner can disable or drop the triggers that refuse UPDATE, DELETE and
+// TRUNCATE. So split the roles (the README has the script):
+//
+//   - the owner runs the migrations (Migrate, in CI or a deploy step) and
+//     owns the conduit schema; the application never connects as it;
+//   - the application role gets what the library needs from
+//     SELECT conduit.grant_application('role'): USAGE on the schema,
+//     SELECT on conduit.events and INSERT only on the columns an append
+//     writes (never transaction_id, global_position or recorded_at, so no
+//     one can forge the log's order or clock), the projectors' rights on
+//     conduit.projections and conduit.parked_events, and EXECUTE on the
+//     functions the library calls, rebuild_projection included; it needs
+//     from you what its projections write on your read tables, and
+//     TRUNCATE for rebuilds. conduit.revoke_application takes it back;
+//   - a reporting role gets SELECT on the read tables you name from
+//     conduit.grant_reporting('role', '{shop.orders}', '30s'), with
+//     read-only transactions by default (they take no transaction id, so
+//     they never hold back the safe horizon) and a statement_timeout.
+//
+// Only the owner can run conduit.rebase_transaction_ids (it disables a
+// trigger for its transaction).
+//
 // # Errors
 //
 // Every error the store returns for an expected outcome is a typed error
@@ -243,5 +269,5 @@
 // and retries); [IsRetryable] reports either a refusal that a reload may
 // cure or an unknown outcome.
 // Events are immutable: the database refuses UPDATE, DELETE and TRUNCATE
-// on conduit.events.
+// on conduit.events, to every role but the table's owner (see Privileges).
 package conduit
