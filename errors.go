@@ -60,6 +60,18 @@ var (
 
 	// ErrNotFound: the thing asked for does not exist.
 	ErrNotFound = errors.New("conduit: not found")
+
+	// ErrPoolerMisconfigured: a statement failed because the pool prepares
+	// statements by name (pgx's default, QueryExecModeCacheStatement) behind
+	// a pooler in transaction mode, such as PgBouncer, which runs each
+	// transaction on whichever server connection is free: the statement was
+	// missing there, or one of its name was there already (SQLSTATE 26000 or
+	// 42P05). The statement did not run: an Append that fails so wrote
+	// nothing. It fails now and then, not every time; the fix is the pool's
+	// configuration: connect with default_query_exec_mode=exec (or
+	// cache_describe), see "Behind PgBouncer" in the package doc. The error
+	// wraps the server's.
+	ErrPoolerMisconfigured = errors.New("conduit: named prepared statements through a pooler in transaction mode")
 )
 
 // VersionConflictError reports an append whose expected version did not hold.
@@ -252,7 +264,17 @@ func (s *Store) dbError(ctx context.Context, err error, what string) error {
 	case dberr.NoProjection:
 		return fmt.Errorf("conduit: %s: %w", what, ErrNotFound)
 	}
-	return fmt.Errorf("conduit: %s: %w", what, err)
+	return fmt.Errorf("conduit: %s: %w", what, poolerHint(err))
+}
+
+// poolerHint returns err as ErrPoolerMisconfigured naming the fix if it is
+// a prepared statement that a pooler lost (dberr.PreparedStatementMismatch),
+// else err.
+func poolerHint(err error) error {
+	if dberr.Classify(err) != dberr.PreparedStatementMismatch || errors.Is(err, ErrPoolerMisconfigured) {
+		return err
+	}
+	return fmt.Errorf("%w (%w): connect with default_query_exec_mode=exec (or cache_describe)", ErrPoolerMisconfigured, err)
 }
 
 // restoredDatabase returns the *RestoredDatabaseError with the figures.

@@ -301,10 +301,10 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
 		case head != nil && !dberr.IsTransient(err):
-			return fmt.Errorf("conduit: catch up %q: %w", p.name, err)
+			return fmt.Errorf("conduit: catch up %q: %w", p.name, poolerHint(err))
 		default:
 			wait := failures.next()
-			p.log.Warn("conduit: projector error; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
+			p.log.Warn("conduit: projector error; retrying", slog.Any("error", poolerHint(err)), slog.Duration("retry_in", wait))
 			p.idle(ctx, nil, wait)
 		}
 	}
