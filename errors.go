@@ -277,6 +277,15 @@ func poolerHint(err error) error {
 	return fmt.Errorf("%w (%w): connect with default_query_exec_mode=exec (or cache_describe)", ErrPoolerMisconfigured, err)
 }
 
+// databaseFault reports a projection's error that is the database's or the
+// pool's fault, not the event's: transient, or a prepared statement a pooler
+// lost. The projector retries those with backoff and never counts them
+// against the event.
+func databaseFault(err error) bool {
+	k := dberr.Classify(err)
+	return k == dberr.Transient || k == dberr.PreparedStatementMismatch
+}
+
 // restoredDatabase returns the *RestoredDatabaseError with the figures.
 func (s *Store) restoredDatabase(ctx context.Context) error {
 	r, err := s.queries.TransactionIDsCheck(ctx)

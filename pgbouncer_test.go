@@ -205,3 +205,89 @@ func TestPgBouncerExecModes(t *testing.T) {
 		})
 	}
 }
+
+// A projection's statements meet the same failures with pgx's default query
+// mode: they are the pool's fault, not the event's, so the projector retries
+// them as database errors and never counts them against the event: nothing
+// is parked, even with one attempt per event.
+func TestPgBouncerDefaultExecModeNotPoison(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	name := pgtest.NewDB(t, conduit.Migrations(), conduit.Migrate)
+	direct := pgtest.Connect(t, pgtest.URLFor(t, name))
+	createLedger(t, direct)
+	directStore, err := conduit.NewStore(direct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounced, err := conduit.NewStore(bouncerPool(t, name, 0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		runProjector(t, newProjector(t, bounced, &ledger{name: "ledger"}, &conduit.ProjectorConfig{
+			PollOnly: true, PollInterval: 10 * time.Millisecond, RetryBackoff: time.Millisecond,
+			BatchSize: 1, MaxAttempts: 1, Poison: conduit.PoisonPark, InstanceID: fmt.Sprint("p", i),
+		}))
+	}
+	var res conduit.AppendResult
+	for i := range 100 {
+		if res, err = directStore.Append(ctx, fmt.Sprint("s", i%10), conduit.Any, mustEvent(t, "tick", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, directStore, "ledger", res.Position)
+	parked, err := directStore.ParkedEvents(ctx, "ledger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) > 0 {
+		t.Fatalf("%d events parked, the first: %s", len(parked), parked[0].Error)
+	}
+	checkLedgerMatchesLog(t, directStore, direct)
+}
+
+// The same, without PgBouncer: a handler whose statement the server reports
+// missing (a real 26000, from EXECUTE of a statement never prepared) on each
+// event's first try. Under PoisonPark with one attempt, before the projector
+// told these from the event's own failures, every event was parked.
+func TestProjectorPreparedStatementMismatchNotPoison(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	var tried sync.Map
+	l := &ledger{name: "ledger", fail: func(e conduit.Event) error {
+		if _, again := tried.LoadOrStore(e.ID, true); !again {
+			return errors.New("first try")
+		}
+		return nil
+	}}
+	p := newProjector(t, store, &mismatchOnce{l}, &conduit.ProjectorConfig{
+		RetryBackoff: time.Millisecond, MaxAttempts: 1, Poison: conduit.PoisonPark,
+	})
+	runProjector(t, p)
+	res := appendN(t, store, "s", 5)
+	waitFor(t, store, "ledger", res.Position)
+	parked, err := store.ParkedEvents(ctx, "ledger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) > 0 {
+		t.Fatalf("%d events parked, the first: %s", len(parked), parked[0].Error)
+	}
+	checkLedgerMatchesLog(t, store, pool)
+}
+
+// mismatchOnce is a ledger whose fail hook, when it fires, runs a statement
+// the server reports missing instead (SQLSTATE 26000), as a pooler makes
+// pgx's cached statements go missing.
+type mismatchOnce struct{ *ledger }
+
+func (m *mismatchOnce) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
+	if err := m.fail(e); err != nil {
+		_, err := tx.Exec(ctx, "EXECUTE conduit_test_never_prepared")
+		return err
+	}
+	return m.ledger.Apply(ctx, tx, e)
+}

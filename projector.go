@@ -544,7 +544,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err := sp.Rollback(ctx); err != nil {
 			return err
 		}
-		if dberr.IsTransient(applyErr) {
+		if databaseFault(applyErr) {
 			return applyErr
 		}
 		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
@@ -564,7 +564,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 // policy. Under PoisonStop it returns a *ProjectionStalledError once the
 // projection is stalled.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
-	if dberr.IsTransient(f.err) {
+	if databaseFault(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
 	}
 	if f.index > 0 {
