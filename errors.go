@@ -72,6 +72,15 @@ var (
 	// cache_describe), see "Behind PgBouncer" in the package doc. The error
 	// wraps the server's.
 	ErrPoolerMisconfigured = errors.New("conduit: named prepared statements through a pooler in transaction mode")
+
+	// ErrNeedsDirectConnection: Migrate (or MigrateTo) found a pooler
+	// between it and PostgreSQL, and refused before taking its session
+	// advisory lock or changing anything. Behind PgBouncer in transaction
+	// mode that lock would stay with an idle server connection and block
+	// every later Migrate. Connect Migrate to the server itself (the pooler
+	// can keep serving the Store), or apply Migrations() with a tool of your
+	// own.
+	ErrNeedsDirectConnection = errors.New("conduit: Migrate needs a direct connection (not PgBouncer in transaction mode)")
 )
 
 // VersionConflictError reports an append whose expected version did not hold.

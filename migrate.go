@@ -2,10 +2,12 @@ package conduit
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -42,8 +44,12 @@ func Migrations() fs.FS {
 }
 
 // Migrate applies every pending Conduit migration. It is safe to run from
-// several processes at once: a session advisory lock serializes them, so it
-// needs a direct connection (not PgBouncer in transaction mode).
+// several processes at once: a session advisory lock serializes them. So it
+// needs a direct connection to PostgreSQL: through a pooler it returns
+// ErrNeedsDirectConnection before taking the lock or changing anything
+// (behind PgBouncer in transaction mode the lock would stay with an idle
+// server connection). It refuses a pooler in session mode too: it cannot
+// tell one mode from the other.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return MigrateTo(ctx, pool, -1)
 }
@@ -51,6 +57,18 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 // MigrateTo migrates up or down to version; 0 removes every Conduit object
 // but the conduit schema and its version table; -1 means the latest.
 func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
+	// Refuse a pooler before anything else, so that Migrate through one
+	// fails every time, not only on the day a migration is pending. The
+	// lock's own connection is checked again (directSessionLocker).
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("conduit: migrate: %w", err)
+	}
+	err = checkDirectSession(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
+		return err
+	}
 	if err := ensureSchema(ctx, pool); err != nil {
 		return fmt.Errorf("conduit: migrate: create schema: %w", err)
 	}
@@ -62,7 +80,7 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 	}
 	provider, err := goose.NewProvider(goose.DialectPostgres, db, Migrations(),
 		goose.WithTableName(MigrationTable),
-		goose.WithSessionLocker(locker),
+		goose.WithSessionLocker(directSessionLocker{locker}),
 		goose.WithDisableGlobalRegistry(true),
 	)
 	if err != nil {
@@ -95,4 +113,54 @@ func ensureSchema(ctx context.Context, pool *pgxpool.Pool) error {
 		return nil
 	}
 	return err
+}
+
+// checkDirectSession returns ErrNeedsDirectConnection unless conn's
+// statements run in the server process it was opened with. A direct
+// connection keeps its process for life. A pooler answers the opening with
+// a process id and cancel key of its own (it must: its clients' cancel
+// requests come to it, and it forwards them to whichever server connection
+// runs their statement), so the process id pgx keeps from the opening is
+// not that of the server process pg_backend_pid() names. The check is
+// deterministic, needs no privilege, and passes through proxies that only
+// forward bytes (TLS terminators, SSH tunnels).
+func checkDirectSession(ctx context.Context, conn *pgx.Conn) error {
+	pid, err := dbgen.New(conn).SessionPIDGet(ctx)
+	if dberr.Classify(err) == dberr.PreparedStatementMismatch {
+		// The check's own statement lost its prepared statement: only a
+		// pooler in transaction mode does that.
+		return fmt.Errorf("%w: its prepared statements move between server connections (%w)", ErrNeedsDirectConnection, err)
+	}
+	if err != nil {
+		return fmt.Errorf("conduit: migrate: check for a direct connection: %w", err)
+	}
+	if opened := int64(conn.PgConn().PID()); pid != opened {
+		return fmt.Errorf("%w: the connection was opened with process id %d, yet its statements run in server process %d, "+
+			"so a pooler stands between: connect Migrate to PostgreSQL itself and keep the pooler for the Store",
+			ErrNeedsDirectConnection, opened, pid)
+	}
+	return nil
+}
+
+// directSessionLocker takes goose's session advisory lock only on a direct
+// connection (see checkDirectSession), checked on the lock's own connection
+// just before the lock. Behind a pooler in transaction mode the lock would
+// be taken by whichever server connection ran that statement and stay with
+// it, idle in the pool, when the unlock ran elsewhere: it would block every
+// later Migrate. A direct session holds the lock in its own server process,
+// which releases it at the unlock or when it ends, however it ends.
+type directSessionLocker struct{ lock.SessionLocker }
+
+func (l directSessionLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
+	err := conn.Raw(func(driverConn any) error {
+		c, ok := driverConn.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("conduit: migrate: connection of type %T, not pgx's", driverConn)
+		}
+		return checkDirectSession(ctx, c.Conn())
+	})
+	if err != nil {
+		return err
+	}
+	return l.SessionLocker.SessionLock(ctx, conn)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -290,4 +291,69 @@ func (m *mismatchOnce) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) er
 		return err
 	}
 	return m.ledger.Apply(ctx, tx, e)
+}
+
+// migrationLocks counts the sessions holding Migrate's advisory lock on the
+// database of pool.
+func migrationLocks(t testing.TB, ctx context.Context, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND ((classid::bigint << 32) | objid::bigint) = $1`, conduit.MigrationLockID).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Migrate through PgBouncer in transaction mode refuses, three at once, on
+// an empty database and on a migrated one, in either query mode, and leaves
+// no advisory lock behind: a direct Migrate afterwards succeeds at once.
+func TestPgBouncerMigrateRefused(t *testing.T) {
+	t.Parallel()
+	for _, m := range []struct {
+		name string
+		mode pgx.QueryExecMode
+	}{{"default", 0}, {"exec", pgx.QueryExecModeExec}} {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			noop := func(context.Context, *pgxpool.Pool) error { return nil }
+			name := pgtest.NewDB(t, fstest.MapFS{}, noop)
+			direct := pgtest.Connect(t, pgtest.URLFor(t, name))
+
+			migrateThrough := func(stage string) {
+				t.Helper()
+				const deploys = 3
+				errs := make([]error, deploys)
+				var wg sync.WaitGroup
+				for i := range deploys {
+					pool := bouncerPool(t, name, m.mode)
+					wg.Go(func() { errs[i] = conduit.Migrate(ctx, pool) })
+				}
+				wg.Wait()
+				t.Logf("%s: Migrate through PgBouncer: %v", stage, errs[0])
+				for i, err := range errs {
+					if !errors.Is(err, conduit.ErrNeedsDirectConnection) || !strings.Contains(err.Error(), "Migrate needs a direct connection") {
+						t.Errorf("%s: deploy %d through PgBouncer: Migrate = %v, want ErrNeedsDirectConnection", stage, i, err)
+					}
+				}
+				if n := migrationLocks(t, ctx, direct); n != 0 {
+					t.Fatalf("%s: %d sessions hold Migrate's advisory lock after Migrate through PgBouncer", stage, n)
+				}
+			}
+
+			migrateThrough("empty database")
+			if exists(t, ctx, direct, "class", "conduit.events") {
+				t.Error("Migrate through PgBouncer created conduit.events")
+			}
+			prompt, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			if err := conduit.Migrate(prompt, direct); err != nil {
+				t.Fatalf("direct Migrate after Migrate through PgBouncer: %v", err)
+			}
+			migrateThrough("migrated database")
+		})
+	}
 }

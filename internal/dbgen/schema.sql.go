@@ -19,3 +19,17 @@ func (q *Queries) SchemaEnsure(ctx context.Context) error {
 	_, err := q.db.Exec(ctx, schemaEnsure)
 	return err
 }
+
+const sessionPIDGet = `-- name: SessionPIDGet :one
+SELECT pg_backend_pid()::bigint AS pid
+`
+
+// The server process that runs this statement. On a direct connection it
+// is the one the connection was opened with, for as long as it lives;
+// behind a pooler it is not, and Migrate refuses to take its session lock.
+func (q *Queries) SessionPIDGet(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, sessionPIDGet)
+	var pid int64
+	err := row.Scan(&pid)
+	return pid, err
+}
