@@ -56,21 +56,16 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 
 // MigrateTo migrates up or down to version; 0 removes every Conduit object
 // but the conduit schema and its version table; -1 means the latest.
+//
+// When the database is at version already (for Migrate: nothing pending),
+// it changes nothing and takes no lock: a role that may only read
+// conduit.goose_db_version (CONNECT, USAGE on the conduit schema, SELECT on
+// that table) may run it at start-up. Only when there is work does it create
+// the schema if missing and migrate under the lock.
 func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
-	// Refuse a pooler before anything else, so that Migrate through one
-	// fails every time, not only on the day a migration is pending. The
-	// lock's own connection is checked again (directSessionLocker).
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("conduit: migrate: %w", err)
-	}
-	err = checkDirectSession(ctx, conn.Conn())
-	conn.Release()
+	state, err := migrationState(ctx, pool)
 	if err != nil {
 		return err
-	}
-	if err := ensureSchema(ctx, pool); err != nil {
-		return fmt.Errorf("conduit: migrate: create schema: %w", err)
 	}
 	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
@@ -86,14 +81,34 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 	if err != nil {
 		return fmt.Errorf("conduit: migrate: %w", err)
 	}
-	current, err := provider.GetDBVersion(ctx)
-	if err != nil {
-		return fmt.Errorf("conduit: migrate: read version: %w", err)
+
+	// What to do, read without the lock. A migration in flight elsewhere
+	// shows as pending (each commits its version row with its changes), so
+	// nothing is skipped: the work below waits for the lock and goose reads
+	// again under it.
+	current, pending := int64(0), true // no version table: nothing applied
+	if state.VersionTableExists {
+		if version < 0 {
+			pending, err = provider.HasPending(ctx)
+		} else {
+			current, _, err = provider.GetVersions(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("conduit: migrate: read version: %w", err)
+		}
+	}
+	if (version < 0 && !pending) || version == current {
+		return nil
+	}
+
+	if !state.SchemaExists {
+		if err := ensureSchema(ctx, pool); err != nil {
+			return fmt.Errorf("conduit: migrate: create schema: %w", err)
+		}
 	}
 	switch {
 	case version < 0:
 		_, err = provider.Up(ctx)
-	case version == current:
 	case version > current:
 		_, err = provider.UpTo(ctx, version)
 	default:
@@ -103,6 +118,27 @@ func MigrateTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
 		return fmt.Errorf("conduit: migrate to %d: %w", version, err)
 	}
 	return nil
+}
+
+// migrationState refuses a pooler (checkDirectSession) and says whether
+// the conduit schema and its version table exist. The pooler is refused
+// before anything else, so that Migrate through one fails every time, not
+// only on the day a migration is pending; the lock's own connection is
+// checked again (directSessionLocker).
+func migrationState(ctx context.Context, pool *pgxpool.Pool) (dbgen.MigrationStateGetRow, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return dbgen.MigrationStateGetRow{}, fmt.Errorf("conduit: migrate: %w", err)
+	}
+	defer conn.Release() // before goose takes connections of its own: a pool of one must do
+	if err := checkDirectSession(ctx, conn.Conn()); err != nil {
+		return dbgen.MigrationStateGetRow{}, err
+	}
+	state, err := dbgen.New(conn).MigrationStateGet(ctx)
+	if err != nil {
+		return state, fmt.Errorf("conduit: migrate: read the catalog: %w", err)
+	}
+	return state, nil
 }
 
 // ensureSchema creates the conduit schema. Two deploys doing it at once may
