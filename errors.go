@@ -61,17 +61,19 @@ var (
 	// ErrNotFound: the thing asked for does not exist.
 	ErrNotFound = errors.New("conduit: not found")
 
-	// ErrPoolerMisconfigured: a statement failed because the pool prepares
-	// statements by name (pgx's default, QueryExecModeCacheStatement) behind
-	// a pooler in transaction mode, such as PgBouncer, which runs each
-	// transaction on whichever server connection is free: the statement was
-	// missing there, or one of its name was there already (SQLSTATE 26000 or
-	// 42P05). The statement did not run: an Append that fails so wrote
-	// nothing. It fails now and then, not every time; the fix is the pool's
-	// configuration: connect with default_query_exec_mode=exec (or
-	// cache_describe), see "Behind PgBouncer" in the package doc. The error
-	// wraps the server's.
-	ErrPoolerMisconfigured = errors.New("conduit: named prepared statements through a pooler in transaction mode")
+	// ErrPoolerMisconfigured: a statement failed because the pool's query
+	// mode keeps prepared statements on the server between round trips
+	// (pgx's default, QueryExecModeCacheStatement, prepares each by name;
+	// QueryExecModeDescribeExec describes it in one round trip and runs it
+	// in the next) behind a pooler in transaction mode, such as PgBouncer,
+	// which runs each transaction on whichever server connection is free:
+	// the statement was missing there, or one of its name was there already
+	// (SQLSTATE 26000 or 42P05). The statement did not run: an Append that
+	// fails so wrote nothing. It fails now and then, not every time; the fix
+	// is the pool's configuration: connect with default_query_exec_mode=exec
+	// (or cache_describe), see "Behind PgBouncer" in the package doc. The
+	// error wraps the server's.
+	ErrPoolerMisconfigured = errors.New("conduit: the pool's query mode does not suit a pooler in transaction mode")
 
 	// ErrNeedsDirectConnection: Migrate (or MigrateTo) found a pooler
 	// between it and PostgreSQL, and refused before taking its session
