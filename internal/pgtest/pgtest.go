@@ -205,7 +205,7 @@ func PgBouncerURL(t testing.TB, name string) string {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("pgtest: PGBOUNCER_URL is unset (.ci/pgbouncer starts PgBouncer and prints it)")
 		}
-		t.Skip("pgtest: PGBOUNCER_URL is unset: no PgBouncer to test through (bash .ci/pgbouncer starts one)")
+		t.Skip(`pgtest: PGBOUNCER_URL is unset: no PgBouncer to test through (eval "$(bash .ci/pgbouncer)" starts one and sets it)`)
 	}
 	return withDatabase(u, name)
 }
