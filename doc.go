@@ -155,7 +155,7 @@
 // process are woken directly. Notifications are hints: every projector also
 // polls ([ProjectorConfig.PollInterval]), so lost notifications cost only
 // latency. [ProjectorConfig.PollOnly] turns LISTEN off, for PgBouncer in
-// transaction mode. After [Store.AppendTx], call [Store.Notify] once the
+// transaction mode (see Behind PgBouncer). After [Store.AppendTx], call [Store.Notify] once the
 // transaction has committed, or use [Store.InTx].
 //
 // One instance applies at a time. A lease row (owner, epoch, expiry by the
@@ -212,7 +212,11 @@
 // embedded goose migrations. [Migrate] applies them, with its own goose
 // version table ([MigrationTable]) and a session advisory lock, so two
 // deploys migrating at once are safe; [MigrateTo] moves up or down to a
-// version. To run them from your own goose pipeline instead, take
+// version. Both need a direct connection, and refuse a pooler with
+// [ErrNeedsDirectConnection] (see Behind PgBouncer). When the schema is
+// current they only read the version table, taking no lock: a role with
+// CONNECT, USAGE on the conduit schema and SELECT on
+// conduit.goose_db_version may run them at start-up. To run them from your own goose pipeline instead, take
 // [Migrations] and give them their own version table, apart from yours
 // (goose creates that table before the first migration, so create its
 // schema first):
@@ -246,6 +250,46 @@
 // Only the owner can run conduit.rebase_transaction_ids (it disables a
 // trigger for its transaction).
 //
+// # Behind PgBouncer
+//
+// Conduit works through PgBouncer in transaction mode, and through other
+// poolers that run each transaction on whichever server connection is
+// free, with three settings.
+//
+// Query mode: connect with default_query_exec_mode=exec in the URL (or set
+// ConnConfig.DefaultQueryExecMode to pgx.QueryExecModeExec). pgx's default
+// prepares each statement by name on its connection; through such a pooler
+// the next transaction runs on another server connection, where the
+// statement is missing (SQLSTATE 26000) or one of its name exists already
+// (42P05). exec keeps nothing on the server between statements, and takes
+// one round trip per statement. cache_describe works too, but remembers
+// result columns per connection, which a migration can make stale;
+// simple_protocol works; describe_exec does not. They parse and plan every
+// statement again: keep pgx's default on direct connections. With the
+// wrong mode, statements fail now and then, not every time, each with
+// [ErrPoolerMisconfigured] naming the fix; a projector logs it and retries,
+// never counting it against the event.
+//
+// Projectors: set [ProjectorConfig.PollOnly]. LISTEN needs a session of
+// its own; leases, checkpoints, [Store.WaitFor] and [Projector.CatchUp] are
+// rows and single transactions, and work as they are.
+//
+// Migrations: [Migrate] needs a direct connection. Its session advisory
+// lock would stay with an idle server connection of the pooler and block
+// every later Migrate, so it first checks that its connection's statements
+// run in the server process the connection was opened with (a pooler
+// answers the opening with a process id of its own; a direct connection
+// keeps its process for life), on the lock's own connection too, and
+// otherwise returns [ErrNeedsDirectConnection] before taking the lock or
+// changing anything. It refuses poolers in session mode as well, which it
+// cannot tell apart. Run it against PostgreSQL itself.
+//
+// Nothing else that needs a session works through such a pooler: SET
+// outside a transaction (use SET LOCAL; set parameters such as
+// statement_timeout on the role, since PgBouncer refuses them in the
+// connection's startup), PREPARE, session advisory locks, temporary tables
+// kept across transactions, LISTEN.
+//
 // # Errors
 //
 // Every error the store returns for an expected outcome is a typed error
@@ -263,7 +307,10 @@
 //   - [ErrRestoredDatabase]: [*RestoredDatabaseError], from appends to
 //     existing streams, ReadAll and projectors on a database restored from a
 //     logical dump, naming the fix;
-//   - [ErrInvalidConfig]: [*ConfigError] naming the field out of range.
+//   - [ErrInvalidConfig]: [*ConfigError] naming the field out of range;
+//   - [ErrPoolerMisconfigured]: the pool's query mode does not suit a pooler in
+//     transaction mode; the error names the fix and wraps the server's;
+//   - [ErrNeedsDirectConnection]: [Migrate] or [MigrateTo] through a pooler.
 //
 // [IsRefused] and [IsOutcomeUnknown] say how to retry (see Event identity
 // and retries); [IsRetryable] reports either a refusal that a reload may

@@ -60,6 +60,29 @@ var (
 
 	// ErrNotFound: the thing asked for does not exist.
 	ErrNotFound = errors.New("conduit: not found")
+
+	// ErrPoolerMisconfigured: a statement failed because the pool's query
+	// mode keeps prepared statements on the server between round trips
+	// (pgx's default, QueryExecModeCacheStatement, prepares each by name;
+	// QueryExecModeDescribeExec describes it in one round trip and runs it
+	// in the next) behind a pooler in transaction mode, such as PgBouncer,
+	// which runs each transaction on whichever server connection is free:
+	// the statement was missing there, or one of its name was there already
+	// (SQLSTATE 26000 or 42P05). The statement did not run: an Append that
+	// fails so wrote nothing. It fails now and then, not every time; the fix
+	// is the pool's configuration: connect with default_query_exec_mode=exec
+	// (or cache_describe), see "Behind PgBouncer" in the package doc. The
+	// error wraps the server's.
+	ErrPoolerMisconfigured = errors.New("conduit: the pool's query mode does not suit a pooler in transaction mode")
+
+	// ErrNeedsDirectConnection: Migrate (or MigrateTo) found a pooler
+	// between it and PostgreSQL, and refused before taking its session
+	// advisory lock or changing anything. Behind PgBouncer in transaction
+	// mode that lock would stay with an idle server connection and block
+	// every later Migrate. Connect Migrate to the server itself (the pooler
+	// can keep serving the Store), or apply Migrations() with a tool of your
+	// own.
+	ErrNeedsDirectConnection = errors.New("conduit: Migrate needs a direct connection (not PgBouncer in transaction mode)")
 )
 
 // VersionConflictError reports an append whose expected version did not hold.
@@ -252,7 +275,26 @@ func (s *Store) dbError(ctx context.Context, err error, what string) error {
 	case dberr.NoProjection:
 		return fmt.Errorf("conduit: %s: %w", what, ErrNotFound)
 	}
-	return fmt.Errorf("conduit: %s: %w", what, err)
+	return fmt.Errorf("conduit: %s: %w", what, poolerHint(err))
+}
+
+// poolerHint returns err as ErrPoolerMisconfigured naming the fix if it is
+// a prepared statement that a pooler lost (dberr.PreparedStatementMismatch),
+// else err.
+func poolerHint(err error) error {
+	if dberr.Classify(err) != dberr.PreparedStatementMismatch || errors.Is(err, ErrPoolerMisconfigured) {
+		return err
+	}
+	return fmt.Errorf("%w (%w): connect with default_query_exec_mode=exec (or cache_describe)", ErrPoolerMisconfigured, err)
+}
+
+// databaseFault reports a projection's error that is the database's or the
+// pool's fault, not the event's: transient, or a prepared statement a pooler
+// lost. The projector retries those with backoff and never counts them
+// against the event.
+func databaseFault(err error) bool {
+	k := dberr.Classify(err)
+	return k == dberr.Transient || k == dberr.PreparedStatementMismatch
 }
 
 // restoredDatabase returns the *RestoredDatabaseError with the figures.

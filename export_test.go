@@ -21,3 +21,6 @@ func RetryWait(cfg *ProjectorConfig, attempt int) (time.Duration, error) {
 	}
 	return c.retryWait(attempt), nil
 }
+
+// MigrationLockID is the advisory lock id that serializes Migrate.
+const MigrationLockID = migrationLockID

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
@@ -199,5 +200,68 @@ func TestMigrateConcurrent(t *testing.T) {
 		if err := pools[0].QueryRow(ctx, "SELECT count(*) FROM "+conduit.MigrationTable+" WHERE version_id = 1").Scan(&applied); err != nil || applied != 1 {
 			t.Fatalf("round %d: migration 1 recorded %d times, %v", round, applied, err)
 		}
+	}
+}
+
+// Migrate and MigrateTo(latest) on a current schema need no more than
+// reading the version table: a role with only CONNECT, USAGE on the conduit
+// schema and SELECT on conduit.goose_db_version may run them at start-up.
+func TestMigrateCurrentNeedsOnlyRead(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	name := pgtest.NewDB(t, conduit.Migrations(), conduit.Migrate)
+	admin := pgtest.Connect(t, pgtest.URLFor(t, name))
+
+	// Roles are cluster-wide: a unique name, dropped when the test ends.
+	var role, password string
+	if err := admin.QueryRow(ctx, `SELECT 'conduit_test_reader_' || md5(random()::text), md5(random()::text)`).Scan(&role, &password); err != nil {
+		t.Fatal(err)
+	}
+	r, db := pgx.Identifier{role}.Sanitize(), pgx.Identifier{name}.Sanitize()
+	if _, err := admin.Exec(ctx, `CREATE ROLE `+r+` LOGIN PASSWORD '`+password+`'`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, sql := range []string{`DROP OWNED BY ` + r, `DROP ROLE ` + r} {
+			if _, err := admin.Exec(context.Background(), sql); err != nil {
+				t.Errorf("%s: %v", sql, err)
+			}
+		}
+	})
+	for _, sql := range []string{
+		`REVOKE ALL ON DATABASE ` + db + ` FROM PUBLIC`,
+		`GRANT CONNECT ON DATABASE ` + db + ` TO ` + r,
+		`GRANT USAGE ON SCHEMA conduit TO ` + r,
+		`GRANT SELECT ON ` + conduit.MigrationTable + ` TO ` + r,
+	} {
+		if _, err := admin.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(pgtest.URLFor(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User, cfg.ConnConfig.Password = role, password
+	reader, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reader.Close)
+
+	if err := conduit.Migrate(ctx, reader); err != nil {
+		t.Errorf("Migrate on a current schema as a role that may only read the version table: %v", err)
+	}
+	latest := latestMigration(t)
+	if err := conduit.MigrateTo(ctx, reader, latest); err != nil {
+		t.Errorf("MigrateTo(latest) on a current schema as that role: %v", err)
+	}
+	// Work to do needs the privileges, and is refused without them.
+	if err := conduit.MigrateTo(ctx, reader, latest-1); err == nil {
+		t.Errorf("MigrateTo(%d) as a role that may only read the version table succeeded", latest-1)
+	}
+	var current int64
+	if err := admin.QueryRow(ctx, "SELECT max(version_id) FROM "+conduit.MigrationTable).Scan(&current); err != nil || current != latest {
+		t.Errorf("version %d, %v after the refused MigrateTo; want %d", current, err, latest)
 	}
 }

@@ -97,7 +97,7 @@ func (s *Store) ProjectionStatus(ctx context.Context, name string) (ProjectionSt
 func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]ProjectionStatus, error) {
 	rows, err := s.queries.ProjectionStatusList(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("conduit: projection status: %w", err)
+		return nil, s.dbError(ctx, err, "projection status")
 	}
 	out := make([]ProjectionStatus, len(rows))
 	for i, r := range rows {
@@ -164,7 +164,7 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
 		case err != nil && !dberr.IsTransient(err):
-			return fmt.Errorf("conduit: wait for %q: %w", projection, err)
+			return s.dbError(ctx, err, fmt.Sprintf("wait for %q", projection))
 		case err != nil:
 			// A dropped connection or a restarting server: the pool
 			// reconnects; keep waiting until ctx ends.
@@ -274,7 +274,7 @@ func (s *Store) Head(ctx context.Context) (Position, error) {
 		return Position{}, nil
 	}
 	if err != nil {
-		return Position{}, fmt.Errorf("conduit: head of the log: %w", err)
+		return Position{}, s.dbError(ctx, err, "head of the log")
 	}
 	return Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition}, nil
 }
@@ -314,7 +314,7 @@ type ParkedEvent struct {
 func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEvent, error) {
 	rows, err := s.queries.ParkedEventList(ctx, projection)
 	if err != nil {
-		return nil, fmt.Errorf("conduit: parked events of %q: %w", projection, err)
+		return nil, s.dbError(ctx, err, fmt.Sprintf("parked events of %q", projection))
 	}
 	out := make([]ParkedEvent, len(rows))
 	for i, r := range rows {
@@ -335,7 +335,7 @@ func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEv
 func (s *Store) RetryParked(ctx context.Context, projection string, eventID uuid.UUID) error {
 	found, err := s.queries.ParkedEventRetry(ctx, dbgen.ParkedEventRetryParams{Projection: projection, EventID: eventID})
 	if err != nil {
-		return fmt.Errorf("conduit: retry parked event %s of %q: %w", eventID, projection, err)
+		return s.dbError(ctx, err, fmt.Sprintf("retry parked event %s of %q", eventID, projection))
 	}
 	if !found {
 		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)
@@ -350,7 +350,7 @@ func (s *Store) RetryParked(ctx context.Context, projection string, eventID uuid
 func (s *Store) SkipParked(ctx context.Context, projection string, eventID uuid.UUID) error {
 	found, err := s.queries.ParkedEventSkip(ctx, dbgen.ParkedEventSkipParams{Projection: projection, EventID: eventID})
 	if err != nil {
-		return fmt.Errorf("conduit: skip parked event %s of %q: %w", eventID, projection, err)
+		return s.dbError(ctx, err, fmt.Sprintf("skip parked event %s of %q", eventID, projection))
 	}
 	if !found {
 		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)

@@ -301,10 +301,10 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		case errors.Is(err, errStandby):
 			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
 		case head != nil && !dberr.IsTransient(err):
-			return fmt.Errorf("conduit: catch up %q: %w", p.name, err)
+			return fmt.Errorf("conduit: catch up %q: %w", p.name, poolerHint(err))
 		default:
 			wait := failures.next()
-			p.log.Warn("conduit: projector error; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
+			p.log.Warn("conduit: projector error; retrying", slog.Any("error", poolerHint(err)), slog.Duration("retry_in", wait))
 			p.idle(ctx, nil, wait)
 		}
 	}
@@ -544,7 +544,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err := sp.Rollback(ctx); err != nil {
 			return err
 		}
-		if dberr.IsTransient(applyErr) {
+		if databaseFault(applyErr) {
 			return applyErr
 		}
 		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
@@ -564,7 +564,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 // policy. Under PoisonStop it returns a *ProjectionStalledError once the
 // projection is stalled.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
-	if dberr.IsTransient(f.err) {
+	if databaseFault(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
 	}
 	if f.index > 0 {

@@ -85,6 +85,15 @@ const (
 	TransactionAborted
 	// RestoredDatabase: CodeRestoredDatabase.
 	RestoredDatabase
+	// PreparedStatementMismatch: the server connection lacked a statement
+	// its client connection had prepared by name (26000), or already had
+	// one of the name it was preparing (42P05). Conduit prepares nothing by
+	// name itself: this is pgx's statement cache (QueryExecModeCacheStatement,
+	// its default) behind a pooler in transaction mode, which runs each
+	// transaction on whichever server connection is free. The statement did
+	// not run. (An unnamed statement lost between two round trips,
+	// QueryExecModeDescribeExec behind such a pooler, is 26000 too.)
+	PreparedStatementMismatch
 )
 
 // Classify says what err means. A nil err is Other.
@@ -123,6 +132,8 @@ func classifyPg(e *pgconn.PgError) Kind {
 		return QueryCanceled
 	case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
 		return Transient
+	case "26000", "42P05": // invalid_sql_statement_name, duplicate_prepared_statement
+		return PreparedStatementMismatch
 	case CodeAppendOnly:
 		return AppendOnly
 	case CodeNoProjection:

@@ -37,6 +37,8 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "23505", ConstraintName: dberr.ConstraintEventID}, dberr.EventIDTaken},
 		{&pgconn.PgError{Code: "23505", ConstraintName: "users_email_key"}, dberr.UniqueViolation},
 		{&pgconn.PgError{Code: "22P02"}, dberr.Other},
+		{&pgconn.PgError{Code: "26000"}, dberr.PreparedStatementMismatch}, // prepared statement does not exist
+		{&pgconn.PgError{Code: "42P05"}, dberr.PreparedStatementMismatch}, // prepared statement already exists
 		{fmt.Errorf("conduit: x: %w", &pgconn.PgError{Code: dberr.CodeRestoredDatabase}), dberr.RestoredDatabase},
 	} {
 		if got := dberr.Classify(c.err); got != c.want {

@@ -9,13 +9,49 @@ import (
 	"context"
 )
 
+const migrationStateGet = `-- name: MigrationStateGet :one
+SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'conduit') AS schema_exists,
+       EXISTS (SELECT FROM pg_catalog.pg_tables
+                WHERE schemaname = 'conduit' AND tablename = 'goose_db_version') AS version_table_exists
+`
+
+type MigrationStateGetRow struct {
+	SchemaExists       bool
+	VersionTableExists bool
+}
+
+// Whether the conduit schema and its goose version table exist, from the
+// catalog, which every role may read: Migrate decides what it has to do
+// before it needs any privilege beyond reading the version table.
+func (q *Queries) MigrationStateGet(ctx context.Context) (MigrationStateGetRow, error) {
+	row := q.db.QueryRow(ctx, migrationStateGet)
+	var i MigrationStateGetRow
+	err := row.Scan(&i.SchemaExists, &i.VersionTableExists)
+	return i, err
+}
+
 const schemaEnsure = `-- name: SchemaEnsure :exec
 CREATE SCHEMA IF NOT EXISTS conduit
 `
 
 // Migrate creates the schema before goose runs, so that goose's version
-// table can live in it.
+// table can live in it; only when it is missing, since CREATE SCHEMA needs
+// CREATE on the database even when IF NOT EXISTS finds the schema.
 func (q *Queries) SchemaEnsure(ctx context.Context) error {
 	_, err := q.db.Exec(ctx, schemaEnsure)
 	return err
+}
+
+const sessionPIDGet = `-- name: SessionPIDGet :one
+SELECT pg_backend_pid()::bigint AS pid
+`
+
+// The server process that runs this statement. On a direct connection it
+// is the one the connection was opened with, for as long as it lives;
+// behind a pooler it is not, and Migrate refuses to take its session lock.
+func (q *Queries) SessionPIDGet(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, sessionPIDGet)
+	var pid int64
+	err := row.Scan(&pid)
+	return pid, err
 }

@@ -18,6 +18,10 @@
 // Without any, the test is skipped, except when CI=true, where it fails: CI
 // must never count a test that did not run. The first test to get a server
 // logs which one it is (go test -v shows it).
+//
+// Tests of Conduit behind a pooler also take PGBOUNCER_URL, a PgBouncer in
+// transaction mode in front of the same server that reaches each of its
+// databases by name (see PgBouncerURL); .ci/pgbouncer starts one.
 package pgtest
 
 import (
@@ -187,6 +191,23 @@ func URLFor(t testing.TB, name string) string {
 		t.Fatalf("pgtest: cannot point %s at database %s: name the database in the URL's path", redact(ServerURL(t)), name)
 	}
 	return u
+}
+
+// PgBouncerURL returns a connection string for database name (made with
+// NewDB, on the server of ServerURL) through the PgBouncer of PGBOUNCER_URL,
+// which must pool in transaction mode in front of that server and reach
+// every database by name. Without PGBOUNCER_URL the test is skipped, except
+// when CI=true, where it fails.
+func PgBouncerURL(t testing.TB, name string) string {
+	t.Helper()
+	u := os.Getenv("PGBOUNCER_URL")
+	if u == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("pgtest: PGBOUNCER_URL is unset (.ci/pgbouncer starts PgBouncer and prints it)")
+		}
+		t.Skip(`pgtest: PGBOUNCER_URL is unset: no PgBouncer to test through (eval "$(bash .ci/pgbouncer)" starts one and sets it)`)
+	}
+	return withDatabase(u, name)
 }
 
 // withDatabase returns connString, a URL or keyword/value string, with its
