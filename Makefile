@@ -51,7 +51,11 @@ SOAK_RESTART ?= $(shell command -v pg_ctlcluster >/dev/null 2>&1 && echo true ||
 
 .PHONY: soak
 soak: ## Run the fault-injecting soak for SOAK_DURATION (2m) against DATABASE_URL; fails if a check fails.
-	go run ./internal/cmd/conduit-soak -duration $(SOAK_DURATION) -restart=$(SOAK_RESTART)
+	go run ./internal/cmd/conduit-soak -duration $(SOAK_DURATION) -restart=$(SOAK_RESTART) $(SOAK_FLAGS)
+
+.PHONY: soak-report
+soak-report: ## Run the soak for SOAK_DURATION and put its figures into RELIABILITY.md.
+	go run ./internal/cmd/conduit-soak -duration $(SOAK_DURATION) -restart=$(SOAK_RESTART) -doc RELIABILITY.md $(SOAK_FLAGS)
 
 .PHONY: bench
 bench: ## Run the benchmarks against DATABASE_URL and write BENCHMARKS.md.

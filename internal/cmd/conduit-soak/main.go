@@ -35,6 +35,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -60,6 +61,7 @@ type options struct {
 	converge    time.Duration
 	seed        uint64
 	out         string
+	doc         string
 	keep        bool
 }
 
@@ -88,6 +90,7 @@ func main() {
 	flag.DurationVar(&o.converge, "converge", 90*time.Second, "bound on the time to catch up after the load stops")
 	flag.Uint64Var(&o.seed, "seed", 0, "random seed (0: from the clock); printed, to replay a run's choices")
 	flag.StringVar(&o.out, "out", "", "also write the report to this file")
+	flag.StringVar(&o.doc, "doc", "", "also put the report into this Markdown file, between <!-- soak begin --> and <!-- soak end -->")
 	flag.BoolVar(&o.keep, "keep", false, "keep the soak database for inspection")
 	flag.Parse()
 	if o.seed == 0 {
@@ -105,6 +108,11 @@ func main() {
 				log.Printf("write %s: %v", o.out, werr)
 			}
 		}
+		if o.doc != "" {
+			if werr := replaceBetween(o.doc, "<!-- soak begin -->\n", "<!-- soak end -->", report); werr != nil {
+				log.Printf("update %s: %v", o.doc, werr)
+			}
+		}
 	}
 	if err != nil {
 		log.Fatal(err)
@@ -118,3 +126,18 @@ func main() {
 // own, seeded from it, so a run's choices do not depend on scheduling more
 // than they must).
 func newRand(seed uint64, stream uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, stream)) }
+
+// replaceBetween replaces the text between the markers begin and end in
+// the file at path.
+func replaceBetween(path, begin, end, text string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(b)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		return fmt.Errorf("no %q … %q markers", strings.TrimSpace(begin), end)
+	}
+	return os.WriteFile(path, []byte(s[:i+len(begin)]+text+s[j:]), 0o644)
+}
