@@ -33,9 +33,10 @@ lint: ## Run golangci-lint (pinned in tools/go.mod).
 	$(GOLANGCI_LINT) run
 
 .PHONY: test
-test: verify ## Verify, then run every test with the race detector against DATABASE_URL.
+test: verify ## Verify, then every test with the race detector against DATABASE_URL, the restart test, and a two-minute soak.
 	go test -race -count=1 -timeout 20m ./...
 	go test -race -count=1 -tags restart -run '^TestPostgresRestart' .
+	@$(MAKE) --no-print-directory soak SOAK_DURATION=2m
 
 .PHONY: test-short
 test-short: ## Run the tests without the race detector.
