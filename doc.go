@@ -191,7 +191,13 @@
 // [PoisonPolicy]: [PoisonStop] (the default) stops at the event and
 // reports the projection stalled, with the event and the error, retrying it
 // now and then; [PoisonPark] parks it in conduit.parked_events in the
-// checkpoint's transaction and goes on. [Store.ParkedEvents],
+// checkpoint's transaction and goes on. The failed attempts are counted in
+// the projection's row of conduit.projections, by whichever instance holds
+// the lease, so a change of owner does not start the count again and the
+// policy applies in the end; status shows the event, its attempts and its
+// last error ([ProjectionStatus.FailedAttempts]). After a failure the events
+// before the failing one are committed, and it is retried alone, with
+// backoff ([ProjectorConfig.RetryBackoff]). [Store.ParkedEvents],
 // [Store.RetryParked] and [Store.SkipParked] (and the SQL functions
 // conduit.retry_parked_event and conduit.skip_parked_event) manage parked
 // events.

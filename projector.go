@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/conduit-es/conduit/internal/dberr"
@@ -165,7 +164,10 @@ type Projector struct {
 	// Owned by the goroutine in Run or CatchUp.
 	epoch     int64     // 0: not the owner
 	nextRenew time.Time // when the lease is next due for renewal
-	attempts  map[uuid.UUID]int
+	// retryStalled lets the next batch try the event a stalled projection
+	// is stalled at: once on taking the lease, then every
+	// StalledRetryInterval.
+	retryStalled bool
 }
 
 // NewProjector returns a projector for p on store's database. It does not
@@ -181,7 +183,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	if err != nil {
 		return nil, err
 	}
-	pr := &Projector{store: store, projection: p, name: p.Name(), cfg: c, attempts: map[uuid.UUID]int{}}
+	pr := &Projector{store: store, projection: p, name: p.Name(), cfg: c}
 	if f, ok := p.(EventTypeFilter); ok && len(f.EventTypes()) > 0 {
 		pr.types = f.EventTypes()
 	}
@@ -253,26 +255,23 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	failures := p.cfg.retryBackoff()
 	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
-	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
 		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
 		progressed := p.store.progress.wait()
-		res, err := p.step(ctx, &registered, &limit)
+		res, err := p.step(ctx, &registered)
 		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
 			failures.reset()
-			if head != nil && res != nil && !res.checkpoint.Before(*head) {
+			switch {
+			case res == nil: // a failed attempt at an event, counted; its retry waited already
+			case head != nil && !res.checkpoint.Before(*head):
 				return nil
-			}
-			switch limit {
-			case 0: // caught up
-				behindHorizon.reset()
-				limit = p.cfg.BatchSize
-				p.idle(ctx, wake, p.cfg.PollInterval)
-			case -1: // caught up, events held behind the horizon
-				limit = p.cfg.BatchSize
+			case res.held: // caught up, events held behind the horizon
 				p.idle(ctx, wake, behindHorizon.next())
+			case res.caughtUp:
+				behindHorizon.reset()
+				p.idle(ctx, wake, p.cfg.PollInterval)
 			default:
 				behindHorizon.reset()
 			}
@@ -287,6 +286,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 				return err
 			}
 			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+			p.retryStalled = true
 		case errors.Is(err, errStandby) && head != nil:
 			// As WaitFor: the instance holding the lease may pass the head
 			// (or stall); trying to acquire on every round, CatchUp takes
@@ -317,10 +317,9 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 var errStandby = errors.New("conduit: lease held by another instance")
 
 // step does one unit of work: register, acquire, and one batch. It returns
-// the batch's result if one committed. On a batch that reached the safe
-// horizon it sets *limit to 0, or to -1 when committed events wait behind
-// the horizon.
-func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*batchResult, error) {
+// the batch's result if one committed, nothing after a failed attempt at an
+// event, and a *ProjectionStalledError while the projection is stalled.
+func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, error) {
 	q := p.store.queries
 	if !*registered {
 		if err := q.ProjectionRegister(ctx, dbgen.ProjectionRegisterParams{Name: p.name, ReadTables: p.tablesOrEmpty()}); err != nil {
@@ -344,27 +343,21 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*ba
 		}
 		p.epoch = epoch
 		p.renewed()
-		p.attempts = map[uuid.UUID]int{}
+		p.retryStalled = true
 		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
 
-	res, err := p.batch(ctx, *limit, nil)
+	res, err := p.batch(ctx)
 	var fail *applyFailure
 	switch {
 	case errors.As(err, &fail):
-		return nil, p.handleFailure(ctx, fail, limit)
+		return nil, p.handleFailure(ctx, fail)
 	case err != nil:
 		return nil, err
 	}
 	p.renewed()
-	delete(p.attempts, res.firstID) // it went through
-	switch {
-	case res.held:
-		*limit = -1
-	case res.caughtUp:
-		*limit = 0
-	default:
-		*limit = p.cfg.BatchSize
+	if res.stalled != nil {
+		return nil, res.stalled
 	}
 	return &res, nil
 }
@@ -389,7 +382,6 @@ func (p *Projector) checkTransactionIDs(ctx context.Context) error {
 
 // applyFailure is a projection's error on one event of a batch.
 type applyFailure struct {
-	index int // in the batch
 	event Event
 	err   error
 }
@@ -401,13 +393,21 @@ type batchResult struct {
 	checkpoint Position // committed by the batch
 	caughtUp   bool
 	held       bool // caught up, but committed events wait behind the horizon (or just committed)
-	firstID    uuid.UUID
+	// stalled: the batch stopped at a poison event under PoisonStop and
+	// applied nothing.
+	stalled *ProjectionStalledError
 }
 
-// batch applies up to limit events after the checkpoint in one transaction
-// that also moves the checkpoint. With park set, it instead parks that
-// event (which must be the next one) and moves the checkpoint past it.
-func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (batchResult, error) {
+// batch applies up to BatchSize events after the checkpoint in one
+// transaction that also moves the checkpoint.
+//
+// An event the projection has failed on (stored with the projection, so
+// every instance sees it) is tried alone, once the events before it are
+// committed; after MaxAttempts failures the poison policy applies to it
+// before any further try: under PoisonPark the batch parks it and moves
+// the checkpoint past it, under PoisonStop it marks the projection stalled.
+// A stalled projection's event is tried again when p.retryStalled allows.
+func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
 	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		q := p.store.queries.WithTx(tx)
@@ -423,70 +423,91 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
-		applied := int64(0)
-
-		if park != nil {
-			rows, err := p.readBatch(ctx, q, checkpoint, 1)
-			if err != nil {
-				return err
-			}
-			if len(rows) == 0 || rows[0].ID != park.event.ID {
-				return nil // moved on meanwhile (a rebuild?); nothing to park
-			}
-			if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-				Projection: p.name, EventID: park.event.ID, TransactionID: park.event.Position.TransactionID,
-				GlobalPosition: park.event.Position.GlobalPosition, StreamID: park.event.StreamID,
-				StreamVersion: park.event.StreamVersion, EventType: park.event.Type,
-				Error: park.err.Error(), Attempts: int32(p.cfg.MaxAttempts),
-			}); err != nil {
-				return err
-			}
-			p.log.Warn("conduit: parked poison event", slog.String("event_id", park.event.ID.String()),
-				slog.String("stream", park.event.StreamID), slog.Int64("version", park.event.StreamVersion),
-				slog.Any("error", park.err))
-			_, err = p.saveCheckpoint(ctx, q, park.event.Position, 0, false)
-			return err
-		}
-
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q); err != nil {
 				return err
 			}
 		}
-		events, err := p.readBatch(ctx, q, checkpoint, limit)
+		events, err := p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize)
 		if err != nil {
 			return err
 		}
-		if len(events) > 0 {
-			res.firstID = events[0].ID
+		res.caughtUp = len(events) < p.cfg.BatchSize
+		failing := slices.IndexFunc(events, func(e Event) bool { return e.ID == row.FailingEventID })
+		if failing >= 0 {
+			res.caughtUp = false
+			events = events[:max(failing, 1)]
 		}
-		for i, e := range events {
+		if failing == 0 && int(row.FailedAttempts) >= p.cfg.MaxAttempts {
+			e := events[0]
+			reason := (&ProjectionError{Projection: p.name, Event: e, Err: errors.New(row.LastError)}).Error()
+			stalledHere := ProjectionState(row.State) == StateStalled && row.StalledEventID == e.ID
+			switch {
+			case p.cfg.Poison == PoisonPark:
+				res.checkpoint = e.Position
+				return p.park(ctx, q, e, row, &res)
+			case !stalledHere:
+				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: reason}
+				p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", e.ID.String()),
+					slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
+					slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
+				return q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
+					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+				})
+			case !p.retryStalled:
+				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: row.StallReason}
+				return nil
+			}
+			p.retryStalled = false // this batch tries it once more
+		}
+
+		applied := int64(0)
+		for _, e := range events {
 			if p.handles(e.Type) {
 				if err := p.projection.Apply(ctx, tx, e); err != nil {
-					return &applyFailure{index: i, event: e, err: err}
+					return &applyFailure{event: e, err: err}
 				}
 				applied++
 			}
 			checkpoint = e.Position
 		}
 		res.checkpoint = checkpoint
-		res.caughtUp = len(events) < limit
-		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
+		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp, failing == 0)
 		return err
 	})
 	if err == nil {
-		p.store.progress.notify(Position{})
+		p.store.progress.notify(Position{}) // also wakes WaitFor to report a stall
 	}
 	return res, err
 }
 
+// park parks e, the poison event at the head of the batch, and moves the
+// checkpoint past it, in the batch's transaction.
+func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbgen.ProjectionLockForBatchRow, res *batchResult) error {
+	if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+		Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
+		GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID,
+		StreamVersion: e.StreamVersion, EventType: e.Type,
+		Error: row.LastError, Attempts: row.FailedAttempts,
+	}); err != nil {
+		return err
+	}
+	p.log.Warn("conduit: parked poison event", slog.String("event_id", e.ID.String()),
+		slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
+		slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
+	var err error
+	res.held, err = p.saveCheckpoint(ctx, q, e.Position, 0, false, true)
+	return err
+}
+
 // saveCheckpoint ends a batch; it reports whether the batch caught up yet
-// events follow the checkpoint (see batchResult.held).
-func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) (bool, error) {
+// events follow the checkpoint (see batchResult.held). passedFailing says the batch passed the event the projection was failing
+// on.
+func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp, passedFailing bool) (bool, error) {
 	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
-		Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+		PassedFailing: passedFailing, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, errLeaseLost
@@ -559,44 +580,34 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 	return nil
 }
 
-// handleFailure deals with a projection error on an event: first commit the
-// events before it, then retry it alone with backoff, then apply the poison
-// policy. Under PoisonStop it returns a *ProjectionStalledError once the
-// projection is stalled.
-func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
+// handleFailure deals with a projection error on an event: a database
+// problem is returned, to be retried with backoff; the projection's own
+// failure is counted with the projection (so the count survives a change of
+// owner) and the event retried after a backoff. The next batch commits the
+// events before it, then tries it alone, or applies the poison policy once
+// it has failed MaxAttempts times.
+func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	if dberr.IsTransient(f.err) {
 		return f.err // a database problem, not the event's: retried with backoff
 	}
-	if f.index > 0 {
-		*limit = f.index // the next batch commits the good prefix
+	n, err := p.store.queries.ProjectionFailureCount(ctx, dbgen.ProjectionFailureCountParams{
+		EventID: f.event.ID, Error: f.err.Error(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errLeaseLost
+	}
+	if err != nil {
+		return fmt.Errorf("count a failed attempt: %w", err)
+	}
+	attrs := []any{slog.String("event_id", f.event.ID.String()), slog.Int("attempt", int(n)), slog.Any("error", f.err)}
+	if int(n) >= p.cfg.MaxAttempts {
+		p.log.Warn("conduit: projection failed on event; poison policy applies", attrs...)
 		return nil
 	}
-	p.attempts[f.event.ID]++
-	n := p.attempts[f.event.ID]
-	perr := &ProjectionError{Projection: p.name, Event: f.event, Err: f.err}
-	*limit = 1
-	if n < p.cfg.MaxAttempts {
-		wait := p.cfg.retryWait(n)
-		p.log.Warn("conduit: projection failed on event; retrying", slog.String("event_id", f.event.ID.String()),
-			slog.Int("attempt", n), slog.Any("error", f.err), slog.Duration("retry_in", wait))
-		p.idle(ctx, nil, wait)
-		return nil
-	}
-	if p.cfg.Poison == PoisonPark {
-		delete(p.attempts, f.event.ID)
-		_, err := p.batch(ctx, 1, f)
-		*limit = p.cfg.BatchSize
-		return err
-	}
-	if err := p.store.queries.ProjectionStall(ctx, dbgen.ProjectionStallParams{
-		Reason: perr.Error(), EventID: f.event.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
-	}); err != nil {
-		return err
-	}
-	p.store.progress.notify(Position{}) // wakes WaitFor to report the stall
-	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
-		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
-	return &ProjectionStalledError{Projection: p.name, EventID: f.event.ID, Reason: perr.Error()}
+	wait := p.cfg.retryWait(int(n))
+	p.log.Warn("conduit: projection failed on event; retrying", append(attrs, slog.Duration("retry_in", wait))...)
+	p.idle(ctx, nil, wait)
+	return nil
 }
 
 // retryBackoff is the backoff after failures, of an event or of the
