@@ -162,9 +162,11 @@
 // database clock) in conduit.projections is taken by one instance; every
 // batch locks that row and checks owner and epoch in its own transaction,
 // so an instance that was paused, partitioned or replaced can never move
-// the checkpoint. Standbys take over within [ProjectorConfig.LeaseDuration]
-// of the owner's death; a stopped projector rolls back its batch in flight
-// and releases its lease.
+// the checkpoint. The owner renews its lease every third of
+// [ProjectorConfig.LeaseDuration] from a goroutine of its own, however long
+// a batch takes, so the status says running, never stopped, while it
+// applies. Standbys take over within LeaseDuration of the owner's death; a
+// stopped projector rolls back its batch in flight and releases its lease.
 //
 // Status, from Go ([Store.ProjectionStatus]) and from SQL
 // (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
@@ -185,6 +187,21 @@
 // only for [ErrRestoredDatabase]: after a logical restore into another
 // cluster, transaction ids restart below the stored ones and readers would
 // see nothing new; SELECT conduit.rebase_transaction_ids() repairs it.
+//
+// A handler is bounded by [ProjectorConfig.HandlerTimeout] (LeaseDuration
+// by default), its time in Go and in the database together: past it, its
+// context is cancelled and the event counts as a failed attempt, even if
+// the handler never returns. A handler slower than the lease but within
+// HandlerTimeout is merely slow: the lease stays with its owner. The same
+// bound frees the locks of an owner paused in the middle of a batch
+// (SIGSTOP, a frozen VM), whose renewals stop with it: a batch takes new
+// events for HandlerTimeout/10 at most, then commits, and the server ends a
+// session idle in a batch's transaction for 1.25 × HandlerTimeout
+// (idle_in_transaction_session_timeout), which a live owner, its handlers
+// bounded, never reaches. Another instance takes over from a paused owner
+// within about max(LeaseDuration, 1.25 × HandlerTimeout). A handler still
+// running at twice HandlerTimeout is taken for stuck: its owner stops
+// renewing, and another instance takes over when the lease expires.
 //
 // A poison event (one the projection keeps failing on) is retried
 // [ProjectorConfig.MaxAttempts] times, then handled by the projector's

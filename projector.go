@@ -45,6 +45,7 @@ const (
 	MaxAttemptsDefault          = 3
 	RetryBackoffDefault         = 100 * time.Millisecond
 	StalledRetryIntervalDefault = 30 * time.Second
+	// HandlerTimeout defaults to LeaseDuration.
 )
 
 // Limits of ProjectorConfig fields: NewProjector refuses a field above its
@@ -57,6 +58,7 @@ const (
 	MaxAttemptsLimit          = 1000
 	RetryBackoffLimit         = time.Minute
 	StalledRetryIntervalLimit = 24 * time.Hour
+	HandlerTimeoutLimit       = time.Hour
 )
 
 // ProjectorConfig configures a Projector. The zero value means defaults.
@@ -67,10 +69,32 @@ type ProjectorConfig struct {
 	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
-	// last renewed its lease; another instance takes over within about this
-	// long after the active one dies or hangs. From 100ms to
-	// LeaseDurationLimit (1h). Defaults to LeaseDurationDefault.
+	// last renewed its lease. The owner renews it every LeaseDuration/3
+	// from a goroutine of its own, however long a batch takes; another
+	// instance takes over within about this long after the owner dies or
+	// is paused (for one paused in the middle of a batch, see
+	// HandlerTimeout). From 100ms to LeaseDurationLimit (1h). Defaults to
+	// LeaseDurationDefault.
 	LeaseDuration time.Duration
+	// HandlerTimeout bounds one call of the projection's handler (Apply),
+	// its time in Go and in the database together. A handler still running
+	// after HandlerTimeout has its context cancelled and the event counts
+	// as a failed attempt ("handler ran longer than
+	// ProjectorConfig.HandlerTimeout"), at once, even if the handler
+	// ignores its context and never returns: a handler too slow for it ends
+	// under the poison policy instead of being retried forever.
+	//
+	// It also bounds how long a batch's transaction sits idle, which is
+	// how the locks of an owner paused in the middle of a batch are freed:
+	// a batch stops taking events after HandlerTimeout/10 and commits what
+	// it has applied, and the server ends a session left idle in a batch's
+	// transaction for 1.25 × HandlerTimeout
+	// (idle_in_transaction_session_timeout). A live owner never gets there:
+	// its handlers are bounded. Another instance takes over from an owner
+	// paused in a batch within about max(LeaseDuration, 1.25 ×
+	// HandlerTimeout). From 10ms to HandlerTimeoutLimit (1h). Defaults to
+	// LeaseDuration.
+	HandlerTimeout time.Duration
 	// PollInterval is how often the projector looks for new events without
 	// being woken. Polling is the guarantee; wake-ups only cut latency.
 	// From 1ms to PollIntervalLimit (1h). Defaults to PollIntervalDefault.
@@ -122,6 +146,7 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
 	setDefault(&out.RetryBackoff, RetryBackoffDefault)
 	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
+	setDefault(&out.HandlerTimeout, out.LeaseDuration)
 	// Durations start at 1ms: a bare number is nanoseconds (5 is 5ns).
 	const ms = time.Millisecond
 	if err := checkRanges(
@@ -131,6 +156,7 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 		countRange("ProjectorConfig.MaxAttempts", out.MaxAttempts, 1, MaxAttemptsLimit),
 		durationRange("ProjectorConfig.RetryBackoff", out.RetryBackoff, ms, RetryBackoffLimit),
 		durationRange("ProjectorConfig.StalledRetryInterval", out.StalledRetryInterval, ms, StalledRetryIntervalLimit),
+		durationRange("ProjectorConfig.HandlerTimeout", out.HandlerTimeout, 10*ms, HandlerTimeoutLimit),
 	); err != nil {
 		return out, err
 	}
@@ -162,8 +188,8 @@ type Projector struct {
 	running atomic.Bool // Run or CatchUp is in progress
 
 	// Owned by the goroutine in Run or CatchUp.
-	epoch     int64     // 0: not the owner
-	nextRenew time.Time // when the lease is next due for renewal
+	epoch  int64        // 0: not the owner
+	keeper *leaseKeeper // keeps the lease of epoch alive
 	// retryStalled lets the next batch try the event a stalled projection
 	// is stalled at: once on taking the lease, then every
 	// StalledRetryInterval.
@@ -280,7 +306,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
-			p.epoch = 0
+			p.dropLease()
 		case errors.As(err, &stalled):
 			if head != nil {
 				return err
@@ -327,6 +353,9 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 		}
 		*registered = true
 	}
+	if p.keeper != nil && p.keeper.lost.Load() {
+		p.dropLease()
+	}
 	if p.epoch == 0 {
 		epoch, err := q.ProjectionAcquire(ctx, dbgen.ProjectionAcquireParams{
 			Owner: p.cfg.InstanceID, LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name,
@@ -342,7 +371,7 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 			return nil, err
 		}
 		p.epoch = epoch
-		p.renewed()
+		p.keeper = p.startKeeper(ctx, epoch)
 		p.retryStalled = true
 		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
@@ -355,7 +384,6 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 	case err != nil:
 		return nil, err
 	}
-	p.renewed()
 	if res.stalled != nil {
 		return nil, res.stalled
 	}
@@ -409,10 +437,17 @@ type batchResult struct {
 // A stalled projection's event is tried again when p.retryStalled allows.
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
+	start := time.Now()
+	// The batch's statements and its handlers run under bctx, which the
+	// lease keeper cancels when a handler overruns HandlerTimeout; the
+	// transaction itself under ctx, so that its rollback still goes out.
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+		ctx := bctx
 		q := p.store.queries.WithTx(tx)
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
-			IdleTimeout: strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10),
+			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
 			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 		})
@@ -423,8 +458,9 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
+		from := checkpoint
 		if row.RetryPending {
-			if err := p.retryParked(ctx, tx, q); err != nil {
+			if err := p.retryParked(ctx, tx, q, from, cancel); err != nil {
 				return err
 			}
 		}
@@ -444,7 +480,6 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			stalledHere := ProjectionState(row.State) == StateStalled && row.StalledEventID == e.ID
 			switch {
 			case p.cfg.Poison == PoisonPark:
-				res.checkpoint = e.Position
 				return p.park(ctx, q, e, row, &res)
 			case !stalledHere:
 				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: reason}
@@ -462,13 +497,19 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		}
 
 		applied := int64(0)
-		for _, e := range events {
-			if p.handles(e.Type) {
-				if err := p.projection.Apply(ctx, tx, e); err != nil {
-					return &applyFailure{event: e, err: err}
-				}
-				applied++
+		for i, e := range events {
+			if !p.handles(e.Type) {
+				checkpoint = e.Position
+				continue
 			}
+			if i > 0 && time.Since(start) >= p.cfg.HandlerTimeout/10 {
+				res.caughtUp = false // cut by time: commit what is applied (see HandlerTimeout)
+				break
+			}
+			if err := p.apply(ctx, tx, e, from, false, cancel); err != nil {
+				return &applyFailure{event: e, err: err}
+			}
+			applied++
 			checkpoint = e.Position
 		}
 		res.checkpoint = checkpoint
@@ -477,6 +518,8 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	})
 	if err == nil {
 		p.store.progress.notify(Position{}) // also wakes WaitFor to report a stall
+	} else if errors.Is(context.Cause(bctx), errLeaseLost) {
+		err = errLeaseLost // the keeper found the lease lost, and cancelled the batch
 	}
 	return res, err
 }
@@ -496,6 +539,7 @@ func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbg
 		slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
 		slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
 	var err error
+	res.checkpoint = e.Position
 	res.held, err = p.saveCheckpoint(ctx, q, e.Position, 0, false, true)
 	return err
 }
@@ -539,8 +583,9 @@ func (p *Projector) handles(eventType string) bool {
 
 // retryParked re-applies parked events someone asked to retry, each under a
 // savepoint: a success removes it from the parked table, a failure parks it
-// again with the new error.
-func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries) error {
+// again with the new error. A handler that overruns HandlerTimeout is parked
+// again by the lease keeper, and ends the batch.
+func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, from Position, cancel context.CancelCauseFunc) error {
 	rows, err := q.ParkedEventRetryList(ctx, p.name)
 	if err != nil || len(rows) == 0 {
 		return err
@@ -551,7 +596,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err != nil {
 			return err
 		}
-		applyErr := p.projection.Apply(ctx, sp, e)
+		applyErr := p.apply(ctx, sp, e, from, true, cancel)
 		if applyErr == nil {
 			if err := sp.Commit(ctx); err != nil {
 				return err
@@ -562,42 +607,61 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 			p.log.Info("conduit: parked event retried and applied", slog.String("event_id", e.ID.String()))
 			continue
 		}
+		var overrun *handlerOverrun
+		if errors.As(applyErr, &overrun) {
+			return &applyFailure{event: e, err: applyErr}
+		}
 		if err := sp.Rollback(ctx); err != nil {
 			return err
 		}
 		if dberr.IsTransient(applyErr) {
 			return applyErr
 		}
-		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-			Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
-			GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
-			EventType: e.Type, Error: applyErr.Error(), Attempts: 1,
-		}); err != nil {
+		if err := p.repark(ctx, q, e, applyErr); err != nil {
 			return err
 		}
-		p.log.Warn("conduit: parked event failed again", slog.String("event_id", e.ID.String()), slog.Any("error", applyErr))
 	}
+	return nil
+}
+
+// repark parks e, a parked event retried in vain, again with err.
+func (p *Projector) repark(ctx context.Context, q *dbgen.Queries, e Event, err error) error {
+	if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+		Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
+		GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
+		EventType: e.Type, Error: err.Error(), Attempts: 1,
+	}); err != nil {
+		return err
+	}
+	p.log.Warn("conduit: parked event failed again", slog.String("event_id", e.ID.String()), slog.Any("error", err))
 	return nil
 }
 
 // handleFailure deals with a projection error on an event: a database
 // problem is returned, to be retried with backoff; the projection's own
-// failure is counted with the projection (so the count survives a change of
-// owner) and the event retried after a backoff. The next batch commits the
-// events before it, then tries it alone, or applies the poison policy once
-// it has failed MaxAttempts times.
+// failure (or its handler's overrun of HandlerTimeout) is counted with the
+// projection, so the count survives a change of owner, and the event
+// retried after a backoff. The next batch commits the events before it,
+// then tries it alone, or applies the poison policy once it has failed
+// MaxAttempts times.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
-	if dberr.IsTransient(f.err) {
+	var (
+		n   int32
+		err error
+	)
+	var overrun *handlerOverrun
+	switch {
+	case errors.As(f.err, &overrun) && overrun.parked: // parked again by the keeper
+		return overrun.countErr
+	case overrun != nil: // counted by the keeper
+		n, err = overrun.attempts, overrun.countErr
+	case dberr.IsTransient(f.err):
 		return f.err // a database problem, not the event's: retried with backoff
-	}
-	n, err := p.store.queries.ProjectionFailureCount(ctx, dbgen.ProjectionFailureCountParams{
-		EventID: f.event.ID, Error: f.err.Error(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return errLeaseLost
+	default:
+		n, err = p.countFailure(ctx, p.epoch, f.event, f.err)
 	}
 	if err != nil {
-		return fmt.Errorf("count a failed attempt: %w", err)
+		return err
 	}
 	attrs := []any{slog.String("event_id", f.event.ID.String()), slog.Int("attempt", int(n)), slog.Any("error", f.err)}
 	if int(n) >= p.cfg.MaxAttempts {
@@ -610,6 +674,22 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	return nil
 }
 
+// countFailure counts a failed attempt at e with the projection, for epoch's
+// lease, and returns the event's failed attempts so far: errLeaseLost if
+// the lease is not epoch's (or expired).
+func (p *Projector) countFailure(ctx context.Context, epoch int64, e Event, failure error) (int32, error) {
+	n, err := p.store.queries.ProjectionFailureCount(ctx, dbgen.ProjectionFailureCountParams{
+		EventID: e.ID, Error: failure.Error(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, errLeaseLost
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count a failed attempt: %w", err)
+	}
+	return n, nil
+}
+
 // retryBackoff is the backoff after failures, of an event or of the
 // database: RetryBackoff doubled up to 30 times RetryBackoff, with jitter.
 func (c *ProjectorConfig) retryBackoff() *backoff {
@@ -620,60 +700,45 @@ func (c *ProjectorConfig) retryBackoff() *backoff {
 // attempt-th failure.
 func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().wait(attempt) }
 
-// idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.
+// idle waits for a wake-up, d, or ctx's end. (The lease keeper renews the
+// lease meanwhile.)
 func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
-	deadline := time.Now().Add(d)
-	for {
-		if p.epoch != 0 && !time.Now().Before(p.nextRenew) {
-			p.renew(ctx)
-		}
-		until := deadline
-		if p.epoch != 0 && p.nextRenew.Before(until) {
-			until = p.nextRenew
-		}
-		t := time.NewTimer(max(time.Until(until), 0))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-wake:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		if !time.Now().Before(deadline) {
-			return
-		}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-t.C:
 	}
 }
 
-// renew extends the lease; a failure is retried sooner than a success.
-func (p *Projector) renew(ctx context.Context) {
-	_, err := p.store.queries.ProjectionRenew(ctx, dbgen.ProjectionRenewParams{
-		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
-	})
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		p.log.Warn("conduit: projector lost its lease", slog.Int64("epoch", p.epoch))
-		p.epoch = 0
-	case err != nil:
-		p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 10)
-	default:
-		p.renewed()
-	}
+// batchIdleTimeout is how long the server lets a batch's transaction sit
+// idle before it ends the session (see HandlerTimeout): a batch takes new
+// events for HandlerTimeout/10 at most, each handler runs HandlerTimeout at
+// most, and a quarter is left to spare.
+func (p *Projector) batchIdleTimeout() time.Duration {
+	return p.cfg.HandlerTimeout + p.cfg.HandlerTimeout/4
 }
 
-// renewed records that the lease was just extended (by a renewal or a batch).
-func (p *Projector) renewed() { p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 3) }
+// dropLease stops keeping the lease, which is lost.
+func (p *Projector) dropLease() {
+	if p.keeper != nil {
+		p.keeper.stop()
+		p.keeper = nil
+	}
+	p.epoch = 0
+}
 
+// release stops keeping the lease and gives it up.
 func (p *Projector) release() {
-	if p.epoch == 0 {
+	epoch := p.epoch
+	p.dropLease()
+	if epoch == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch}); err != nil {
+	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch}); err != nil {
 		p.log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
 	}
-	p.epoch = 0
 }

@@ -22,11 +22,22 @@ UPDATE conduit.projections
 RETURNING epoch;
 
 -- name: ProjectionRenew :one
--- Extends a held lease; no row means the lease was lost.
+-- Extends the lease while owner and epoch hold it (no row: it was taken or
+-- released). A lease that expired without anyone taking it over is
+-- extended too: the epoch fences, and an owner whose renewals were late
+-- keeps its work. While a batch applies events (applying), a projection
+-- whose last batch had caught up reads as running again, unless that batch
+-- has committed meanwhile (the checkpoint moved on from
+-- from_tx/from_position): its own state stands. Committed without waiting
+-- for the WAL flush: a renewal lost in a crash only lets the lease expire.
 UPDATE conduit.projections
-   SET lease_expires_at = now() + make_interval(secs => sqlc.arg(lease_seconds)::double precision)
+   SET lease_expires_at = now() + make_interval(secs => sqlc.arg(lease_seconds)::double precision),
+       state = CASE WHEN sqlc.arg(applying)::boolean AND state = 'caught_up'
+                         AND checkpoint_tx = sqlc.arg(from_tx)::xid8
+                         AND checkpoint_position = sqlc.arg(from_position)::bigint
+                    THEN 'running' ELSE state END
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
-   AND lease_expires_at > now()
 RETURNING epoch;
 
 -- name: ProjectionRelease :exec
@@ -37,13 +48,17 @@ UPDATE conduit.projections
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
 
 -- name: ProjectionLockForBatch :one
--- Starts a batch: locks the row (a rebuild or a lease takeover waits for the
--- batch) and checks the lease; no row means the lease was lost. On the way
--- it bounds the batch's idle time to the lease (a paused owner's connection
--- is cut, releasing the lock for the next owner), turns synchronous_commit
--- off unless durable (see ProjectorConfig.DurableCommit) and says whether
--- parked events wait to be retried. It also returns the event the
--- projection is failing on, if any, with its failed attempts so far.
+-- Starts a batch: locks the row and checks the lease; no row means the lease
+-- was lost. The lock is FOR KEY SHARE: a rebuild (FOR UPDATE) and a lease
+-- takeover (FOR UPDATE SKIP LOCKED) wait for the batch or pass it by, while
+-- the owner's lease keeper can still renew the lease and count a failure
+-- (plain UPDATEs of non-key columns) from its own connection. On the way it
+-- bounds the time the batch's transaction may sit idle (a paused owner's
+-- connection is cut, releasing the lock for the next owner; see
+-- ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
+-- durable (see ProjectorConfig.DurableCommit) and says whether parked
+-- events wait to be retried. It also returns the event the projection is
+-- failing on, if any, with its failed attempts so far.
 SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
        COALESCE(p.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
        COALESCE(p.stall_reason, '')::text AS stall_reason,
@@ -58,7 +73,7 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
   FROM conduit.projections p
  WHERE p.name = sqlc.arg(name) AND p.owner = sqlc.arg(owner)::text AND p.epoch = sqlc.arg(epoch)
    AND p.lease_expires_at > now()
-   FOR UPDATE OF p;
+   FOR KEY SHARE OF p;
 
 -- name: ProjectionCheckpointSave :one
 -- Ends a batch, in its transaction: the checkpoint, the renewed lease and

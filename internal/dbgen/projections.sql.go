@@ -281,7 +281,7 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
   FROM conduit.projections p
  WHERE p.name = $3 AND p.owner = $4::text AND p.epoch = $5
    AND p.lease_expires_at > now()
-   FOR UPDATE OF p
+   FOR KEY SHARE OF p
 `
 
 type ProjectionLockForBatchParams struct {
@@ -306,13 +306,17 @@ type ProjectionLockForBatchRow struct {
 	RetryPending       bool
 }
 
-// Starts a batch: locks the row (a rebuild or a lease takeover waits for the
-// batch) and checks the lease; no row means the lease was lost. On the way
-// it bounds the batch's idle time to the lease (a paused owner's connection
-// is cut, releasing the lock for the next owner), turns synchronous_commit
-// off unless durable (see ProjectorConfig.DurableCommit) and says whether
-// parked events wait to be retried. It also returns the event the
-// projection is failing on, if any, with its failed attempts so far.
+// Starts a batch: locks the row and checks the lease; no row means the lease
+// was lost. The lock is FOR KEY SHARE: a rebuild (FOR UPDATE) and a lease
+// takeover (FOR UPDATE SKIP LOCKED) wait for the batch or pass it by, while
+// the owner's lease keeper can still renew the lease and count a failure
+// (plain UPDATEs of non-key columns) from its own connection. On the way it
+// bounds the time the batch's transaction may sit idle (a paused owner's
+// connection is cut, releasing the lock for the next owner; see
+// ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
+// durable (see ProjectorConfig.DurableCommit) and says whether parked
+// events wait to be retried. It also returns the event the projection is
+// failing on, if any, with its failed attempts so far.
 func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLockForBatchParams) (ProjectionLockForBatchRow, error) {
 	row := q.db.QueryRow(ctx, projectionLockForBatch,
 		arg.IdleTimeout,
@@ -387,23 +391,40 @@ func (q *Queries) ProjectionRelease(ctx context.Context, arg ProjectionReleasePa
 
 const projectionRenew = `-- name: ProjectionRenew :one
 UPDATE conduit.projections
-   SET lease_expires_at = now() + make_interval(secs => $1::double precision)
- WHERE name = $2 AND owner = $3::text AND epoch = $4
-   AND lease_expires_at > now()
+   SET lease_expires_at = now() + make_interval(secs => $1::double precision),
+       state = CASE WHEN $2::boolean AND state = 'caught_up'
+                         AND checkpoint_tx = $3::xid8
+                         AND checkpoint_position = $4::bigint
+                    THEN 'running' ELSE state END
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+ WHERE name = $5 AND owner = $6::text AND epoch = $7
 RETURNING epoch
 `
 
 type ProjectionRenewParams struct {
 	LeaseSeconds float64
+	Applying     bool
+	FromTx       uint64
+	FromPosition int64
 	Name         string
 	Owner        string
 	Epoch        int64
 }
 
-// Extends a held lease; no row means the lease was lost.
+// Extends the lease while owner and epoch hold it (no row: it was taken or
+// released). A lease that expired without anyone taking it over is
+// extended too: the epoch fences, and an owner whose renewals were late
+// keeps its work. While a batch applies events (applying), a projection
+// whose last batch had caught up reads as running again, unless that batch
+// has committed meanwhile (the checkpoint moved on from
+// from_tx/from_position): its own state stands. Committed without waiting
+// for the WAL flush: a renewal lost in a crash only lets the lease expire.
 func (q *Queries) ProjectionRenew(ctx context.Context, arg ProjectionRenewParams) (int64, error) {
 	row := q.db.QueryRow(ctx, projectionRenew,
 		arg.LeaseSeconds,
+		arg.Applying,
+		arg.FromTx,
+		arg.FromPosition,
 		arg.Name,
 		arg.Owner,
 		arg.Epoch,
