@@ -200,8 +200,10 @@
 // (idle_in_transaction_session_timeout), which a live owner, its handlers
 // bounded, never reaches. Another instance takes over from a paused owner
 // within about max(LeaseDuration, 1.25 × HandlerTimeout). A handler still
-// running at twice HandlerTimeout is taken for stuck: its owner stops
-// renewing, and another instance takes over when the lease expires.
+// running at twice HandlerTimeout is taken for stuck: its batch gives its
+// slot of the connection budget back (see Connections; it keeps its pool
+// connection until the handler returns), its owner stops renewing, and
+// another instance takes over when the lease expires.
 //
 // A poison event (one the projection keeps failing on) is retried
 // [ProjectorConfig.MaxAttempts] times, then handled by the projector's
@@ -218,6 +220,23 @@
 // [Store.RetryParked] and [Store.SkipParked] (and the SQL functions
 // conduit.retry_parked_event and conduit.skip_parked_event) manage parked
 // events.
+//
+// # Connections
+//
+// A Store never opens more than its pool's MaxConns connections, plus one:
+// the listener's own connection, outside the pool, while a Projector of the
+// Store runs [Projector.Run] without PollOnly. Appends, reads, WaitFor and
+// status take one pool connection per call, for one statement (or the
+// append's transaction with synchronous projections); the notifier sends
+// one short NOTIFY at a time after appends. A projector's batch holds one
+// pool connection while it applies its events, drawn from the projectors'
+// budget, [Config.MaxProjectorConns] (a quarter of MaxConns by default, at
+// least 1) for all the Store's projectors together, so appends and reads
+// always have the rest of the pool however slow the projectors are;
+// projectors beyond the budget wait their turn and keep their leases. Its
+// lease (taking it, the keeper's renewals every LeaseDuration/3, counting
+// failures) costs short statements on the pool. For a pool of their own,
+// run the projectors on a second Store over a second pool.
 //
 // # Entities
 //

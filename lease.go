@@ -25,9 +25,11 @@ import (
 // HandlerTimeout overran: the keeper cancels its batch (the handler's
 // context) and counts the failure itself, at once, whether or not the
 // handler ever returns. One still running after twice HandlerTimeout is
-// stuck: the keeper stops renewing the lease until it returns, so that
-// another instance takes over once the lease expires. A keeper that finds
-// the lease lost cancels the batch in flight and ends.
+// stuck: the keeper gives its batch's slot of the projectors' connection
+// budget back (other projectors of the Store go on; the stuck batch keeps
+// its pool connection) and stops renewing the lease until it returns, so
+// that another instance takes over once the lease expires. A keeper that
+// finds the lease lost cancels the batch in flight and ends.
 type leaseKeeper struct {
 	p       *Projector
 	epoch   int64
@@ -38,13 +40,19 @@ type leaseKeeper struct {
 	overran chan struct{}               // the call in flight overran, and its failure is counted
 }
 
+// batchRun is what the keeper needs of the batch in flight.
+type batchRun struct {
+	from    Position // its checkpoint when it started
+	cancel  context.CancelCauseFunc
+	release func() // gives its connection budget slot back; idempotent
+}
+
 // handlerCall is one call of the projection's handler, watched by the keeper.
 type handlerCall struct {
 	event  Event
 	start  time.Time
-	from   Position // the batch's checkpoint when it started
-	parked bool     // a parked event being retried
-	cancel context.CancelCauseFunc
+	batch  *batchRun
+	parked bool         // a parked event being retried
 	state  atomic.Int32 // callRunning, callReturned or callOverran
 	// Set by the keeper before it signals overran.
 	overrun *handlerOverrun
@@ -115,7 +123,8 @@ func (k *leaseKeeper) run(ctx context.Context) {
 			continue
 		}
 		if c = k.call.Load(); c != nil && c.state.Load() == callOverran && time.Since(c.start) >= 2*cfg.HandlerTimeout {
-			renewAt = time.Now().Add(tick) // stuck: no renewal until it returns
+			c.batch.release()              // stuck: let other projectors have the slot,
+			renewAt = time.Now().Add(tick) // and no renewal until it returns
 			continue
 		}
 		err := k.renew(ctx, c)
@@ -124,7 +133,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 			k.p.log.Warn("conduit: projector lost its lease", slog.Int64("epoch", k.epoch))
 			k.lost.Store(true)
 			if c := k.call.Load(); c != nil {
-				c.cancel(errLeaseLost)
+				c.batch.cancel(errLeaseLost)
 			}
 			return
 		case err != nil:
@@ -147,7 +156,7 @@ func (k *leaseKeeper) renew(ctx context.Context, c *handlerCall) error {
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: k.epoch,
 	}
 	if c != nil {
-		arg.Applying, arg.FromTx, arg.FromPosition = true, c.from.TransactionID, c.from.GlobalPosition
+		arg.Applying, arg.FromTx, arg.FromPosition = true, c.batch.from.TransactionID, c.batch.from.GlobalPosition
 	}
 	_, err := p.store.queries.ProjectionRenew(ctx, arg)
 	return err
@@ -159,7 +168,7 @@ func (k *leaseKeeper) renew(ctx context.Context, c *handlerCall) error {
 func (k *leaseKeeper) overrun(ctx context.Context, c *handlerCall) {
 	p := k.p
 	o := &handlerOverrun{err: fmt.Errorf("%w (%s)", errHandlerTimeout, p.cfg.HandlerTimeout), parked: c.parked}
-	c.cancel(o)
+	c.batch.cancel(o)
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.LeaseDuration/3)
 	defer cancel()
 	if c.parked {
@@ -173,11 +182,10 @@ func (k *leaseKeeper) overrun(ctx context.Context, c *handlerCall) {
 
 // apply runs the projection's handler on e under the keeper's watch: a
 // handler that overruns HandlerTimeout returns a *handlerOverrun, whatever
-// it returned itself. from is the batch's checkpoint when it started,
-// cancel cancels the batch.
-func (p *Projector) apply(ctx context.Context, tx pgx.Tx, e Event, from Position, parked bool, cancel context.CancelCauseFunc) error {
+// it returned itself.
+func (p *Projector) apply(ctx context.Context, tx pgx.Tx, e Event, b *batchRun, parked bool) error {
 	k := p.keeper
-	c := &handlerCall{event: e, start: time.Now(), from: from, parked: parked, cancel: cancel}
+	c := &handlerCall{event: e, start: time.Now(), batch: b, parked: parked}
 	k.call.Store(c)
 	defer k.call.Store(nil)
 	err := p.projection.Apply(ctx, tx, e)

@@ -437,13 +437,18 @@ type batchResult struct {
 // A stalled projection's event is tried again when p.retryStalled allows.
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
+	release, err := p.store.takeProjectorConn(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer release()
 	start := time.Now()
 	// The batch's statements and its handlers run under bctx, which the
 	// lease keeper cancels when a handler overruns HandlerTimeout; the
 	// transaction itself under ctx, so that its rollback still goes out.
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
@@ -458,9 +463,9 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
-		from := checkpoint
+		run := &batchRun{from: checkpoint, cancel: cancel, release: release}
 		if row.RetryPending {
-			if err := p.retryParked(ctx, tx, q, from, cancel); err != nil {
+			if err := p.retryParked(ctx, tx, q, run); err != nil {
 				return err
 			}
 		}
@@ -506,7 +511,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				res.caughtUp = false // cut by time: commit what is applied (see HandlerTimeout)
 				break
 			}
-			if err := p.apply(ctx, tx, e, from, false, cancel); err != nil {
+			if err := p.apply(ctx, tx, e, run, false); err != nil {
 				return &applyFailure{event: e, err: err}
 			}
 			applied++
@@ -585,7 +590,7 @@ func (p *Projector) handles(eventType string) bool {
 // savepoint: a success removes it from the parked table, a failure parks it
 // again with the new error. A handler that overruns HandlerTimeout is parked
 // again by the lease keeper, and ends the batch.
-func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, from Position, cancel context.CancelCauseFunc) error {
+func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, run *batchRun) error {
 	rows, err := q.ParkedEventRetryList(ctx, p.name)
 	if err != nil || len(rows) == 0 {
 		return err
@@ -596,7 +601,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err != nil {
 			return err
 		}
-		applyErr := p.apply(ctx, sp, e, from, true, cancel)
+		applyErr := p.apply(ctx, sp, e, run, true)
 		if applyErr == nil {
 			if err := sp.Commit(ctx); err != nil {
 				return err

@@ -5,6 +5,7 @@ package conduit_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
 )
@@ -428,10 +430,11 @@ func TestProjectorSlowHandlerWithinHandlerTimeout(t *testing.T) {
 }
 
 // A handler that never returns (deaf to its context): the lease keeper
-// counts its overrun at HandlerTimeout and stops renewing, so another
-// instance takes over once the lease expires; after MaxAttempts such
-// owners the next one parks the event without trying it again, and goes
-// on.
+// counts its overrun at HandlerTimeout; at twice HandlerTimeout it gives
+// the stuck batch's connection budget slot back and stops renewing, so
+// another instance (here on the same Store, sharing the budget) takes over
+// once the lease expires. After MaxAttempts such owners the next one parks
+// the event without trying it again, and goes on.
 func TestProjectorHungHandlerParkedAfterTakeovers(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
@@ -532,5 +535,96 @@ func TestProjectorPausedOwnerTakenOver(t *testing.T) {
 			}
 			checkFaultTables(t, store, pool)
 		})
+	}
+}
+
+// openPool opens a pool of at most maxConns connections on pool's database.
+func openPool(t testing.TB, pool *pgxpool.Pool, maxConns int32) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(pool.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = maxConns
+	small, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(small.Close)
+	return small
+}
+
+// The scenario: four slow projectors on a 4-connection pool. Their
+// batches draw on a budget of a quarter of the pool (Config.MaxProjectorConns),
+// so appends keep succeeding within a short timeout while the projectors
+// work, and the projectors still catch up. (Each batch used to hold a pool
+// connection: the four took the whole pool and Append timed out.)
+func TestAppendsNotStarvedByProjectors(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	pool := openPool(t, newPool(t), 4)
+	store, err := conduit.NewStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	backlog, err := store.Append(ctx, "backlog", conduit.NoStream, mustEvent(t, "slow", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	handlers := make([]*slowHandler, 4)
+	for i := range handlers {
+		// The event holds the batch's connection for 2s, in the database.
+		handlers[i] = &slowHandler{name: fmt.Sprint("slow-", i), inDB: true, d: 2 * time.Second}
+		runProjector(t, newProjector(t, store, handlers[i], nil))
+	}
+	poll(t, 30*time.Second, "the projectors to start applying", func() bool {
+		for _, h := range handlers {
+			if h.calls.Load() > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	var appended, slowest time.Duration
+	for i := 0; appended < 3*time.Second; i++ {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		begin := time.Now()
+		_, err := store.Append(actx, "appends", conduit.Any, mustEvent(t, "tick", i))
+		took := time.Since(begin)
+		cancel()
+		if err != nil {
+			t.Fatalf("append %d failed after %s while four slow projectors ran on a 4-connection pool: %v", i, took, err)
+		}
+		appended += took + 20*time.Millisecond
+		slowest = max(slowest, took)
+		time.Sleep(20 * time.Millisecond) // pacing the appends, not waiting for an event
+	}
+	t.Logf("slowest append while the projectors worked: %s", slowest)
+	for _, h := range handlers {
+		waitFor(t, store, h.name, backlog.Position)
+	}
+}
+
+// Config.MaxProjectorConns ranges from 1 to the pool's MaxConns and
+// defaults to a quarter of it.
+func TestStoreMaxProjectorConnsRange(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/offline?connect_timeout=1&pool_max_conns=8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	for _, n := range []int{0, 1, 8} {
+		if _, err := conduit.NewStore(pool, &conduit.Config{MaxProjectorConns: n}); err != nil {
+			t.Errorf("MaxProjectorConns %d on a pool of 8: %v", n, err)
+		}
+	}
+	for _, n := range []int{-1, 9} {
+		_, err := conduit.NewStore(pool, &conduit.Config{MaxProjectorConns: n})
+		var ce *conduit.ConfigError
+		if !errors.As(err, &ce) || ce.Field != "Config.MaxProjectorConns" {
+			t.Errorf("MaxProjectorConns %d on a pool of 8: %v, want a *ConfigError naming the field", n, err)
+		}
 	}
 }
