@@ -20,7 +20,8 @@ type ProjectionState string
 
 const (
 	// StateRunning: an instance holds the lease and is working through a
-	// backlog.
+	// backlog, or on a batch that takes a while (its lease keeper says so
+	// within a third of the lease).
 	StateRunning ProjectionState = "running"
 	// StateCaughtUp: an instance holds the lease and has read up to the
 	// safe horizon.

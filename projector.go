@@ -45,7 +45,6 @@ const (
 	MaxAttemptsDefault          = 3
 	RetryBackoffDefault         = 100 * time.Millisecond
 	StalledRetryIntervalDefault = 30 * time.Second
-	// HandlerTimeout defaults to LeaseDuration.
 )
 
 // Limits of ProjectorConfig fields: NewProjector refuses a field above its
@@ -66,7 +65,8 @@ type ProjectorConfig struct {
 	// BatchSize is the most events applied in one transaction, 1 to
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
-	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
+	// (see BENCHMARKS.md). A batch also stops taking events after
+	// HandlerTimeout/10 (1s by default). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease. The owner renews it every LeaseDuration/3
@@ -487,13 +487,16 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			case p.cfg.Poison == PoisonPark:
 				return p.park(ctx, q, e, row, &res)
 			case !stalledHere:
-				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: reason}
+				if err := q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
+					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+				}); err != nil {
+					return err
+				}
 				p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", e.ID.String()),
 					slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
 					slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
-				return q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
-					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
-				})
+				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: reason}
+				return nil
 			case !p.retryStalled:
 				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: row.StallReason}
 				return nil
@@ -550,8 +553,8 @@ func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbg
 }
 
 // saveCheckpoint ends a batch; it reports whether the batch caught up yet
-// events follow the checkpoint (see batchResult.held). passedFailing says the batch passed the event the projection was failing
-// on.
+// events follow the checkpoint (see batchResult.held). passedFailing says
+// the batch passed the event the projection was failing on.
 func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp, passedFailing bool) (bool, error) {
 	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
@@ -651,14 +654,15 @@ func (p *Projector) repark(ctx context.Context, q *dbgen.Queries, e Event, err e
 // MaxAttempts times.
 func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	var (
-		n   int32
-		err error
+		n       int32
+		err     error
+		overrun *handlerOverrun
 	)
-	var overrun *handlerOverrun
+	overran := errors.As(f.err, &overrun)
 	switch {
-	case errors.As(f.err, &overrun) && overrun.parked: // parked again by the keeper
+	case overran && overrun.parked: // parked again by the keeper
 		return overrun.countErr
-	case overrun != nil: // counted by the keeper
+	case overran: // counted by the keeper
 		n, err = overrun.attempts, overrun.countErr
 	case dberr.IsTransient(f.err):
 		return f.err // a database problem, not the event's: retried with backoff
