@@ -20,19 +20,6 @@ import (
 	"github.com/conduit-es/conduit"
 )
 
-// waitStatus polls the projection's status until ok holds (failing the test
-// after a minute) and returns it. For database states nothing signals.
-func waitStatus(t testing.TB, store *conduit.Store, name, what string, ok func(conduit.ProjectionStatus) bool) conduit.ProjectionStatus {
-	t.Helper()
-	var st conduit.ProjectionStatus
-	poll(t, time.Minute, what, func() bool {
-		var err error
-		st, err = store.ProjectionStatus(context.Background(), name)
-		return err == nil && ok(st)
-	})
-	return st
-}
-
 // The failed attempts at a poison event are stored with the projection: an
 // instance taking over goes on counting where the last owner stopped, so
 // the poison policy applies after MaxAttempts failures in all, however
