@@ -162,9 +162,11 @@
 // database clock) in conduit.projections is taken by one instance; every
 // batch locks that row and checks owner and epoch in its own transaction,
 // so an instance that was paused, partitioned or replaced can never move
-// the checkpoint. Standbys take over within [ProjectorConfig.LeaseDuration]
-// of the owner's death; a stopped projector rolls back its batch in flight
-// and releases its lease.
+// the checkpoint. The owner renews its lease every third of
+// [ProjectorConfig.LeaseDuration] from a goroutine of its own, however long
+// a batch takes, so the status says running, never stopped, while it
+// applies. Standbys take over within LeaseDuration of the owner's death; a
+// stopped projector rolls back its batch in flight and releases its lease.
 //
 // Status, from Go ([Store.ProjectionStatus]) and from SQL
 // (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
@@ -187,15 +189,55 @@
 // see nothing new; SELECT conduit.rebase_transaction_ids() repairs it, and
 // releases the leases the dump carried, so projectors start at once.
 //
+// A handler is bounded by [ProjectorConfig.HandlerTimeout] (LeaseDuration
+// by default), its time in Go and in the database together: past it, its
+// context is cancelled and the event counts as a failed attempt, even if
+// the handler never returns. A handler slower than the lease but within
+// HandlerTimeout is merely slow: the lease stays with its owner. The same
+// bound frees the locks of an owner paused in the middle of a batch
+// (SIGSTOP, a frozen VM), whose renewals stop with it: a batch takes new
+// events for HandlerTimeout/10 at most, then commits, and the server ends a
+// session idle in a batch's transaction for 1.25 × HandlerTimeout
+// (idle_in_transaction_session_timeout), which a live owner, its handlers
+// bounded, never reaches. Another instance takes over from a paused owner
+// within about max(LeaseDuration, 1.25 × HandlerTimeout). A handler still
+// running at twice HandlerTimeout is taken for stuck: its batch gives its
+// slot of the connection budget back (see Connections; it keeps its pool
+// connection until the handler returns), its owner stops renewing, and
+// another instance takes over when the lease expires.
+//
 // A poison event (one the projection keeps failing on) is retried
 // [ProjectorConfig.MaxAttempts] times, then handled by the projector's
 // [PoisonPolicy]: [PoisonStop] (the default) stops at the event and
 // reports the projection stalled, with the event and the error, retrying it
 // now and then; [PoisonPark] parks it in conduit.parked_events in the
-// checkpoint's transaction and goes on. [Store.ParkedEvents],
+// checkpoint's transaction and goes on. The failed attempts are counted in
+// the projection's row of conduit.projections, by whichever instance holds
+// the lease, so a change of owner does not start the count again and the
+// policy applies in the end; status shows the event, its attempts and its
+// last error ([ProjectionStatus.FailedAttempts]). After a failure the events
+// before the failing one are committed, and it is retried alone, with
+// backoff ([ProjectorConfig.RetryBackoff]). [Store.ParkedEvents],
 // [Store.RetryParked] and [Store.SkipParked] (and the SQL functions
 // conduit.retry_parked_event and conduit.skip_parked_event) manage parked
 // events.
+//
+// # Connections
+//
+// A Store never opens more than its pool's MaxConns connections, plus one:
+// the listener's own connection, outside the pool, while a Projector of the
+// Store runs [Projector.Run] without PollOnly. Appends, reads, WaitFor and
+// status take one pool connection per call, for one statement (or the
+// append's transaction with synchronous projections); the notifier sends
+// one short NOTIFY at a time after appends. A projector's batch holds one
+// pool connection while it applies its events, drawn from the projectors'
+// budget, [Config.MaxProjectorConns] (a quarter of MaxConns by default, at
+// least 1) for all the Store's projectors together, so appends and reads
+// always have the rest of the pool however slow the projectors are;
+// projectors beyond the budget wait their turn and keep their leases. Its
+// lease (taking it, the keeper's renewals every LeaseDuration/3, counting
+// failures) costs short statements on the pool. For a pool of their own,
+// run the projectors on a second Store over a second pool.
 //
 // # Entities
 //

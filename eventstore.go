@@ -7,6 +7,7 @@ import (
 	"iter"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,11 +81,26 @@ type Config struct {
 	// NotifyIntervalDefault (5 ms).
 	NotifyInterval time.Duration
 
+	// MaxProjectorConns is the most connections of the pool that this
+	// Store's projectors hold at once for their batches, 1 to the pool's
+	// MaxConns: the rest of the pool stays free for appends and reads,
+	// which never wait for a projector's batch. A batch holds its
+	// connection while it applies its events (at most
+	// ProjectorConfig.HandlerTimeout/10 and one handler call); projectors
+	// beyond the budget wait their turn, keeping their leases. A
+	// projector's other statements (taking and renewing its lease,
+	// counting a failure) are single short statements on the pool. To give
+	// projectors a pool of their own, run them on a Store made over that
+	// pool. Defaults to a quarter of the pool's MaxConns, at least 1 (so
+	// with a pool of 1 to 3 connections appends can wait for a batch).
+	MaxProjectorConns int
+
 	// Logger receives structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 }
 
-func (c *Config) withDefaults() (Config, error) {
+// withDefaults fills in defaults; poolSize is the pool's MaxConns.
+func (c *Config) withDefaults(poolSize int) (Config, error) {
 	var out Config
 	if c != nil {
 		out = *c
@@ -93,11 +109,13 @@ func (c *Config) withDefaults() (Config, error) {
 	setDefault(&out.MaxAppendSize, max(MaxAppendSizeDefault, out.MaxEventSize))
 	setDefault(&out.ReadPageSize, ReadPageSizeDefault)
 	setDefault(&out.NotifyInterval, NotifyIntervalDefault)
+	setDefault(&out.MaxProjectorConns, max(1, poolSize/4))
 	if err := checkRanges(
 		bytesRange("Config.MaxEventSize", out.MaxEventSize, 1, MaxEventSizeLimit),
 		bytesRange("Config.MaxAppendSize", out.MaxAppendSize, out.MaxEventSize, MaxAppendSizeLimit),
 		countRange("Config.ReadPageSize", out.ReadPageSize, 1, ReadPageSizeLimit),
 		durationRange("Config.NotifyInterval", out.NotifyInterval, 1, NotifyIntervalLimit),
+		countRange("Config.MaxProjectorConns", out.MaxProjectorConns, 1, max(1, poolSize)),
 	); err != nil {
 		return out, err
 	}
@@ -128,6 +146,9 @@ type Store struct {
 	progress appendSignal // a projector in this process moved its checkpoint
 	notifier commitNotifier
 	listener *listener
+	// projectorConns holds a token per pool connection a projector's batch
+	// holds (Config.MaxProjectorConns).
+	projectorConns chan struct{}
 
 	// projectors names the Projectors made on this Store (see WaitFor).
 	projectors projectionNames
@@ -139,14 +160,27 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if pool == nil {
 		return nil, errors.New("conduit: NewStore: nil pool")
 	}
-	c, err := cfg.withDefaults()
+	c, err := cfg.withDefaults(int(pool.Config().MaxConns))
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal(), progress: newAppendSignal()}
+	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal(), progress: newAppendSignal(),
+		projectorConns: make(chan struct{}, c.MaxProjectorConns)}
 	s.notifier.store = s
 	s.listener = newListener(s)
 	return s, nil
+}
+
+// takeProjectorConn waits for a slot of the projectors' connection budget
+// (Config.MaxProjectorConns), or for ctx's end. release gives it back; it
+// may be called more than once.
+func (s *Store) takeProjectorConn(ctx context.Context) (release func(), err error) {
+	select {
+	case s.projectorConns <- struct{}{}:
+		return sync.OnceFunc(func() { <-s.projectorConns }), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Close waits for notifications in flight. It does not close the pool.

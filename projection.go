@@ -19,7 +19,8 @@ type Projection interface {
 	// Name identifies the projection (checkpoints, status, errors). Stable.
 	Name() string
 	// Apply handles one event. Events of types it does not handle must be
-	// ignored (return nil).
+	// ignored (return nil). Run by a Projector, a call that overruns
+	// ProjectorConfig.HandlerTimeout has ctx cancelled and fails.
 	Apply(ctx context.Context, tx pgx.Tx, e Event) error
 }
 

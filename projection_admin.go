@@ -20,7 +20,8 @@ type ProjectionState string
 
 const (
 	// StateRunning: an instance holds the lease and is working through a
-	// backlog.
+	// backlog, or on a batch that takes a while (its lease keeper says so
+	// within a third of the lease).
 	StateRunning ProjectionState = "running"
 	// StateCaughtUp: an instance holds the lease and has read up to the
 	// safe horizon.
@@ -49,6 +50,14 @@ type ProjectionStatus struct {
 	// StallReason and StalledEventID describe a poison event (StateStalled).
 	StallReason    string
 	StalledEventID uuid.UUID
+	// FailingEventID is the event the projection failed on last and has
+	// not passed since (uuid.Nil: none), FailedAttempts how many times it
+	// failed, counted by every instance that held the lease, and LastError
+	// its latest error. The poison policy applies once FailedAttempts
+	// reaches ProjectorConfig.MaxAttempts.
+	FailingEventID uuid.UUID
+	FailedAttempts int
+	LastError      string
 	// Parked counts parked events waiting for a decision.
 	Parked int64
 	// Owner is the instance holding the lease, Epoch its fencing token.
@@ -110,6 +119,9 @@ func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]Pro
 			LastProgress:   zeroTime(r.LastProgressAt),
 			StallReason:    r.StallReason,
 			StalledEventID: r.StalledEventID,
+			FailingEventID: r.FailingEventID,
+			FailedAttempts: int(r.FailedAttempts),
+			LastError:      r.LastError,
 			Parked:         r.ParkedCount,
 			Owner:          r.Owner,
 			Epoch:          r.Epoch,

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/conduit-es/conduit/internal/dberr"
@@ -58,6 +57,7 @@ const (
 	MaxAttemptsLimit          = 1000
 	RetryBackoffLimit         = time.Minute
 	StalledRetryIntervalLimit = 24 * time.Hour
+	HandlerTimeoutLimit       = time.Hour
 )
 
 // ProjectorConfig configures a Projector. The zero value means defaults.
@@ -65,13 +65,36 @@ type ProjectorConfig struct {
 	// BatchSize is the most events applied in one transaction, 1 to
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
-	// (see BENCHMARKS.md). Defaults to BatchSizeDefault.
+	// (see BENCHMARKS.md). A batch also stops taking events after
+	// HandlerTimeout/10 (1s by default). Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
-	// last renewed its lease; another instance takes over within about this
-	// long after the active one dies or hangs. From 100ms to
-	// LeaseDurationLimit (1h). Defaults to LeaseDurationDefault.
+	// last renewed its lease. The owner renews it every LeaseDuration/3
+	// from a goroutine of its own, however long a batch takes; another
+	// instance takes over within about this long after the owner dies or
+	// is paused (for one paused in the middle of a batch, see
+	// HandlerTimeout). From 100ms to LeaseDurationLimit (1h). Defaults to
+	// LeaseDurationDefault.
 	LeaseDuration time.Duration
+	// HandlerTimeout bounds one call of the projection's handler (Apply),
+	// its time in Go and in the database together. A handler still running
+	// after HandlerTimeout has its context cancelled and the event counts
+	// as a failed attempt ("handler ran longer than
+	// ProjectorConfig.HandlerTimeout"), at once, even if the handler
+	// ignores its context and never returns: a handler too slow for it ends
+	// under the poison policy instead of being retried forever.
+	//
+	// It also bounds how long a batch's transaction sits idle, which is
+	// how the locks of an owner paused in the middle of a batch are freed:
+	// a batch stops taking events after HandlerTimeout/10 and commits what
+	// it has applied, and the server ends a session left idle in a batch's
+	// transaction for 1.25 × HandlerTimeout
+	// (idle_in_transaction_session_timeout). A live owner never gets there:
+	// its handlers are bounded. Another instance takes over from an owner
+	// paused in a batch within about max(LeaseDuration, 1.25 ×
+	// HandlerTimeout). From 10ms to HandlerTimeoutLimit (1h). Defaults to
+	// LeaseDuration.
+	HandlerTimeout time.Duration
 	// PollInterval is how often the projector looks for new events without
 	// being woken. Polling is the guarantee; wake-ups only cut latency.
 	// From 1ms to PollIntervalLimit (1h). Defaults to PollIntervalDefault.
@@ -123,6 +146,7 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 	setDefault(&out.MaxAttempts, MaxAttemptsDefault)
 	setDefault(&out.RetryBackoff, RetryBackoffDefault)
 	setDefault(&out.StalledRetryInterval, StalledRetryIntervalDefault)
+	setDefault(&out.HandlerTimeout, out.LeaseDuration)
 	// Durations start at 1ms: a bare number is nanoseconds (5 is 5ns).
 	const ms = time.Millisecond
 	if err := checkRanges(
@@ -132,6 +156,7 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 		countRange("ProjectorConfig.MaxAttempts", out.MaxAttempts, 1, MaxAttemptsLimit),
 		durationRange("ProjectorConfig.RetryBackoff", out.RetryBackoff, ms, RetryBackoffLimit),
 		durationRange("ProjectorConfig.StalledRetryInterval", out.StalledRetryInterval, ms, StalledRetryIntervalLimit),
+		durationRange("ProjectorConfig.HandlerTimeout", out.HandlerTimeout, 10*ms, HandlerTimeoutLimit),
 	); err != nil {
 		return out, err
 	}
@@ -163,9 +188,12 @@ type Projector struct {
 	running atomic.Bool // Run or CatchUp is in progress
 
 	// Owned by the goroutine in Run or CatchUp.
-	epoch     int64     // 0: not the owner
-	nextRenew time.Time // when the lease is next due for renewal
-	attempts  map[uuid.UUID]int
+	epoch  int64        // 0: not the owner
+	keeper *leaseKeeper // keeps the lease of epoch alive
+	// retryStalled lets the next batch try the event a stalled projection
+	// is stalled at: once on taking the lease, then every
+	// StalledRetryInterval.
+	retryStalled bool
 }
 
 // NewProjector returns a projector for p on store's database. It does not
@@ -181,7 +209,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	if err != nil {
 		return nil, err
 	}
-	pr := &Projector{store: store, projection: p, name: p.Name(), cfg: c, attempts: map[uuid.UUID]int{}}
+	pr := &Projector{store: store, projection: p, name: p.Name(), cfg: c}
 	if f, ok := p.(EventTypeFilter); ok && len(f.EventTypes()) > 0 {
 		pr.types = f.EventTypes()
 	}
@@ -253,26 +281,23 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	failures := p.cfg.retryBackoff()
 	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
-	limit := p.cfg.BatchSize // narrowed to isolate a failing event
 	for ctx.Err() == nil {
 		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
 		progressed := p.store.progress.wait()
-		res, err := p.step(ctx, &registered, &limit)
+		res, err := p.step(ctx, &registered)
 		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
 			failures.reset()
-			if head != nil && res != nil && !res.checkpoint.Before(*head) {
+			switch {
+			case res == nil: // a failed attempt at an event, counted; its retry waited already
+			case head != nil && !res.checkpoint.Before(*head):
 				return nil
-			}
-			switch limit {
-			case 0: // caught up
-				behindHorizon.reset()
-				limit = p.cfg.BatchSize
-				p.idle(ctx, wake, p.cfg.PollInterval)
-			case -1: // caught up, events held behind the horizon
-				limit = p.cfg.BatchSize
+			case res.held: // caught up, events held behind the horizon
 				p.idle(ctx, wake, behindHorizon.next())
+			case res.caughtUp:
+				behindHorizon.reset()
+				p.idle(ctx, wake, p.cfg.PollInterval)
 			default:
 				behindHorizon.reset()
 			}
@@ -281,12 +306,13 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
-			p.epoch = 0
+			p.dropLease()
 		case errors.As(err, &stalled):
 			if head != nil {
 				return err
 			}
 			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+			p.retryStalled = true
 		case errors.Is(err, errStandby) && head != nil:
 			// As WaitFor: the instance holding the lease may pass the head
 			// (or stall); trying to acquire on every round, CatchUp takes
@@ -317,16 +343,18 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 var errStandby = errors.New("conduit: lease held by another instance")
 
 // step does one unit of work: register, acquire, and one batch. It returns
-// the batch's result if one committed. On a batch that reached the safe
-// horizon it sets *limit to 0, or to -1 when committed events wait behind
-// the horizon.
-func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*batchResult, error) {
+// the batch's result if one committed, nothing after a failed attempt at an
+// event, and a *ProjectionStalledError while the projection is stalled.
+func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, error) {
 	q := p.store.queries
 	if !*registered {
 		if err := q.ProjectionRegister(ctx, dbgen.ProjectionRegisterParams{Name: p.name, ReadTables: p.tablesOrEmpty()}); err != nil {
 			return nil, fmt.Errorf("register projection %q: %w", p.name, err)
 		}
 		*registered = true
+	}
+	if p.keeper != nil && p.keeper.lost.Load() {
+		p.dropLease()
 	}
 	if p.epoch == 0 {
 		epoch, err := q.ProjectionAcquire(ctx, dbgen.ProjectionAcquireParams{
@@ -343,28 +371,21 @@ func (p *Projector) step(ctx context.Context, registered *bool, limit *int) (*ba
 			return nil, err
 		}
 		p.epoch = epoch
-		p.renewed()
-		p.attempts = map[uuid.UUID]int{}
+		p.keeper = p.startKeeper(ctx, epoch)
+		p.retryStalled = true
 		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
 
-	res, err := p.batch(ctx, *limit, nil)
+	res, err := p.batch(ctx)
 	var fail *applyFailure
 	switch {
 	case errors.As(err, &fail):
-		return nil, p.handleFailure(ctx, fail, limit)
+		return nil, p.handleFailure(ctx, fail)
 	case err != nil:
 		return nil, err
 	}
-	p.renewed()
-	delete(p.attempts, res.firstID) // it went through
-	switch {
-	case res.held:
-		*limit = -1
-	case res.caughtUp:
-		*limit = 0
-	default:
-		*limit = p.cfg.BatchSize
+	if res.stalled != nil {
+		return nil, res.stalled
 	}
 	return &res, nil
 }
@@ -389,7 +410,6 @@ func (p *Projector) checkTransactionIDs(ctx context.Context) error {
 
 // applyFailure is a projection's error on one event of a batch.
 type applyFailure struct {
-	index int // in the batch
 	event Event
 	err   error
 }
@@ -401,18 +421,38 @@ type batchResult struct {
 	checkpoint Position // committed by the batch
 	caughtUp   bool
 	held       bool // caught up, but committed events wait behind the horizon (or just committed)
-	firstID    uuid.UUID
+	// stalled: the batch stopped at a poison event under PoisonStop and
+	// applied nothing.
+	stalled *ProjectionStalledError
 }
 
-// batch applies up to limit events after the checkpoint in one transaction
-// that also moves the checkpoint. With park set, it instead parks that
-// event (which must be the next one) and moves the checkpoint past it.
-func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (batchResult, error) {
+// batch applies up to BatchSize events after the checkpoint in one
+// transaction that also moves the checkpoint.
+//
+// An event the projection has failed on (stored with the projection, so
+// every instance sees it) is tried alone, once the events before it are
+// committed; after MaxAttempts failures the poison policy applies to it
+// before any further try: under PoisonPark the batch parks it and moves
+// the checkpoint past it, under PoisonStop it marks the projection stalled.
+// A stalled projection's event is tried again when p.retryStalled allows.
+func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
-	err := pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+	release, err := p.store.takeProjectorConn(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer release()
+	start := time.Now()
+	// The batch's statements and its handlers run under bctx, which the
+	// lease keeper cancels when a handler overruns HandlerTimeout; the
+	// transaction itself under ctx, so that its rollback still goes out.
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+		ctx := bctx
 		q := p.store.queries.WithTx(tx)
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
-			IdleTimeout: strconv.FormatInt(p.cfg.LeaseDuration.Milliseconds(), 10),
+			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
 			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 		})
@@ -423,70 +463,103 @@ func (p *Projector) batch(ctx context.Context, limit int, park *applyFailure) (b
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
-		applied := int64(0)
-
-		if park != nil {
-			rows, err := p.readBatch(ctx, q, checkpoint, 1)
-			if err != nil {
-				return err
-			}
-			if len(rows) == 0 || rows[0].ID != park.event.ID {
-				return nil // moved on meanwhile (a rebuild?); nothing to park
-			}
-			if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-				Projection: p.name, EventID: park.event.ID, TransactionID: park.event.Position.TransactionID,
-				GlobalPosition: park.event.Position.GlobalPosition, StreamID: park.event.StreamID,
-				StreamVersion: park.event.StreamVersion, EventType: park.event.Type,
-				Error: park.err.Error(), Attempts: int32(p.cfg.MaxAttempts),
-			}); err != nil {
-				return err
-			}
-			p.log.Warn("conduit: parked poison event", slog.String("event_id", park.event.ID.String()),
-				slog.String("stream", park.event.StreamID), slog.Int64("version", park.event.StreamVersion),
-				slog.Any("error", park.err))
-			_, err = p.saveCheckpoint(ctx, q, park.event.Position, 0, false)
-			return err
-		}
-
+		run := &batchRun{from: checkpoint, cancel: cancel, release: release}
 		if row.RetryPending {
-			if err := p.retryParked(ctx, tx, q); err != nil {
+			if err := p.retryParked(ctx, tx, q, run); err != nil {
 				return err
 			}
 		}
-		events, err := p.readBatch(ctx, q, checkpoint, limit)
+		events, err := p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize)
 		if err != nil {
 			return err
 		}
-		if len(events) > 0 {
-			res.firstID = events[0].ID
+		res.caughtUp = len(events) < p.cfg.BatchSize
+		failing := slices.IndexFunc(events, func(e Event) bool { return e.ID == row.FailingEventID })
+		if failing >= 0 {
+			res.caughtUp = false
+			events = events[:max(failing, 1)]
 		}
-		for i, e := range events {
-			if p.handles(e.Type) {
-				if err := p.projection.Apply(ctx, tx, e); err != nil {
-					return &applyFailure{index: i, event: e, err: err}
+		if failing == 0 && int(row.FailedAttempts) >= p.cfg.MaxAttempts {
+			e := events[0]
+			reason := (&ProjectionError{Projection: p.name, Event: e, Err: errors.New(row.LastError)}).Error()
+			stalledHere := ProjectionState(row.State) == StateStalled && row.StalledEventID == e.ID
+			switch {
+			case p.cfg.Poison == PoisonPark:
+				return p.park(ctx, q, e, row, &res)
+			case !stalledHere:
+				if err := q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
+					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+				}); err != nil {
+					return err
 				}
-				applied++
+				p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", e.ID.String()),
+					slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
+					slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
+				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: reason}
+				return nil
+			case !p.retryStalled:
+				res.stalled = &ProjectionStalledError{Projection: p.name, EventID: e.ID, Reason: row.StallReason}
+				return nil
 			}
+			p.retryStalled = false // this batch tries it once more
+		}
+
+		applied := int64(0)
+		for i, e := range events {
+			if !p.handles(e.Type) {
+				checkpoint = e.Position
+				continue
+			}
+			if i > 0 && time.Since(start) >= p.cfg.HandlerTimeout/10 {
+				res.caughtUp = false // cut by time: commit what is applied (see HandlerTimeout)
+				break
+			}
+			if err := p.apply(ctx, tx, e, run, false); err != nil {
+				return &applyFailure{event: e, err: err}
+			}
+			applied++
 			checkpoint = e.Position
 		}
 		res.checkpoint = checkpoint
-		res.caughtUp = len(events) < limit
-		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp)
+		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp, failing == 0)
 		return err
 	})
 	if err == nil {
-		p.store.progress.notify(Position{})
+		p.store.progress.notify(Position{}) // also wakes WaitFor to report a stall
+	} else if errors.Is(context.Cause(bctx), errLeaseLost) {
+		err = errLeaseLost // the keeper found the lease lost, and cancelled the batch
 	}
 	return res, err
 }
 
+// park parks e, the poison event at the head of the batch, and moves the
+// checkpoint past it, in the batch's transaction.
+func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbgen.ProjectionLockForBatchRow, res *batchResult) error {
+	if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+		Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
+		GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID,
+		StreamVersion: e.StreamVersion, EventType: e.Type,
+		Error: row.LastError, Attempts: row.FailedAttempts,
+	}); err != nil {
+		return err
+	}
+	p.log.Warn("conduit: parked poison event", slog.String("event_id", e.ID.String()),
+		slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
+		slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
+	var err error
+	res.checkpoint = e.Position
+	res.held, err = p.saveCheckpoint(ctx, q, e.Position, 0, false, true)
+	return err
+}
+
 // saveCheckpoint ends a batch; it reports whether the batch caught up yet
-// events follow the checkpoint (see batchResult.held).
-func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp bool) (bool, error) {
+// events follow the checkpoint (see batchResult.held). passedFailing says
+// the batch passed the event the projection was failing on.
+func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp, passedFailing bool) (bool, error) {
 	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
-		Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+		PassedFailing: passedFailing, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, errLeaseLost
@@ -518,8 +591,9 @@ func (p *Projector) handles(eventType string) bool {
 
 // retryParked re-applies parked events someone asked to retry, each under a
 // savepoint: a success removes it from the parked table, a failure parks it
-// again with the new error.
-func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries) error {
+// again with the new error. A handler that overruns HandlerTimeout is parked
+// again by the lease keeper, and ends the batch.
+func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, run *batchRun) error {
 	rows, err := q.ParkedEventRetryList(ctx, p.name)
 	if err != nil || len(rows) == 0 {
 		return err
@@ -530,7 +604,7 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 		if err != nil {
 			return err
 		}
-		applyErr := p.projection.Apply(ctx, sp, e)
+		applyErr := p.apply(ctx, sp, e, run, true)
 		if applyErr == nil {
 			if err := sp.Commit(ctx); err != nil {
 				return err
@@ -541,62 +615,88 @@ func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries
 			p.log.Info("conduit: parked event retried and applied", slog.String("event_id", e.ID.String()))
 			continue
 		}
+		var overrun *handlerOverrun
+		if errors.As(applyErr, &overrun) {
+			return &applyFailure{event: e, err: applyErr}
+		}
 		if err := sp.Rollback(ctx); err != nil {
 			return err
 		}
 		if databaseFault(applyErr) {
 			return applyErr
 		}
-		if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
-			Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
-			GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
-			EventType: e.Type, Error: applyErr.Error(), Attempts: 1,
-		}); err != nil {
+		if err := p.repark(ctx, q, e, applyErr); err != nil {
 			return err
 		}
-		p.log.Warn("conduit: parked event failed again", slog.String("event_id", e.ID.String()), slog.Any("error", applyErr))
 	}
 	return nil
 }
 
-// handleFailure deals with a projection error on an event: first commit the
-// events before it, then retry it alone with backoff, then apply the poison
-// policy. Under PoisonStop it returns a *ProjectionStalledError once the
-// projection is stalled.
-func (p *Projector) handleFailure(ctx context.Context, f *applyFailure, limit *int) error {
-	if databaseFault(f.err) {
-		return f.err // a database problem, not the event's: retried with backoff
-	}
-	if f.index > 0 {
-		*limit = f.index // the next batch commits the good prefix
-		return nil
-	}
-	p.attempts[f.event.ID]++
-	n := p.attempts[f.event.ID]
-	perr := &ProjectionError{Projection: p.name, Event: f.event, Err: f.err}
-	*limit = 1
-	if n < p.cfg.MaxAttempts {
-		wait := p.cfg.retryWait(n)
-		p.log.Warn("conduit: projection failed on event; retrying", slog.String("event_id", f.event.ID.String()),
-			slog.Int("attempt", n), slog.Any("error", f.err), slog.Duration("retry_in", wait))
-		p.idle(ctx, nil, wait)
-		return nil
-	}
-	if p.cfg.Poison == PoisonPark {
-		delete(p.attempts, f.event.ID)
-		_, err := p.batch(ctx, 1, f)
-		*limit = p.cfg.BatchSize
-		return err
-	}
-	if err := p.store.queries.ProjectionStall(ctx, dbgen.ProjectionStallParams{
-		Reason: perr.Error(), EventID: f.event.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+// repark parks e, a parked event retried in vain, again with err.
+func (p *Projector) repark(ctx context.Context, q *dbgen.Queries, e Event, err error) error {
+	if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
+		Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
+		GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID, StreamVersion: e.StreamVersion,
+		EventType: e.Type, Error: err.Error(), Attempts: 1,
 	}); err != nil {
 		return err
 	}
-	p.store.progress.notify(Position{}) // wakes WaitFor to report the stall
-	p.log.Error("conduit: projection stalled on poison event", slog.String("event_id", f.event.ID.String()),
-		slog.String("stream", f.event.StreamID), slog.Int64("version", f.event.StreamVersion), slog.Any("error", f.err))
-	return &ProjectionStalledError{Projection: p.name, EventID: f.event.ID, Reason: perr.Error()}
+	p.log.Warn("conduit: parked event failed again", slog.String("event_id", e.ID.String()), slog.Any("error", err))
+	return nil
+}
+
+// handleFailure deals with a projection error on an event: a database
+// problem is returned, to be retried with backoff; the projection's own
+// failure (or its handler's overrun of HandlerTimeout) is counted with the
+// projection, so the count survives a change of owner, and the event
+// retried after a backoff. The next batch commits the events before it,
+// then tries it alone, or applies the poison policy once it has failed
+// MaxAttempts times.
+func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
+	var (
+		n       int32
+		err     error
+		overrun *handlerOverrun
+	)
+	overran := errors.As(f.err, &overrun)
+	switch {
+	case overran && overrun.parked: // parked again by the keeper
+		return overrun.countErr
+	case overran: // counted by the keeper
+		n, err = overrun.attempts, overrun.countErr
+	case databaseFault(f.err):
+		return f.err // a database problem, not the event's: retried with backoff
+	default:
+		n, err = p.countFailure(ctx, p.epoch, f.event, f.err)
+	}
+	if err != nil {
+		return err
+	}
+	attrs := []any{slog.String("event_id", f.event.ID.String()), slog.Int("attempt", int(n)), slog.Any("error", f.err)}
+	if int(n) >= p.cfg.MaxAttempts {
+		p.log.Warn("conduit: projection failed on event; poison policy applies", attrs...)
+		return nil
+	}
+	wait := p.cfg.retryWait(int(n))
+	p.log.Warn("conduit: projection failed on event; retrying", append(attrs, slog.Duration("retry_in", wait))...)
+	p.idle(ctx, nil, wait)
+	return nil
+}
+
+// countFailure counts a failed attempt at e with the projection, for epoch's
+// lease, and returns the event's failed attempts so far: errLeaseLost if
+// the lease is not epoch's (or expired).
+func (p *Projector) countFailure(ctx context.Context, epoch int64, e Event, failure error) (int32, error) {
+	n, err := p.store.queries.ProjectionFailureCount(ctx, dbgen.ProjectionFailureCountParams{
+		EventID: e.ID, Error: failure.Error(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, errLeaseLost
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count a failed attempt: %w", err)
+	}
+	return n, nil
 }
 
 // retryBackoff is the backoff after failures, of an event or of the
@@ -609,60 +709,45 @@ func (c *ProjectorConfig) retryBackoff() *backoff {
 // attempt-th failure.
 func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().wait(attempt) }
 
-// idle waits for a wake-up, d, or ctx's end, renewing the lease on the way.
+// idle waits for a wake-up, d, or ctx's end. (The lease keeper renews the
+// lease meanwhile.)
 func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
-	deadline := time.Now().Add(d)
-	for {
-		if p.epoch != 0 && !time.Now().Before(p.nextRenew) {
-			p.renew(ctx)
-		}
-		until := deadline
-		if p.epoch != 0 && p.nextRenew.Before(until) {
-			until = p.nextRenew
-		}
-		t := time.NewTimer(max(time.Until(until), 0))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-wake:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		if !time.Now().Before(deadline) {
-			return
-		}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-t.C:
 	}
 }
 
-// renew extends the lease; a failure is retried sooner than a success.
-func (p *Projector) renew(ctx context.Context) {
-	_, err := p.store.queries.ProjectionRenew(ctx, dbgen.ProjectionRenewParams{
-		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
-	})
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		p.log.Warn("conduit: projector lost its lease", slog.Int64("epoch", p.epoch))
-		p.epoch = 0
-	case err != nil:
-		p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 10)
-	default:
-		p.renewed()
-	}
+// batchIdleTimeout is how long the server lets a batch's transaction sit
+// idle before it ends the session (see HandlerTimeout): a batch takes new
+// events for HandlerTimeout/10 at most, each handler runs HandlerTimeout at
+// most, and a quarter is left to spare.
+func (p *Projector) batchIdleTimeout() time.Duration {
+	return p.cfg.HandlerTimeout + p.cfg.HandlerTimeout/4
 }
 
-// renewed records that the lease was just extended (by a renewal or a batch).
-func (p *Projector) renewed() { p.nextRenew = time.Now().Add(p.cfg.LeaseDuration / 3) }
+// dropLease stops keeping the lease, which is lost.
+func (p *Projector) dropLease() {
+	if p.keeper != nil {
+		p.keeper.stop()
+		p.keeper = nil
+	}
+	p.epoch = 0
+}
 
+// release stops keeping the lease and gives it up.
 func (p *Projector) release() {
-	if p.epoch == 0 {
+	epoch := p.epoch
+	p.dropLease()
+	if epoch == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch}); err != nil {
+	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch}); err != nil {
 		p.log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
 	}
-	p.epoch = 0
 }

@@ -79,6 +79,10 @@ func TestProjectorConfigRanges(t *testing.T) {
 	add("StalledRetryInterval", false, conduit.ProjectorConfig{StalledRetryInterval: -1},
 		conduit.ProjectorConfig{StalledRetryInterval: time.Millisecond - 1},
 		conduit.ProjectorConfig{StalledRetryInterval: 24*time.Hour + 1})
+	add("HandlerTimeout", true, conduit.ProjectorConfig{HandlerTimeout: 0},
+		conduit.ProjectorConfig{HandlerTimeout: 10 * time.Millisecond}, conduit.ProjectorConfig{HandlerTimeout: time.Hour})
+	add("HandlerTimeout", false, conduit.ProjectorConfig{HandlerTimeout: -1},
+		conduit.ProjectorConfig{HandlerTimeout: 10*time.Millisecond - 1}, conduit.ProjectorConfig{HandlerTimeout: time.Hour + 1})
 	add("Poison", false, conduit.ProjectorConfig{Poison: conduit.PoisonPark + 1})
 
 	for _, c := range cases {

@@ -40,12 +40,13 @@ const (
 
 // helperSpec tells the helper process what to run.
 type helperSpec struct {
-	URL           string
-	Projection    string
-	Instance      string
-	BatchSize     int
-	LeaseDuration time.Duration
-	PollInterval  time.Duration
+	URL            string
+	Projection     string
+	Instance       string
+	BatchSize      int
+	LeaseDuration  time.Duration
+	HandlerTimeout time.Duration
+	PollInterval   time.Duration
 }
 
 // TestProjectorHelperProcess is the subprocess side. Run as an ordinary test
@@ -96,8 +97,8 @@ func TestProjectorHelperProcess(t *testing.T) {
 	}
 	p, err := conduit.NewProjector(store, &faultProjection{name: spec.Projection, by: spec.Instance, hook: hook},
 		&conduit.ProjectorConfig{
-			BatchSize: spec.BatchSize, LeaseDuration: spec.LeaseDuration, PollInterval: spec.PollInterval,
-			RetryBackoff: 20 * time.Millisecond, InstanceID: spec.Instance,
+			BatchSize: spec.BatchSize, LeaseDuration: spec.LeaseDuration, HandlerTimeout: spec.HandlerTimeout,
+			PollInterval: spec.PollInterval, RetryBackoff: 20 * time.Millisecond, InstanceID: spec.Instance,
 		})
 	if err != nil {
 		t.Fatal(err)

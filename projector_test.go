@@ -297,16 +297,23 @@ func waitParked(t *testing.T, store *conduit.Store, id uuid.UUID, ok func(condui
 	t.Fatalf("parked event %s never reached the expected state", id)
 }
 
-func waitForState(t *testing.T, store *conduit.Store, name string, want conduit.ProjectionState) conduit.ProjectionStatus {
+func waitForState(t testing.TB, store *conduit.Store, name string, want conduit.ProjectionState) conduit.ProjectionStatus {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	return waitStatus(t, store, name, "state "+string(want), func(st conduit.ProjectionStatus) bool { return st.State == want })
+}
+
+// waitStatus polls the projection's status until ok holds, failing the test
+// after a minute, and returns it. For database states nothing signals.
+func waitStatus(t testing.TB, store *conduit.Store, name, what string, ok func(conduit.ProjectionStatus) bool) conduit.ProjectionStatus {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
 	for {
 		st, err := store.ProjectionStatus(context.Background(), name)
-		if err == nil && st.State == want {
+		if err == nil && ok(st) {
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("projection %s never reached state %s: %+v (err %v)", name, want, st, err)
+			t.Fatalf("projection %s never reached %s: %+v (err %v)", name, what, st, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -22,11 +22,22 @@ UPDATE conduit.projections
 RETURNING epoch;
 
 -- name: ProjectionRenew :one
--- Extends a held lease; no row means the lease was lost.
+-- Extends the lease while owner and epoch hold it (no row: it was taken or
+-- released). A lease that expired without anyone taking it over is
+-- extended too: the epoch fences, and an owner whose renewals were late
+-- keeps its work. While a batch applies events (applying), a projection
+-- whose last batch had caught up reads as running again, unless that batch
+-- has committed meanwhile (the checkpoint moved on from
+-- from_tx/from_position): its own state stands. Committed without waiting
+-- for the WAL flush: a renewal lost in a crash only lets the lease expire.
 UPDATE conduit.projections
-   SET lease_expires_at = now() + make_interval(secs => sqlc.arg(lease_seconds)::double precision)
+   SET lease_expires_at = now() + make_interval(secs => sqlc.arg(lease_seconds)::double precision),
+       state = CASE WHEN sqlc.arg(applying)::boolean AND state = 'caught_up'
+                         AND checkpoint_tx = sqlc.arg(from_tx)::xid8
+                         AND checkpoint_position = sqlc.arg(from_position)::bigint
+                    THEN 'running' ELSE state END
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
-   AND lease_expires_at > now()
 RETURNING epoch;
 
 -- name: ProjectionRelease :exec
@@ -37,13 +48,22 @@ UPDATE conduit.projections
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
 
 -- name: ProjectionLockForBatch :one
--- Starts a batch: locks the row (a rebuild or a lease takeover waits for the
--- batch) and checks the lease; no row means the lease was lost. On the way
--- it bounds the batch's idle time to the lease (a paused owner's connection
--- is cut, releasing the lock for the next owner), turns synchronous_commit
--- off unless durable (see ProjectorConfig.DurableCommit) and says whether
--- parked events wait to be retried.
-SELECT p.checkpoint_tx, p.checkpoint_position,
+-- Starts a batch: locks the row and checks the lease; no row means the lease
+-- was lost. The lock is FOR KEY SHARE: a rebuild (FOR UPDATE) and a lease
+-- takeover (FOR UPDATE SKIP LOCKED) wait for the batch or pass it by, while
+-- the owner's lease keeper can still renew the lease and count a failure
+-- (plain UPDATEs of non-key columns) from its own connection. On the way it
+-- bounds the time the batch's transaction may sit idle (a paused owner's
+-- connection is cut, releasing the lock for the next owner; see
+-- ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
+-- durable (see ProjectorConfig.DurableCommit) and says whether parked
+-- events wait to be retried. It also returns the event the projection is
+-- failing on, if any, with its failed attempts so far.
+SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
+       COALESCE(p.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       COALESCE(p.stall_reason, '')::text AS stall_reason,
+       COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
+       p.failed_attempts, COALESCE(p.last_error, '')::text AS last_error,
        set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_timeout)::text, true) AS idle_timeout,
        set_config('synchronous_commit',
                   CASE WHEN sqlc.arg(durable)::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
@@ -53,11 +73,13 @@ SELECT p.checkpoint_tx, p.checkpoint_position,
   FROM conduit.projections p
  WHERE p.name = sqlc.arg(name) AND p.owner = sqlc.arg(owner)::text AND p.epoch = sqlc.arg(epoch)
    AND p.lease_expires_at > now()
-   FOR UPDATE OF p;
+   FOR KEY SHARE OF p;
 
 -- name: ProjectionCheckpointSave :one
 -- Ends a batch, in its transaction: the checkpoint, the renewed lease and
 -- the state. A rebuild's replay is over once the projection is caught up.
+-- passed_failing: the batch applied or parked the event the projection was
+-- failing on, whose failures are then forgotten.
 -- events_after: the batch caught up, yet committed events follow the
 -- checkpoint: they wait behind the safe horizon (an older transaction,
 -- which may append nothing and so wake nobody, is still open) or have just
@@ -73,6 +95,9 @@ UPDATE conduit.projections
        state = CASE WHEN sqlc.arg(caught_up)::boolean THEN 'caught_up' ELSE 'running' END,
        rebuild_started_at = CASE WHEN sqlc.arg(caught_up)::boolean THEN NULL ELSE rebuild_started_at END,
        stall_reason = NULL, stalled_event_id = NULL,
+       failing_event_id = CASE WHEN sqlc.arg(passed_failing)::boolean THEN NULL ELSE failing_event_id END,
+       failed_attempts = CASE WHEN sqlc.arg(passed_failing)::boolean THEN 0 ELSE failed_attempts END,
+       last_error = CASE WHEN sqlc.arg(passed_failing)::boolean THEN NULL ELSE last_error END,
        updated_at = now()
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
 RETURNING (sqlc.arg(caught_up)::boolean AND EXISTS (
@@ -86,6 +111,19 @@ UPDATE conduit.projections
    SET state = 'stalled', stall_reason = sqlc.arg(reason)::text, stalled_event_id = sqlc.arg(event_id)::uuid,
        updated_at = now()
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch);
+
+-- name: ProjectionFailureCount :one
+-- Counts a failed attempt at an event, for the instance holding the lease
+-- (no row: it does not): the count survives a change of owner. A failure at
+-- another event than the one counted so far starts a new count.
+UPDATE conduit.projections
+   SET failed_attempts = CASE WHEN failing_event_id = sqlc.arg(event_id)::uuid THEN failed_attempts + 1 ELSE 1 END,
+       failing_event_id = sqlc.arg(event_id)::uuid,
+       last_error = sqlc.arg(error)::text,
+       updated_at = now()
+ WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
+   AND lease_expires_at > now()
+RETURNING failed_attempts;
 
 -- name: ProjectionCheckpointGet :one
 -- The checkpoint, and the stall that holds it back if any, in one round trip
@@ -101,22 +139,28 @@ SELECT conduit.rebuild_projection(sqlc.arg(name));
 
 -- name: ProjectionStatusList :many
 -- Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
-SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
-       checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
-       lag_seconds::double precision AS lag_seconds,
-       COALESCE(last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
-       COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
-       parked_count::bigint AS parked_count, COALESCE(owner, '')::text AS owner, epoch::bigint AS epoch,
-       COALESCE(lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
-       events_applied::bigint AS events_applied,
-       COALESCE(rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
-       horizon_held_events::bigint AS horizon_held_events, COALESCE(horizon_pid, 0)::integer AS horizon_pid,
-       COALESCE(horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
-       COALESCE(horizon_application, '')::text AS horizon_application,
-       COALESCE(horizon_query, '')::text AS horizon_query
-  FROM conduit.projection_status()
- WHERE sqlc.narg(name)::text IS NULL OR name = sqlc.narg(name)::text;
+-- The failure columns come from the table (conduit.projection_status() predates them).
+SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS checkpoint_tx,
+       s.checkpoint_position::bigint AS checkpoint_position, s.lag_events::bigint AS lag_events,
+       s.lag_seconds::double precision AS lag_seconds,
+       COALESCE(s.last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
+       COALESCE(s.stall_reason, '')::text AS stall_reason,
+       COALESCE(s.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       s.parked_count::bigint AS parked_count, COALESCE(s.owner, '')::text AS owner, s.epoch::bigint AS epoch,
+       COALESCE(s.lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
+       s.events_applied::bigint AS events_applied,
+       COALESCE(s.rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
+       s.horizon_held_events::bigint AS horizon_held_events, COALESCE(s.horizon_pid, 0)::integer AS horizon_pid,
+       COALESCE(s.horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
+       COALESCE(s.horizon_application, '')::text AS horizon_application,
+       COALESCE(s.horizon_query, '')::text AS horizon_query,
+       COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
+       COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
+       COALESCE(p.last_error, '')::text AS last_error
+  FROM conduit.projection_status() s
+  LEFT JOIN conduit.projections p ON p.name = s.name
+ WHERE sqlc.narg(name)::text IS NULL OR s.name = sqlc.narg(name)::text
+ ORDER BY s.name;
 
 -- name: TransactionIDsCheck :one
 SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid

@@ -55,4 +55,7 @@ type ConduitProjection struct {
 	EventsApplied      int64
 	RebuildStartedAt   *time.Time
 	UpdatedAt          time.Time
+	FailingEventID     uuid.NullUUID
+	FailedAttempts     int32
+	LastError          pgtype.Text
 }

@@ -182,8 +182,11 @@ UPDATE conduit.projections
        state = CASE WHEN $5::boolean THEN 'caught_up' ELSE 'running' END,
        rebuild_started_at = CASE WHEN $5::boolean THEN NULL ELSE rebuild_started_at END,
        stall_reason = NULL, stalled_event_id = NULL,
+       failing_event_id = CASE WHEN $6::boolean THEN NULL ELSE failing_event_id END,
+       failed_attempts = CASE WHEN $6::boolean THEN 0 ELSE failed_attempts END,
+       last_error = CASE WHEN $6::boolean THEN NULL ELSE last_error END,
        updated_at = now()
- WHERE name = $6 AND owner = $7::text AND epoch = $8
+ WHERE name = $7 AND owner = $8::text AND epoch = $9
 RETURNING ($5::boolean AND EXISTS (
               SELECT 1 FROM conduit.events e
                WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)))::boolean
@@ -196,6 +199,7 @@ type ProjectionCheckpointSaveParams struct {
 	LeaseSeconds       float64
 	Applied            int64
 	CaughtUp           bool
+	PassedFailing      bool
 	Name               string
 	Owner              string
 	Epoch              int64
@@ -203,6 +207,8 @@ type ProjectionCheckpointSaveParams struct {
 
 // Ends a batch, in its transaction: the checkpoint, the renewed lease and
 // the state. A rebuild's replay is over once the projection is caught up.
+// passed_failing: the batch applied or parked the event the projection was
+// failing on, whose failures are then forgotten.
 // events_after: the batch caught up, yet committed events follow the
 // checkpoint: they wait behind the safe horizon (an older transaction,
 // which may append nothing and so wake nobody, is still open) or have just
@@ -215,6 +221,7 @@ func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCh
 		arg.LeaseSeconds,
 		arg.Applied,
 		arg.CaughtUp,
+		arg.PassedFailing,
 		arg.Name,
 		arg.Owner,
 		arg.Epoch,
@@ -224,8 +231,47 @@ func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCh
 	return events_after, err
 }
 
+const projectionFailureCount = `-- name: ProjectionFailureCount :one
+UPDATE conduit.projections
+   SET failed_attempts = CASE WHEN failing_event_id = $1::uuid THEN failed_attempts + 1 ELSE 1 END,
+       failing_event_id = $1::uuid,
+       last_error = $2::text,
+       updated_at = now()
+ WHERE name = $3 AND owner = $4::text AND epoch = $5
+   AND lease_expires_at > now()
+RETURNING failed_attempts
+`
+
+type ProjectionFailureCountParams struct {
+	EventID uuid.UUID
+	Error   string
+	Name    string
+	Owner   string
+	Epoch   int64
+}
+
+// Counts a failed attempt at an event, for the instance holding the lease
+// (no row: it does not): the count survives a change of owner. A failure at
+// another event than the one counted so far starts a new count.
+func (q *Queries) ProjectionFailureCount(ctx context.Context, arg ProjectionFailureCountParams) (int32, error) {
+	row := q.db.QueryRow(ctx, projectionFailureCount,
+		arg.EventID,
+		arg.Error,
+		arg.Name,
+		arg.Owner,
+		arg.Epoch,
+	)
+	var failed_attempts int32
+	err := row.Scan(&failed_attempts)
+	return failed_attempts, err
+}
+
 const projectionLockForBatch = `-- name: ProjectionLockForBatch :one
-SELECT p.checkpoint_tx, p.checkpoint_position,
+SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
+       COALESCE(p.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       COALESCE(p.stall_reason, '')::text AS stall_reason,
+       COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
+       p.failed_attempts, COALESCE(p.last_error, '')::text AS last_error,
        set_config('idle_in_transaction_session_timeout', $1::text, true) AS idle_timeout,
        set_config('synchronous_commit',
                   CASE WHEN $2::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
@@ -235,7 +281,7 @@ SELECT p.checkpoint_tx, p.checkpoint_position,
   FROM conduit.projections p
  WHERE p.name = $3 AND p.owner = $4::text AND p.epoch = $5
    AND p.lease_expires_at > now()
-   FOR UPDATE OF p
+   FOR KEY SHARE OF p
 `
 
 type ProjectionLockForBatchParams struct {
@@ -249,17 +295,28 @@ type ProjectionLockForBatchParams struct {
 type ProjectionLockForBatchRow struct {
 	CheckpointTx       uint64
 	CheckpointPosition int64
+	State              string
+	StalledEventID     uuid.UUID
+	StallReason        string
+	FailingEventID     uuid.UUID
+	FailedAttempts     int32
+	LastError          string
 	IdleTimeout        string
 	SynchronousCommit  string
 	RetryPending       bool
 }
 
-// Starts a batch: locks the row (a rebuild or a lease takeover waits for the
-// batch) and checks the lease; no row means the lease was lost. On the way
-// it bounds the batch's idle time to the lease (a paused owner's connection
-// is cut, releasing the lock for the next owner), turns synchronous_commit
-// off unless durable (see ProjectorConfig.DurableCommit) and says whether
-// parked events wait to be retried.
+// Starts a batch: locks the row and checks the lease; no row means the lease
+// was lost. The lock is FOR KEY SHARE: a rebuild (FOR UPDATE) and a lease
+// takeover (FOR UPDATE SKIP LOCKED) wait for the batch or pass it by, while
+// the owner's lease keeper can still renew the lease and count a failure
+// (plain UPDATEs of non-key columns) from its own connection. On the way it
+// bounds the time the batch's transaction may sit idle (a paused owner's
+// connection is cut, releasing the lock for the next owner; see
+// ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
+// durable (see ProjectorConfig.DurableCommit) and says whether parked
+// events wait to be retried. It also returns the event the projection is
+// failing on, if any, with its failed attempts so far.
 func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLockForBatchParams) (ProjectionLockForBatchRow, error) {
 	row := q.db.QueryRow(ctx, projectionLockForBatch,
 		arg.IdleTimeout,
@@ -272,6 +329,12 @@ func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLock
 	err := row.Scan(
 		&i.CheckpointTx,
 		&i.CheckpointPosition,
+		&i.State,
+		&i.StalledEventID,
+		&i.StallReason,
+		&i.FailingEventID,
+		&i.FailedAttempts,
+		&i.LastError,
 		&i.IdleTimeout,
 		&i.SynchronousCommit,
 		&i.RetryPending,
@@ -328,23 +391,40 @@ func (q *Queries) ProjectionRelease(ctx context.Context, arg ProjectionReleasePa
 
 const projectionRenew = `-- name: ProjectionRenew :one
 UPDATE conduit.projections
-   SET lease_expires_at = now() + make_interval(secs => $1::double precision)
- WHERE name = $2 AND owner = $3::text AND epoch = $4
-   AND lease_expires_at > now()
+   SET lease_expires_at = now() + make_interval(secs => $1::double precision),
+       state = CASE WHEN $2::boolean AND state = 'caught_up'
+                         AND checkpoint_tx = $3::xid8
+                         AND checkpoint_position = $4::bigint
+                    THEN 'running' ELSE state END
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+ WHERE name = $5 AND owner = $6::text AND epoch = $7
 RETURNING epoch
 `
 
 type ProjectionRenewParams struct {
 	LeaseSeconds float64
+	Applying     bool
+	FromTx       uint64
+	FromPosition int64
 	Name         string
 	Owner        string
 	Epoch        int64
 }
 
-// Extends a held lease; no row means the lease was lost.
+// Extends the lease while owner and epoch hold it (no row: it was taken or
+// released). A lease that expired without anyone taking it over is
+// extended too: the epoch fences, and an owner whose renewals were late
+// keeps its work. While a batch applies events (applying), a projection
+// whose last batch had caught up reads as running again, unless that batch
+// has committed meanwhile (the checkpoint moved on from
+// from_tx/from_position): its own state stands. Committed without waiting
+// for the WAL flush: a renewal lost in a crash only lets the lease expire.
 func (q *Queries) ProjectionRenew(ctx context.Context, arg ProjectionRenewParams) (int64, error) {
 	row := q.db.QueryRow(ctx, projectionRenew,
 		arg.LeaseSeconds,
+		arg.Applying,
+		arg.FromTx,
+		arg.FromPosition,
 		arg.Name,
 		arg.Owner,
 		arg.Epoch,
@@ -382,22 +462,27 @@ func (q *Queries) ProjectionStall(ctx context.Context, arg ProjectionStallParams
 }
 
 const projectionStatusList = `-- name: ProjectionStatusList :many
-SELECT name::text AS name, state::text AS state, checkpoint_tx::bigint AS checkpoint_tx,
-       checkpoint_position::bigint AS checkpoint_position, lag_events::bigint AS lag_events,
-       lag_seconds::double precision AS lag_seconds,
-       COALESCE(last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
-       COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
-       parked_count::bigint AS parked_count, COALESCE(owner, '')::text AS owner, epoch::bigint AS epoch,
-       COALESCE(lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
-       events_applied::bigint AS events_applied,
-       COALESCE(rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
-       horizon_held_events::bigint AS horizon_held_events, COALESCE(horizon_pid, 0)::integer AS horizon_pid,
-       COALESCE(horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
-       COALESCE(horizon_application, '')::text AS horizon_application,
-       COALESCE(horizon_query, '')::text AS horizon_query
-  FROM conduit.projection_status()
- WHERE $1::text IS NULL OR name = $1::text
+SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS checkpoint_tx,
+       s.checkpoint_position::bigint AS checkpoint_position, s.lag_events::bigint AS lag_events,
+       s.lag_seconds::double precision AS lag_seconds,
+       COALESCE(s.last_progress_at, '0001-01-01 00:00:00+00')::timestamptz AS last_progress_at,
+       COALESCE(s.stall_reason, '')::text AS stall_reason,
+       COALESCE(s.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       s.parked_count::bigint AS parked_count, COALESCE(s.owner, '')::text AS owner, s.epoch::bigint AS epoch,
+       COALESCE(s.lease_expires_at, '0001-01-01 00:00:00+00')::timestamptz AS lease_expires_at,
+       s.events_applied::bigint AS events_applied,
+       COALESCE(s.rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS rebuild_started_at,
+       s.horizon_held_events::bigint AS horizon_held_events, COALESCE(s.horizon_pid, 0)::integer AS horizon_pid,
+       COALESCE(s.horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
+       COALESCE(s.horizon_application, '')::text AS horizon_application,
+       COALESCE(s.horizon_query, '')::text AS horizon_query,
+       COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
+       COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
+       COALESCE(p.last_error, '')::text AS last_error
+  FROM conduit.projection_status() s
+  LEFT JOIN conduit.projections p ON p.name = s.name
+ WHERE $1::text IS NULL OR s.name = $1::text
+ ORDER BY s.name
 `
 
 type ProjectionStatusListRow struct {
@@ -421,9 +506,13 @@ type ProjectionStatusListRow struct {
 	HorizonSince       time.Time
 	HorizonApplication string
 	HorizonQuery       string
+	FailingEventID     uuid.UUID
+	FailedAttempts     int32
+	LastError          string
 }
 
 // Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
+// The failure columns come from the table (conduit.projection_status() predates them).
 func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([]ProjectionStatusListRow, error) {
 	rows, err := q.db.Query(ctx, projectionStatusList, name)
 	if err != nil {
@@ -454,6 +543,9 @@ func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([
 			&i.HorizonSince,
 			&i.HorizonApplication,
 			&i.HorizonQuery,
+			&i.FailingEventID,
+			&i.FailedAttempts,
+			&i.LastError,
 		); err != nil {
 			return nil, err
 		}
