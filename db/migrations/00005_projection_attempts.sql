@@ -18,67 +18,30 @@ ALTER TABLE conduit.projections
     ADD COLUMN failed_attempts  integer NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
     ADD COLUMN last_error       text;
 
--- rebuild_projection as in migration 2, and a rebuild forgets the failures
--- too: the replay tries every event afresh.
+-- A rebuild forgets the failures too: its replay tries every event afresh.
+-- conduit.rebuild_projection always sets rebuild_started_at; a trigger
+-- clears the failures then, so that function keeps its one definition.
 -- +goose StatementBegin
-CREATE OR REPLACE FUNCTION conduit.rebuild_projection(p_name text) RETURNS void
+CREATE FUNCTION conduit.forget_failed_attempts() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_tables text[];
 BEGIN
-    SELECT p.read_tables INTO v_tables
-      FROM conduit.projections p
-     WHERE p.name = p_name
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'conduit: no projection named %', p_name
-            USING ERRCODE = 'CDI02',
-                  HINT = 'A projection is registered when its projector first runs; see conduit.projection_status.';
-    END IF;
-    IF cardinality(v_tables) > 0 THEN
-        EXECUTE 'TRUNCATE ' || (SELECT string_agg(t::regclass::text, ', ') FROM unnest(v_tables) AS t);
-    END IF;
-    DELETE FROM conduit.parked_events WHERE projection = p_name;
-    UPDATE conduit.projections
-       SET checkpoint_tx = '0', checkpoint_position = 0, events_applied = 0,
-           rebuild_started_at = now(), stall_reason = NULL, stalled_event_id = NULL,
-           failing_event_id = NULL, failed_attempts = 0, last_error = NULL,
-           state = CASE WHEN state = 'stalled' THEN 'running' ELSE state END,
-           updated_at = now()
-     WHERE name = p_name;
+    NEW.failing_event_id := NULL;
+    NEW.failed_attempts := 0;
+    NEW.last_error := NULL;
+    RETURN NEW;
 END
 $$;
 -- +goose StatementEnd
 
+CREATE TRIGGER projections_rebuild_forgets_failures
+    BEFORE UPDATE OF rebuild_started_at ON conduit.projections
+    FOR EACH ROW
+    WHEN (NEW.rebuild_started_at IS NOT NULL AND NEW.rebuild_started_at IS DISTINCT FROM OLD.rebuild_started_at)
+    EXECUTE FUNCTION conduit.forget_failed_attempts();
+
 -- +goose Down
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION conduit.rebuild_projection(p_name text) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_tables text[];
-BEGIN
-    SELECT p.read_tables INTO v_tables
-      FROM conduit.projections p
-     WHERE p.name = p_name
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'conduit: no projection named %', p_name
-            USING ERRCODE = 'CDI02',
-                  HINT = 'A projection is registered when its projector first runs; see conduit.projection_status.';
-    END IF;
-    IF cardinality(v_tables) > 0 THEN
-        EXECUTE 'TRUNCATE ' || (SELECT string_agg(t::regclass::text, ', ') FROM unnest(v_tables) AS t);
-    END IF;
-    DELETE FROM conduit.parked_events WHERE projection = p_name;
-    UPDATE conduit.projections
-       SET checkpoint_tx = '0', checkpoint_position = 0, events_applied = 0,
-           rebuild_started_at = now(), stall_reason = NULL, stalled_event_id = NULL,
-           state = CASE WHEN state = 'stalled' THEN 'running' ELSE state END,
-           updated_at = now()
-     WHERE name = p_name;
-END
-$$;
--- +goose StatementEnd
+DROP TRIGGER projections_rebuild_forgets_failures ON conduit.projections;
+DROP FUNCTION conduit.forget_failed_attempts();
 ALTER TABLE conduit.projections
     DROP COLUMN last_error,
     DROP COLUMN failed_attempts,
