@@ -594,14 +594,12 @@ func newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, a
 	return c
 }
 
-// invalidWithPrefix returns the invalid fields starting with prefix.
-func (c configInput) invalidWithPrefix(prefixes ...string) map[string]bool {
+// invalidWithPrefix returns the invalid fields whose names start with prefix.
+func (c configInput) invalidWithPrefix(prefix string) map[string]bool {
 	out := map[string]bool{}
 	for field, bad := range c.invalid {
-		for _, p := range prefixes {
-			if bad && strings.HasPrefix(field, p) {
-				out[field] = true
-			}
+		if bad && strings.HasPrefix(field, prefix) {
+			out[field] = true
 		}
 	}
 	return out

@@ -447,6 +447,8 @@ func killBackends(ctx context.Context, t *testing.T, admin *pgxpool.Pool, app st
 	}
 }
 
+// TestAppendLinearizable records a history under load and faults and checks
+// it with porcupine (see the comment at the top of this file).
 func TestAppendLinearizable(t *testing.T) {
 	t.Parallel()
 	seconds := 3.0
@@ -741,12 +743,12 @@ func TestLinearizabilityHistoryReductions(t *testing.T) {
 			out, call, ret)
 	}
 	unknown := linOutput{status: linUnknown}
-	send("a", a, 1, unknown, 0, 1)                                      // stored by this send: bounded by the resend
-	send("a", a, 2, linOutput{status: linDuplicate, version: 1}, 2, 3)  //
-	send("b", b, 1, unknown, 4, 5)                                      // never stored: left out
-	send("b", b, 2, linOutput{status: linConflict, version: 1}, 6, 7)   //
-	send("c", c, 1, unknown, 8, 9)                                      // stored, though the resend was refused: open
-	send("c", c, 2, linOutput{status: linConflict, version: 1}, 10, 11) //
+	send("a", a, 1, unknown, 0, 1) // stored by this send: bounded by the resend
+	send("a", a, 2, linOutput{status: linDuplicate, version: 1}, 2, 3)
+	send("b", b, 1, unknown, 4, 5) // never stored: left out
+	send("b", b, 2, linOutput{status: linConflict, version: 1}, 6, 7)
+	send("c", c, 1, unknown, 8, 9) // stored, though the resend was refused: open
+	send("c", c, 2, linOutput{status: linConflict, version: 1}, 10, 11)
 	ops, dropped, bounded := h.finish(map[string]bool{a: true, c: true})
 	if dropped != 1 || bounded != 1 || len(ops) != 5 {
 		t.Fatalf("dropped %d, bounded %d, %d calls left; want 1, 1, 5", dropped, bounded, len(ops))
