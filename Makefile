@@ -42,6 +42,19 @@ test: verify ## Verify, then every test with the race detector against DATABASE_
 test-short: ## Run the tests without the race detector.
 	go test -count=1 ./...
 
+# make fuzz runs each fuzz target for FUZZTIME. New interesting inputs are minimized for at most
+# FUZZMINIMIZETIME: the targets against the database would otherwise spend most of the time there.
+FUZZTIME ?= 30s
+FUZZMINIMIZETIME ?= 100x
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s) against DATABASE_URL.
+	@failed=; for target in $$(go test -list '^Fuzz' . | grep '^Fuzz'); do \
+		echo "== $$target"; \
+		go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) . || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed"; exit 1; fi
+
 .PHONY: demo
 demo: ## Run the demo shop against DATABASE_URL.
 	go run ./cmd/conduit-demo
