@@ -3,7 +3,9 @@ package conduit
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // fieldRange is a numeric configuration field and its documented range.
@@ -42,4 +44,18 @@ func setDefault[T comparable](v *T, def T) {
 	if *v == zero {
 		*v = def
 	}
+}
+
+// checkName returns a *ConfigError unless name, the value of field, is
+// text PostgreSQL can store: non-empty, valid UTF-8, no NUL.
+func checkName(field, name string) error {
+	switch {
+	case name == "":
+		return &ConfigError{Field: field, Reason: "empty"}
+	case !utf8.ValidString(name):
+		return &ConfigError{Field: field, Reason: fmt.Sprintf("%q is not valid UTF-8", name)}
+	case strings.IndexByte(name, 0) >= 0:
+		return &ConfigError{Field: field, Reason: fmt.Sprintf("%q contains a NUL byte", name)}
+	}
+	return nil
 }

@@ -249,7 +249,7 @@ func (s *Store) appendError(ctx context.Context, err error, a appendArgs) error 
 		// stream lock can get here.
 		actual, verr := s.StreamVersion(ctx, a.StreamID)
 		if verr != nil {
-			actual = -1
+			return s.dbError(ctx, err, fmt.Sprintf("append to stream %q", a.StreamID))
 		}
 		return &VersionConflictError{StreamID: a.StreamID, Expected: a.expected, Actual: actual}
 	}

@@ -1,6 +1,7 @@
 package conduit
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -225,8 +226,16 @@ func checkJSON(b []byte) string {
 	for i := 0; i < len(b); i++ {
 		c := b[i]
 		if !inString {
-			if c == '"' {
+			switch {
+			case c == '"':
 				inString = true
+			case c == '-' || (c >= '0' && c <= '9'):
+				// json.Valid guarantees a number literal starts here.
+				n := numberLength(b[i:])
+				if reason := checkNumeric(b[i : i+n]); reason != "" {
+					return reason
+				}
+				i += n - 1
 			}
 			continue
 		}
@@ -257,6 +266,83 @@ func checkJSON(b []byte) string {
 				i += 5
 			}
 		}
+	}
+	return ""
+}
+
+// numberLength returns the length of the JSON number literal at the start
+// of b.
+func numberLength(b []byte) int {
+	n := 0
+	for n < len(b) {
+		switch c := b[n]; {
+		case c >= '0' && c <= '9', c == '-', c == '+', c == '.', c == 'e', c == 'E':
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// Limits of PostgreSQL's numeric, in which jsonb stores numbers.
+const (
+	numericExponentLimit = 1<<31/2 - 1 // |exponent| must stay below INT_MAX/2
+	numericScaleLimit    = 0x3FFF      // digits after the point: NUMERIC_DSCALE_MAX
+	numericWeightLimit   = 1<<15 - 1   // NUMERIC_WEIGHT_MAX, in base-10000 digits
+)
+
+// checkNumeric returns why PostgreSQL's numeric cannot hold the valid JSON
+// number lit, or "". jsonb refuses such a number inside the database
+// (22003), which would abort the caller's transaction.
+func checkNumeric(lit []byte) string {
+	mant, exp := lit, int64(0)
+	if i := bytes.IndexAny(lit, "eE"); i >= 0 {
+		mant = lit[:i]
+		e := lit[i+1:]
+		neg := len(e) > 0 && e[0] == '-'
+		if len(e) > 0 && (e[0] == '-' || e[0] == '+') {
+			e = e[1:]
+		}
+		for _, d := range e {
+			exp = min(exp*10+int64(d-'0'), numericExponentLimit) // saturates, as strtol does
+		}
+		if neg {
+			exp = -exp
+		}
+	}
+	if exp >= numericExponentLimit || exp <= -numericExponentLimit {
+		return "contains a number whose exponent is out of PostgreSQL's numeric range"
+	}
+	mant = bytes.TrimPrefix(mant, []byte("-"))
+	intDigits, fracDigits := mant, []byte(nil)
+	if i := bytes.IndexByte(mant, '.'); i >= 0 {
+		intDigits, fracDigits = mant[:i], mant[i+1:]
+	}
+	if int64(len(fracDigits))-exp > numericScaleLimit {
+		return "contains a number with more than 16,383 digits after the point (PostgreSQL's numeric limit)"
+	}
+	first := -1 // the first significant digit, in intDigits then fracDigits
+	for i, d := range intDigits {
+		if d != '0' {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		for i, d := range fracDigits {
+			if d != '0' {
+				first = len(intDigits) + i
+				break
+			}
+		}
+	}
+	if first < 0 {
+		return "" // zero
+	}
+	lead := int64(len(intDigits)-1-first) + exp // the decimal exponent of the first significant digit
+	if lead >= 0 && lead/4 > numericWeightLimit {
+		return "contains a number of 10^131072 or more (PostgreSQL's numeric limit)"
 	}
 	return ""
 }

@@ -125,8 +125,11 @@ func (c *Config) withDefaults(poolSize int) (Config, error) {
 		if p == nil {
 			return out, &ConfigError{Field: field, Reason: "nil"}
 		}
-		if p.Name() == "" || names[p.Name()] {
-			return out, &ConfigError{Field: field, Reason: fmt.Sprintf("name %q is empty or used twice", p.Name())}
+		if err := checkName(field, p.Name()); err != nil {
+			return out, err
+		}
+		if names[p.Name()] {
+			return out, &ConfigError{Field: field, Reason: fmt.Sprintf("name %q is used twice", p.Name())}
 		}
 		names[p.Name()] = true
 	}
@@ -269,7 +272,12 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 		// The stream's lock was granted after a concurrent append had
 		// committed, and the head read before it was stale: nothing was
 		// written, append again (a new transaction reads the new head).
-		if dberr.Classify(err) == dberr.StreamVersionTaken && ctx.Err() == nil {
+		if dberr.Classify(err) == dberr.StreamVersionTaken {
+			if ctx.Err() != nil {
+				// Nothing was written, and there is no time to append
+				// again: no conflict, the outcome is the context's.
+				return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", streamID, ctx.Err())
+			}
 			continue
 		}
 		break

@@ -104,6 +104,9 @@ func (s *Store) ProjectionStatus(ctx context.Context, name string) (ProjectionSt
 }
 
 func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]ProjectionStatus, error) {
+	if name.Valid && checkName("projection", name.String) != nil {
+		return nil, nil // no projection has such a name
+	}
 	rows, err := s.queries.ProjectionStatusList(ctx, name)
 	if err != nil {
 		return nil, s.dbError(ctx, err, "projection status")
@@ -207,6 +210,9 @@ var errNotRegistered = errors.New("conduit: projection not registered")
 // *ProjectionStalledError if a poison event holds the projection, and
 // errNotRegistered if the projection has no row.
 func (s *Store) projectionPassed(ctx context.Context, projection string, pos Position) (bool, error) {
+	if checkName("projection", projection) != nil {
+		return false, errNotRegistered // NewProjector refuses such a name
+	}
 	r, err := s.queries.ProjectionCheckpointGet(ctx, projection)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, errNotRegistered
@@ -298,6 +304,9 @@ func (s *Store) Head(ctx context.Context) (Position, error) {
 // rebuilding until it has caught up. It waits for a batch in flight and
 // never interleaves with one. ErrNotFound if the projection never ran.
 func (s *Store) RebuildProjection(ctx context.Context, name string) error {
+	if checkName("projection", name) != nil {
+		return fmt.Errorf("conduit: rebuild %q: %w", name, ErrNotFound)
+	}
 	if err := s.queries.ProjectionRebuild(ctx, name); err != nil {
 		return s.dbError(ctx, err, fmt.Sprintf("rebuild %q", name))
 	}
@@ -324,6 +333,9 @@ type ParkedEvent struct {
 
 // ParkedEvents lists the projection's parked events in log order.
 func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEvent, error) {
+	if checkName("projection", projection) != nil {
+		return nil, nil // no projection has such a name
+	}
 	rows, err := s.queries.ParkedEventList(ctx, projection)
 	if err != nil {
 		return nil, s.dbError(ctx, err, fmt.Sprintf("parked events of %q", projection))
@@ -345,6 +357,9 @@ func (s *Store) ParkedEvents(ctx context.Context, projection string) ([]ParkedEv
 // it is parked again with the new error. ErrNotFound if no such parked
 // event. SQL: SELECT conduit.retry_parked_event(projection, event_id).
 func (s *Store) RetryParked(ctx context.Context, projection string, eventID uuid.UUID) error {
+	if checkName("projection", projection) != nil {
+		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)
+	}
 	found, err := s.queries.ParkedEventRetry(ctx, dbgen.ParkedEventRetryParams{Projection: projection, EventID: eventID})
 	if err != nil {
 		return s.dbError(ctx, err, fmt.Sprintf("retry parked event %s of %q", eventID, projection))
@@ -360,6 +375,9 @@ func (s *Store) RetryParked(ctx context.Context, projection string, eventID uuid
 // "skipped". ErrNotFound if no such parked event.
 // SQL: SELECT conduit.skip_parked_event(projection, event_id).
 func (s *Store) SkipParked(ctx context.Context, projection string, eventID uuid.UUID) error {
+	if checkName("projection", projection) != nil {
+		return fmt.Errorf("conduit: parked event %s of %q: %w", eventID, projection, ErrNotFound)
+	}
 	found, err := s.queries.ParkedEventSkip(ctx, dbgen.ParkedEventSkipParams{Projection: projection, EventID: eventID})
 	if err != nil {
 		return s.dbError(ctx, err, fmt.Sprintf("skip parked event %s of %q", eventID, projection))

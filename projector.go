@@ -169,6 +169,9 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 		_, _ = rand.Read(b)
 		out.InstanceID = host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
 	}
+	if err := checkName("ProjectorConfig.InstanceID", out.InstanceID); err != nil {
+		return out, err
+	}
 	return out, nil
 }
 
@@ -202,8 +205,8 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	if store == nil || p == nil {
 		return nil, errors.New("conduit: NewProjector: nil store or projection")
 	}
-	if p.Name() == "" {
-		return nil, errors.New("conduit: NewProjector: projection has an empty name")
+	if err := checkName("projection name", p.Name()); err != nil {
+		return nil, err
 	}
 	c, err := cfg.withDefaults()
 	if err != nil {
