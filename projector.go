@@ -369,12 +369,14 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 		if err != nil {
 			return nil, fmt.Errorf("acquire lease: %w", err)
 		}
-		if err := p.checkTransactionIDs(ctx); err != nil {
-			p.epoch = epoch
-			return nil, err
-		}
 		p.epoch = epoch
 		p.keeper = p.startKeeper(ctx, epoch)
+		if err := p.checkTransactionIDs(ctx); err != nil {
+			// Give the lease back: the next step acquires it again and
+			// checks again (Run ends here on a restored database).
+			p.release()
+			return nil, err
+		}
 		p.retryStalled = true
 		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
