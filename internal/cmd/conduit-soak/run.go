@@ -66,7 +66,13 @@ func run(ctx context.Context, o options) (*result, error) {
 		}
 		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := admin.Exec(dctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
+		// A new connection: a restart during the run ended the first one.
+		drop, err := pgx.Connect(dctx, o.url)
+		if err == nil {
+			defer drop.Close(context.Background())
+			_, err = drop.Exec(dctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)")
+		}
+		if err != nil {
 			log.Printf("drop %s: %v", dbName, err)
 		}
 	}()
