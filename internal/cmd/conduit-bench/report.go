@@ -348,7 +348,7 @@ check one, repeat ` + "`-only=notify -runs 9`" + `.
 **End-to-end latency (target p99 ≤ 10 ms at light load).** At 100 appends/s every append is the first of
 a quiet spell and is notified at once. The path is: NOTIFY statement and commit (one round trip), delivery
 to the child's listener connection, the in-process wake-up of its projector, then one batch: BEGIN, the
-lease lock (` + "`SELECT … FOR UPDATE`" + `, which also sets the idle timeout and says whether parked events wait for
+lease lock (` + "`SELECT … FOR KEY SHARE`" + `, which also sets the idle timeout and says whether parked events wait for
 a retry), the page read, the handler's INSERT, the checkpoint UPDATE (which also says whether events follow
 the checkpoint) and COMMIT (asynchronous: no WAL flush wait) — six round trips — then the report. The *row written* column (the handler's clock, same
 start) shows that a little under half of it passes before the handler runs, the rest after it (the end
