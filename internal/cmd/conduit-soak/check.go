@@ -133,7 +133,7 @@ func (s *soak) check(ctx context.Context, r *result) {
 	}
 	head, err := s.store.Head(ctx)
 	if err == nil {
-		wctx, cancel := context.WithTimeout(ctx, s.o.converge)
+		wctx, cancel := context.WithTimeout(ctx, s.o.rebuild)
 		err = s.store.WaitFor(wctx, name, head)
 		cancel()
 	}

@@ -59,6 +59,7 @@ type options struct {
 	slowMax     time.Duration // the longest a slow event takes
 	restart     bool
 	converge    time.Duration
+	rebuild     time.Duration
 	seed        uint64
 	out         string
 	doc         string
@@ -88,6 +89,7 @@ func main() {
 	flag.DurationVar(&o.slowMax, "slow-max", time.Second, "the longest a slow event takes to project")
 	flag.BoolVar(&o.restart, "restart", false, "also restart PostgreSQL (pg_ctlcluster; needs the right to)")
 	flag.DurationVar(&o.converge, "converge", 90*time.Second, "bound on the time to catch up after the load stops")
+	flag.DurationVar(&o.rebuild, "rebuild-within", 10*time.Minute, "bound on the time to rebuild one projection at the end (its replay meets the slow events again)")
 	flag.Uint64Var(&o.seed, "seed", 0, "random seed (0: from the clock); printed, to replay a run's choices")
 	flag.StringVar(&o.out, "out", "", "also write the report to this file")
 	flag.StringVar(&o.doc, "doc", "", "also put the report into this Markdown file, between <!-- soak begin --> and <!-- soak end -->")
