@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -188,9 +189,12 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 // ValidationError reports input refused before anything was written.
 type ValidationError struct {
 	// Field names what was wrong: "stream id", "type", "data", "metadata",
-	// "event id", "events", "expected version".
+	// "event id", "events", "expected version", "outbox message" (a
+	// Config.Outbox rule's message for the event); for Enqueue and
+	// EnqueueTx "messages", "message id", "message topic", "message key",
+	// "message payload", "message headers".
 	Field string
-	// Index is the event's index in the append call, or -1.
+	// Index is the event's (or message's) index in the call, or -1.
 	Index  int
 	Reason string
 	// Err is ErrEventTooLarge or ErrAppendTooLarge for size limits, else
@@ -199,6 +203,9 @@ type ValidationError struct {
 }
 
 func (e *ValidationError) Error() string {
+	if e.Index >= 0 && strings.HasPrefix(e.Field, "message ") {
+		return fmt.Sprintf("conduit: invalid message %d: %s: %s", e.Index, e.Field, e.Reason)
+	}
 	if e.Index >= 0 {
 		return fmt.Sprintf("conduit: invalid event %d: %s: %s", e.Index, e.Field, e.Reason)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
+	"github.com/conduit-es/conduit/internal/engine"
 )
 
 // Defaults and limits of Config fields. A zero field means its default.
@@ -67,6 +68,11 @@ type Config struct {
 	// this order, for each appended event. An error from any of them rolls
 	// back the append. Defaults to none.
 	Projections []Projection
+
+	// Outbox maps event types to outbox messages, enqueued in the same
+	// statement as the events they come from (see OutboxRule). At most one
+	// rule per event type. Defaults to none.
+	Outbox []OutboxRule
 
 	// DisableNotify stops the NOTIFY that Append sends (coalesced, after
 	// commit) to wake projectors in other processes; they then find new
@@ -134,6 +140,7 @@ func (c *Config) withDefaults(poolSize int) (Config, error) {
 		names[p.Name()] = true
 	}
 	out.Projections = append([]Projection(nil), out.Projections...)
+	out.Outbox = append([]OutboxRule(nil), out.Outbox...)
 	if out.Logger == nil {
 		out.Logger = slog.Default()
 	}
@@ -145,13 +152,16 @@ type Store struct {
 	pool     *pgxpool.Pool
 	queries  *dbgen.Queries
 	cfg      Config
-	appended appendSignal // wakes projectors in this process
-	progress appendSignal // a projector in this process moved its checkpoint
-	notifier commitNotifier
-	listener *listener
+	appended *engine.Signal   // wakes projectors and relays in this process
+	progress *engine.Signal   // a projector in this process moved its checkpoint
+	notifier *engine.Notifier // NOTIFY after commits
+	listener *engine.Listener // LISTEN for this process's workers
 	// projectorConns holds a token per pool connection a projector's batch
 	// holds (Config.MaxProjectorConns).
 	projectorConns chan struct{}
+
+	// outboxRules are Config.Outbox by event type.
+	outboxRules map[string]*OutboxRule
 
 	// projectors names the Projectors made on this Store (see WaitFor).
 	projectors projectionNames
@@ -167,10 +177,13 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, appended: newAppendSignal(), progress: newAppendSignal(),
+	rules, err := checkOutboxRules(c.Outbox)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules,
 		projectorConns: make(chan struct{}, c.MaxProjectorConns)}
-	s.notifier.store = s
-	s.listener = newListener(s)
+	s.newWakeups()
 	return s, nil
 }
 
@@ -189,7 +202,7 @@ func (s *Store) takeProjectorConn(ctx context.Context) (release func(), err erro
 // Close waits for notifications in flight. It does not close the pool.
 // Stop projectors (cancel their Run) before.
 func (s *Store) Close() {
-	s.notifier.wg.Wait()
+	s.notifier.Wait()
 }
 
 // Notify tells projectors that events were committed: those in this process
@@ -198,9 +211,9 @@ func (s *Store) Close() {
 // committing a transaction in which you called AppendTx, or use InTx, which
 // does. Without it projectors still find the events at their next poll.
 func (s *Store) Notify() {
-	s.appended.notify(Position{})
+	s.appended.Notify()
 	if !s.cfg.DisableNotify {
-		s.notifier.poke()
+		s.notifier.Poke()
 	}
 }
 
@@ -315,6 +328,9 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 	}
 	q := s.queries.WithTx(tx)
 	res, stored, err := s.appendEvents(ctx, q, a, true)
+	if err == nil && !res.Duplicate && a.msgs.len() > 0 {
+		err = q.OutboxEnqueue(ctx, a.msgs.params())
+	}
 	if err == nil && !res.Duplicate {
 		if err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events)); err != nil {
 			// The events are written; make sure they never commit. (If the
@@ -333,6 +349,7 @@ type appendArgs struct {
 	dbgen.EventAppendManyParams
 	expected ExpectedVersion
 	ids      []uuid.UUID
+	msgs     outboxArgs // made by Config.Outbox's rules
 }
 
 // newAppend validates input and builds the query's arrays. It reads events
@@ -398,6 +415,20 @@ func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []Ev
 		a.Types[i] = e.Type
 		a.Data[i] = string(e.Data)
 		a.Metadata[i] = string(e.Metadata)
+		if r := s.outboxRules[e.Type]; r != nil {
+			m, err := r.message(Event{ID: id, StreamID: streamID, Type: e.Type, Data: e.Data, Metadata: e.Metadata})
+			if err == nil {
+				err = a.msgs.add(i, &m, s.cfg.MaxEventSize)
+			}
+			if err != nil {
+				var inner *ValidationError
+				ve := &ValidationError{Field: "outbox message", Index: i, Reason: fmt.Sprintf("Config.Outbox rule for %q: %v", e.Type, err)}
+				if errors.As(err, &inner) {
+					ve.Err = inner.Err
+				}
+				return appendArgs{}, ve
+			}
+		}
 	}
 	return a, nil
 }
@@ -473,6 +504,17 @@ func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 		txRows, err = q.EventAppendTx(ctx, dbgen.EventAppendTxParams(a.EventAppendManyParams))
 		rows = make([]dbgen.EventAppendManyRow, len(txRows))
 		for i, r := range txRows {
+			rows[i] = dbgen.EventAppendManyRow(r)
+		}
+	case a.msgs.len() > 0:
+		var outRows []dbgen.EventAppendManyOutboxRow
+		outRows, err = q.EventAppendManyOutbox(ctx, dbgen.EventAppendManyOutboxParams{
+			StreamID: a.StreamID, Expected: a.Expected, EventIds: a.EventIds, Types: a.Types, Data: a.Data,
+			Metadata: a.Metadata, EveryRow: a.EveryRow,
+			MessageIds: a.msgs.ids, Topics: a.msgs.topics, Keys: a.msgs.keys, Payloads: a.msgs.payloads, Headers: a.msgs.headers,
+		})
+		rows = make([]dbgen.EventAppendManyRow, len(outRows))
+		for i, r := range outRows {
 			rows[i] = dbgen.EventAppendManyRow(r)
 		}
 	case len(a.ids) == 1:

@@ -6,11 +6,11 @@ import "time"
 
 // ListenerPID returns the backend process id of s's listener connection, or
 // 0 while it is down (or was never started).
-func ListenerPID(s *Store) uint32 { return s.listener.pid.Load() }
+func ListenerPID(s *Store) uint32 { return s.listener.PID() }
 
 // ListenerReady returns a channel closed once s's listener has LISTENed for
 // the first time.
-func ListenerReady(s *Store) <-chan struct{} { return s.listener.listened }
+func ListenerReady(s *Store) <-chan struct{} { return s.listener.Listened() }
 
 // RetryWait returns the wait of a projector configured with cfg before it
 // tries an event again after its attempt-th failure.

@@ -163,7 +163,7 @@ func zeroTime(t time.Time) time.Time {
 func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) error {
 	wait := time.Millisecond
 	for {
-		progressed := s.progress.wait()
+		progressed := s.progress.Wait()
 		passed, err := s.projectionPassed(ctx, projection, pos)
 		switch {
 		case passed:

@@ -17,6 +17,7 @@ import (
 
 	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
+	"github.com/conduit-es/conduit/internal/engine"
 )
 
 // PoisonPolicy says what a projector does with an event its projection keeps
@@ -191,8 +192,7 @@ type Projector struct {
 	running atomic.Bool // Run or CatchUp is in progress
 
 	// Owned by the goroutine in Run or CatchUp.
-	epoch  int64        // 0: not the owner
-	keeper *leaseKeeper // keeps the lease of epoch alive
+	lease *engine.Lease // the projection's lease, kept alive while held
 	// retryStalled lets the next batch try the event a stalled projection
 	// is stalled at: once on taking the lease, then every
 	// StalledRetryInterval.
@@ -221,6 +221,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	}
 	store.projectors.add(pr.name)
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
+	pr.lease = pr.newLease()
 	return pr, nil
 }
 
@@ -229,8 +230,6 @@ func (p *Projector) Name() string { return p.name }
 
 // InstanceID returns the name this instance holds the lease under.
 func (p *Projector) InstanceID() string { return p.cfg.InstanceID }
-
-var errLeaseLost = errors.New("conduit: lease lost")
 
 // Run applies the projection until ctx ends, then rolls back any batch in
 // flight, releases the lease and returns nil. A Projector runs once at a
@@ -275,46 +274,46 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		head = &h
 		horizonWaitMax = min(horizonWaitMax, waitPollMax)
 	} else if !p.cfg.PollOnly {
-		p.store.listener.acquire()
-		defer p.store.listener.release()
+		p.store.listener.Acquire()
+		defer p.store.listener.Release()
 	}
-	defer p.release()
+	defer p.lease.Release()
 
-	behindHorizon := newBackoff(time.Millisecond, horizonWaitMax)
+	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
 	failures := p.cfg.retryBackoff()
-	standby := newBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
+	standby := engine.NewBackoff(time.Millisecond, waitPollMax) // CatchUp's, while another instance applies
 	registered := false
 	for ctx.Err() == nil {
-		wake := p.store.appended.wait() // taken before reading: no wake-up is lost
-		progressed := p.store.progress.wait()
+		wake := p.store.appended.Wait() // taken before reading: no wake-up is lost
+		progressed := p.store.progress.Wait()
 		res, err := p.step(ctx, &registered)
 		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
-			failures.reset()
+			failures.Reset()
 			switch {
 			case res == nil: // a failed attempt at an event, counted; its retry waited already
 			case head != nil && !res.checkpoint.Before(*head):
 				return nil
 			case res.held: // caught up, events held behind the horizon
-				p.idle(ctx, wake, behindHorizon.next())
+				engine.Idle(ctx, wake, behindHorizon.Next())
 			case res.caughtUp:
-				behindHorizon.reset()
-				p.idle(ctx, wake, p.cfg.PollInterval)
+				behindHorizon.Reset()
+				engine.Idle(ctx, wake, p.cfg.PollInterval)
 			default:
-				behindHorizon.reset()
+				behindHorizon.Reset()
 			}
 		case ctx.Err() != nil: // the loop ends
 		case errors.Is(err, ErrRestoredDatabase):
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
-			p.dropLease()
+			p.lease.Drop()
 		case errors.As(err, &stalled):
 			if head != nil {
 				return err
 			}
-			p.idle(ctx, nil, p.cfg.StalledRetryInterval)
+			engine.Idle(ctx, nil, p.cfg.StalledRetryInterval)
 			p.retryStalled = true
 		case errors.Is(err, errStandby) && head != nil:
 			// As WaitFor: the instance holding the lease may pass the head
@@ -326,15 +325,15 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			case errors.Is(err, ErrProjectionStalled):
 				return err
 			}
-			p.idle(ctx, progressed, standby.next())
+			engine.Idle(ctx, progressed, standby.Next())
 		case errors.Is(err, errStandby):
-			p.idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
+			engine.Idle(ctx, wake, min(p.cfg.PollInterval, p.cfg.LeaseDuration/3))
 		case head != nil && !dberr.IsTransient(err):
 			return fmt.Errorf("conduit: catch up %q: %w", p.name, poolerHint(err))
 		default:
-			wait := failures.next()
+			wait := failures.Next()
 			p.log.Warn("conduit: projector error; retrying", slog.Any("error", poolerHint(err)), slog.Duration("retry_in", wait))
-			p.idle(ctx, nil, wait)
+			engine.Idle(ctx, nil, wait)
 		}
 	}
 	if head != nil {
@@ -342,8 +341,6 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	}
 	return nil
 }
-
-var errStandby = errors.New("conduit: lease held by another instance")
 
 // step does one unit of work: register, acquire, and one batch. It returns
 // the batch's result if one committed, nothing after a failed attempt at an
@@ -356,29 +353,21 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 		}
 		*registered = true
 	}
-	if p.keeper != nil && p.keeper.lost.Load() {
-		p.dropLease()
+	acquired, err := p.lease.Acquire(ctx)
+	if errors.Is(err, errStandby) {
+		return nil, err
 	}
-	if p.epoch == 0 {
-		epoch, err := q.ProjectionAcquire(ctx, dbgen.ProjectionAcquireParams{
-			Owner: p.cfg.InstanceID, LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Name: p.name,
-		})
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, errStandby
-		}
-		if err != nil {
-			return nil, fmt.Errorf("acquire lease: %w", err)
-		}
-		p.epoch = epoch
-		p.keeper = p.startKeeper(ctx, epoch)
+	if err != nil {
+		return nil, fmt.Errorf("acquire lease: %w", err)
+	}
+	if acquired {
 		if err := p.checkTransactionIDs(ctx); err != nil {
 			// Give the lease back: the next step acquires it again and
 			// checks again (Run ends here on a restored database).
-			p.release()
+			p.lease.Release()
 			return nil, err
 		}
 		p.retryStalled = true
-		p.log.Info("conduit: projector acquired lease", slog.Int64("epoch", epoch))
 	}
 
 	res, err := p.batch(ctx)
@@ -459,7 +448,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
-			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
 		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
@@ -468,7 +457,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
-		run := &batchRun{from: checkpoint, cancel: cancel, release: release}
+		run := &engine.Batch{Data: checkpoint, Cancel: cancel, Release: release}
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q, run); err != nil {
 				return err
@@ -493,7 +482,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				return p.park(ctx, q, e, row, &res)
 			case !stalledHere:
 				if err := q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
-					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
 				}); err != nil {
 					return err
 				}
@@ -530,7 +519,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		return err
 	})
 	if err == nil {
-		p.store.progress.notify(Position{}) // also wakes WaitFor to report a stall
+		p.store.progress.Notify() // also wakes WaitFor to report a stall
 	} else if errors.Is(context.Cause(bctx), errLeaseLost) {
 		err = errLeaseLost // the keeper found the lease lost, and cancelled the batch
 	}
@@ -564,7 +553,7 @@ func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Pos
 	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
-		PassedFailing: passedFailing, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.epoch,
+		PassedFailing: passedFailing, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, errLeaseLost
@@ -598,7 +587,7 @@ func (p *Projector) handles(eventType string) bool {
 // savepoint: a success removes it from the parked table, a failure parks it
 // again with the new error. A handler that overruns HandlerTimeout is parked
 // again by the lease keeper, and ends the batch.
-func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, run *batchRun) error {
+func (p *Projector) retryParked(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, run *engine.Batch) error {
 	rows, err := q.ParkedEventRetryList(ctx, p.name)
 	if err != nil || len(rows) == 0 {
 		return err
@@ -672,7 +661,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	case databaseFault(f.err):
 		return f.err // a database problem, not the event's: retried with backoff
 	default:
-		n, err = p.countFailure(ctx, p.epoch, f.event, f.err)
+		n, err = p.countFailure(ctx, p.lease.Epoch(), f.event, f.err)
 	}
 	if err != nil {
 		return err
@@ -684,7 +673,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	}
 	wait := p.cfg.retryWait(int(n))
 	p.log.Warn("conduit: projection failed on event; retrying", append(attrs, slog.Duration("retry_in", wait))...)
-	p.idle(ctx, nil, wait)
+	engine.Idle(ctx, nil, wait)
 	return nil
 }
 
@@ -706,25 +695,13 @@ func (p *Projector) countFailure(ctx context.Context, epoch int64, e Event, fail
 
 // retryBackoff is the backoff after failures, of an event or of the
 // database: RetryBackoff doubled up to 30 times RetryBackoff, with jitter.
-func (c *ProjectorConfig) retryBackoff() *backoff {
-	return newBackoff(c.RetryBackoff, 30*c.RetryBackoff)
+func (c *ProjectorConfig) retryBackoff() *engine.Backoff {
+	return engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff)
 }
 
 // retryWait is the wait before trying an event again after its
 // attempt-th failure.
-func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().wait(attempt) }
-
-// idle waits for a wake-up, d, or ctx's end. (The lease keeper renews the
-// lease meanwhile.)
-func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-wake:
-	case <-t.C:
-	}
-}
+func (c *ProjectorConfig) retryWait(attempt int) time.Duration { return c.retryBackoff().Wait(attempt) }
 
 // batchIdleTimeout is how long the server lets a batch's transaction sit
 // idle before it ends the session (see HandlerTimeout): a batch takes new
@@ -732,27 +709,4 @@ func (p *Projector) idle(ctx context.Context, wake <-chan struct{}, d time.Durat
 // most, and a quarter is left to spare.
 func (p *Projector) batchIdleTimeout() time.Duration {
 	return p.cfg.HandlerTimeout + p.cfg.HandlerTimeout/4
-}
-
-// dropLease stops keeping the lease, which is lost.
-func (p *Projector) dropLease() {
-	if p.keeper != nil {
-		p.keeper.stop()
-		p.keeper = nil
-	}
-	p.epoch = 0
-}
-
-// release stops keeping the lease and gives it up.
-func (p *Projector) release() {
-	epoch := p.epoch
-	p.dropLease()
-	if epoch == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := p.store.queries.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch}); err != nil {
-		p.log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
-	}
 }

@@ -370,14 +370,29 @@ EXECUTE ON FUNCTION conduit.append_to_stream(text,bigint,uuid[],text[],text[],te
 EXECUTE ON FUNCTION conduit.append_verdict(bigint,bigint,xid8,xid8)
 EXECUTE ON FUNCTION conduit.assert_transaction_ids()
 EXECUTE ON FUNCTION conduit.check_transaction_ids()
+EXECUTE ON FUNCTION conduit.discard_dead_letter(uuid)
 EXECUTE ON FUNCTION conduit.explain_append(text,bigint,uuid[])
+EXECUTE ON FUNCTION conduit.outbox_current_generation()
+EXECUTE ON FUNCTION conduit.outbox_retire(bigint)
+EXECUTE ON FUNCTION conduit.outbox_status()
 EXECUTE ON FUNCTION conduit.projection_status()
 EXECUTE ON FUNCTION conduit.rebuild_projection(text)
+EXECUTE ON FUNCTION conduit.retry_dead_letter(uuid)
 EXECUTE ON FUNCTION conduit.retry_parked_event(text,uuid)
 EXECUTE ON FUNCTION conduit.skip_parked_event(text,uuid)
 EXECUTE ON FUNCTION conduit.stream_head(text,boolean)
 INSERT (stream_id, stream_version, event_id, event_type, data, metadata) ON conduit.events
 SELECT ON conduit.events
+INSERT (message_id, topic, key, payload, headers) ON conduit.outbox
+SELECT ON conduit.outbox
+DELETE ON conduit.outbox_dead
+INSERT ON conduit.outbox_dead
+SELECT ON conduit.outbox_dead
+UPDATE ON conduit.outbox_dead
+SELECT ON conduit.outbox_generation
+USAGE ON conduit.outbox_position_seq
+SELECT ON conduit.outbox_relay
+UPDATE ON conduit.outbox_relay
 DELETE ON conduit.parked_events
 INSERT ON conduit.parked_events
 SELECT ON conduit.parked_events
@@ -417,7 +432,10 @@ USAGE ON SCHEMA conduit`
 	// Every table of the schema was thought about: the application uses it,
 	// or it is the owner's alone. A table a later migration adds fails here
 	// until grant_application (or this list) says which.
-	ownerOnly := map[string]bool{"conduit.goose_db_version": true}
+	// The outbox's generations are read and written through
+	// conduit.outbox, and truncated by conduit.outbox_retire.
+	ownerOnly := map[string]bool{"conduit.goose_db_version": true,
+		"conduit.outbox_g0": true, "conduit.outbox_g1": true, "conduit.outbox_g2": true}
 	rows, err := r.admin.Query(ctx, `SELECT c.oid::regclass::text FROM pg_class c
 		WHERE c.relnamespace = 'conduit'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
 		  AND NOT has_table_privilege($1, c.oid, 'SELECT') ORDER BY 1`, r.app)

@@ -25,6 +25,93 @@ type ConduitEvent struct {
 	RecordedAt     time.Time
 }
 
+// Conduit outbox. Enqueue with INSERT (message_id, topic, key, payload, headers); a relay delivers in (transaction_id, position) order below pg_snapshot_xmin(pg_current_snapshot()).
+type ConduitOutbox struct {
+	Generation    int16
+	Position      int64
+	TransactionID uint64
+	MessageID     uuid.UUID
+	Topic         string
+	Key           string
+	Payload       []byte
+	Headers       json.RawMessage
+	CreatedAt     time.Time
+}
+
+type ConduitOutboxDead struct {
+	TransactionID uint64
+	Position      int64
+	MessageID     uuid.UUID
+	Topic         string
+	Key           string
+	Payload       []byte
+	Headers       json.RawMessage
+	CreatedAt     time.Time
+	Status        string
+	Attempts      int32
+	LastError     pgtype.Text
+	DeadAt        *time.Time
+	UpdatedAt     time.Time
+}
+
+type ConduitOutboxG0 struct {
+	Generation    int16
+	Position      int64
+	TransactionID uint64
+	MessageID     uuid.UUID
+	Topic         string
+	Key           string
+	Payload       []byte
+	Headers       json.RawMessage
+	CreatedAt     time.Time
+}
+
+type ConduitOutboxG1 struct {
+	Generation    int16
+	Position      int64
+	TransactionID uint64
+	MessageID     uuid.UUID
+	Topic         string
+	Key           string
+	Payload       []byte
+	Headers       json.RawMessage
+	CreatedAt     time.Time
+}
+
+type ConduitOutboxG2 struct {
+	Generation    int16
+	Position      int64
+	TransactionID uint64
+	MessageID     uuid.UUID
+	Topic         string
+	Key           string
+	Payload       []byte
+	Headers       json.RawMessage
+	CreatedAt     time.Time
+}
+
+type ConduitOutboxGeneration struct {
+	OnlyRow          bool
+	Current          int16
+	SwitchedPosition int64
+	SwitchedAt       time.Time
+}
+
+type ConduitOutboxRelay struct {
+	OnlyRow            bool
+	CheckpointTx       uint64
+	CheckpointPosition int64
+	Owner              pgtype.Text
+	Epoch              int64
+	LeaseExpiresAt     *time.Time
+	FailingMessageID   uuid.NullUUID
+	FailedAttempts     int32
+	LastError          pgtype.Text
+	MessagesDelivered  int64
+	LastDeliveryAt     *time.Time
+	UpdatedAt          time.Time
+}
+
 type ConduitParkedEvent struct {
 	Projection     string
 	EventID        uuid.UUID
