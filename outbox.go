@@ -71,12 +71,15 @@ type Publisher interface {
 
 // PublishFunc adapts a function that publishes one message to a Publisher:
 // it publishes a batch one message at a time, in order, and stops at the
-// first error.
+// first error, or when ctx ends.
 type PublishFunc func(ctx context.Context, m Message) error
 
 // Publish calls f on each message in turn until one fails.
 func (f PublishFunc) Publish(ctx context.Context, msgs []Message) (int, error) {
 	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			return i, err
+		}
 		if err := f(ctx, m); err != nil {
 			return i, err
 		}

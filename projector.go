@@ -165,15 +165,20 @@ func (c *ProjectorConfig) withDefaults() (ProjectorConfig, error) {
 		return out, &ConfigError{Field: "ProjectorConfig.Poison", Reason: fmt.Sprintf("unknown policy %d", out.Poison)}
 	}
 	if out.InstanceID == "" {
-		host, _ := os.Hostname()
-		b := make([]byte, 4)
-		_, _ = rand.Read(b)
-		out.InstanceID = host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
+		out.InstanceID = defaultInstanceID()
 	}
 	if err := checkName("ProjectorConfig.InstanceID", out.InstanceID); err != nil {
 		return out, err
 	}
 	return out, nil
+}
+
+// defaultInstanceID names an instance of a projector or relay: host-pid-random.
+func defaultInstanceID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
 }
 
 // Projector runs one projection asynchronously: it follows the global log

@@ -201,8 +201,10 @@ DECLARE
     v_g smallint;
     v_next smallint;
     v_table text;
+    v_any boolean;
     v_undelivered boolean;
     v_truncated smallint[] := '{}';
+    v_empty smallint[] := '{}';
     v_seq bigint;
 BEGIN
     SELECT * INTO v_gen FROM conduit.outbox_generation FOR UPDATE;
@@ -216,17 +218,22 @@ BEGIN
         END;
         -- Locked: no transaction is writing to it, so every row in it is
         -- committed, and each is either passed by the checkpoint or not.
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s o WHERE (o.transaction_id, o.position) > ($1, $2))', v_table)
-           INTO v_undelivered USING v_cp_tx, v_cp_pos;
-        IF NOT v_undelivered THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s o), '
+                       'EXISTS (SELECT 1 FROM %s o WHERE (o.transaction_id, o.position) > ($1, $2))',
+                       v_table, v_table)
+           INTO v_any, v_undelivered USING v_cp_tx, v_cp_pos;
+        IF v_any AND NOT v_undelivered THEN
             EXECUTE format('TRUNCATE %s', v_table);
             v_truncated := v_truncated || v_g;
+        END IF;
+        IF NOT v_undelivered THEN
+            v_empty := v_empty || v_g;
         END IF;
     END LOOP;
     v_next := (v_gen.current + 1) % 3;
     SELECT s.last_value INTO v_seq FROM conduit.outbox_position_seq s;
     IF v_seq - v_gen.switched_position >= p_rows_per_generation
-       AND v_next = ANY (v_truncated) THEN
+       AND v_next = ANY (v_empty) THEN
         UPDATE conduit.outbox_generation
            SET current = v_next, switched_position = v_seq, switched_at = now();
         v_gen.current := v_next;

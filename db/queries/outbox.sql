@@ -1,13 +1,25 @@
 -- name: OutboxEnqueue :exec
 -- Enqueues messages, from arrays, in the caller's transaction (or as one
 -- statement of its own), in array order: positions are taken in that
--- order. headers are JSON objects as text, '' for none.
+-- order. headers are JSON objects as text, '' for none. First it locks each
+-- key until the transaction ends, in key order (the lock an append takes on
+-- a stream of that name, conduit.append_stream_lock), before the
+-- transaction has an id if it wrote nothing yet: two transactions
+-- enqueueing to one key go one after the other, so their ids, the order the
+-- relay delivers in, follow the order of their commits.
+WITH locks AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.key)) AS locked
+      FROM (SELECT DISTINCT u.key FROM unnest(sqlc.arg(keys)::text[]) AS u(key)
+             WHERE u.key <> '' ORDER BY u.key) AS k
+)
 INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
 SELECT u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
+  FROM locks,
+       ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
                   unnest(sqlc.arg(keys)::text[]), unnest(sqlc.arg(payloads)::bytea[]),
                   unnest(sqlc.arg(headers)::text[]))
        WITH ORDINALITY AS u(id, topic, key, payload, headers, ord)
+ WHERE locks.locked IS NOT FALSE
  ORDER BY u.ord;
 
 -- name: EventAppendManyOutbox :many
@@ -215,3 +227,15 @@ SELECT conduit.retry_dead_letter(sqlc.arg(message_id)::uuid)::boolean AS found;
 
 -- name: OutboxDeadDiscard :one
 SELECT conduit.discard_dead_letter(sqlc.arg(message_id)::uuid)::boolean AS found;
+
+-- name: OutboxHead :one
+-- The last message committed, for Relay.Drain (no row: none).
+SELECT o.transaction_id, o.position
+  FROM conduit.outbox o
+ ORDER BY o.transaction_id DESC, o.position DESC
+ LIMIT 1;
+
+-- name: OutboxAfter :one
+-- Whether messages follow the checkpoint (readable, or behind the horizon).
+SELECT EXISTS (SELECT 1 FROM conduit.outbox o
+                WHERE (o.transaction_id, o.position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint))::boolean AS more;

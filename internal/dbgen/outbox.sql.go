@@ -107,6 +107,24 @@ func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendMany
 	return items, nil
 }
 
+const outboxAfter = `-- name: OutboxAfter :one
+SELECT EXISTS (SELECT 1 FROM conduit.outbox o
+                WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint))::boolean AS more
+`
+
+type OutboxAfterParams struct {
+	AfterTx       uint64
+	AfterPosition int64
+}
+
+// Whether messages follow the checkpoint (readable, or behind the horizon).
+func (q *Queries) OutboxAfter(ctx context.Context, arg OutboxAfterParams) (bool, error) {
+	row := q.db.QueryRow(ctx, outboxAfter, arg.AfterTx, arg.AfterPosition)
+	var more bool
+	err := row.Scan(&more)
+	return more, err
+}
+
 const outboxDeadDeliverable = `-- name: OutboxDeadDeliverable :many
 SELECT d.transaction_id, d.position, d.message_id, d.topic, d.key, d.payload,
        COALESCE(d.headers::text, '')::text AS headers, d.created_at, d.attempts
@@ -309,12 +327,19 @@ func (q *Queries) OutboxDeadSave(ctx context.Context, arg OutboxDeadSaveParams) 
 }
 
 const outboxEnqueue = `-- name: OutboxEnqueue :exec
+WITH locks AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.key)) AS locked
+      FROM (SELECT DISTINCT u.key FROM unnest($3::text[]) AS u(key)
+             WHERE u.key <> '' ORDER BY u.key) AS k
+)
 INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
 SELECT u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM ROWS FROM (unnest($1::text[]), unnest($2::text[]),
+  FROM locks,
+       ROWS FROM (unnest($1::text[]), unnest($2::text[]),
                   unnest($3::text[]), unnest($4::bytea[]),
                   unnest($5::text[]))
        WITH ORDINALITY AS u(id, topic, key, payload, headers, ord)
+ WHERE locks.locked IS NOT FALSE
  ORDER BY u.ord
 `
 
@@ -328,7 +353,12 @@ type OutboxEnqueueParams struct {
 
 // Enqueues messages, from arrays, in the caller's transaction (or as one
 // statement of its own), in array order: positions are taken in that
-// order. headers are JSON objects as text, ” for none.
+// order. headers are JSON objects as text, ” for none. First it locks each
+// key until the transaction ends, in key order (the lock an append takes on
+// a stream of that name, conduit.append_stream_lock), before the
+// transaction has an id if it wrote nothing yet: two transactions
+// enqueueing to one key go one after the other, so their ids, the order the
+// relay delivers in, follow the order of their commits.
 func (q *Queries) OutboxEnqueue(ctx context.Context, arg OutboxEnqueueParams) error {
 	_, err := q.db.Exec(ctx, outboxEnqueue,
 		arg.MessageIds,
@@ -338,6 +368,26 @@ func (q *Queries) OutboxEnqueue(ctx context.Context, arg OutboxEnqueueParams) er
 		arg.Headers,
 	)
 	return err
+}
+
+const outboxHead = `-- name: OutboxHead :one
+SELECT o.transaction_id, o.position
+  FROM conduit.outbox o
+ ORDER BY o.transaction_id DESC, o.position DESC
+ LIMIT 1
+`
+
+type OutboxHeadRow struct {
+	TransactionID uint64
+	Position      int64
+}
+
+// The last message committed, for Relay.Drain (no row: none).
+func (q *Queries) OutboxHead(ctx context.Context) (OutboxHeadRow, error) {
+	row := q.db.QueryRow(ctx, outboxHead)
+	var i OutboxHeadRow
+	err := row.Scan(&i.TransactionID, &i.Position)
+	return i, err
 }
 
 const outboxListForRelay = `-- name: OutboxListForRelay :many

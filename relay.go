@@ -1,0 +1,509 @@
+package conduit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/conduit-es/conduit/internal/dbgen"
+	"github.com/conduit-es/conduit/internal/engine"
+)
+
+// Defaults and limits of RelayConfig fields (besides those it shares with
+// ProjectorConfig: BatchSize, LeaseDuration, PollInterval, RetryBackoff).
+const (
+	RelayMaxAttemptsDefault  = 10
+	PublishTimeoutDefault    = 30 * time.Second
+	PublishTimeoutLimit      = time.Hour
+	RowsPerGenerationDefault = 100_000
+	RowsPerGenerationLimit   = 100_000_000
+	relayRetireEvery         = time.Second
+)
+
+// RelayConfig configures a Relay. The zero value means defaults.
+type RelayConfig struct {
+	// BatchSize is the most messages read and handed to the publisher at
+	// once, 1 to BatchSizeLimit. Defaults to BatchSizeDefault (1,000).
+	BatchSize int
+	// LeaseDuration: as ProjectorConfig.LeaseDuration, for the relay's
+	// lease (one relay delivers at a time across processes).
+	LeaseDuration time.Duration
+	// PublishTimeout bounds one Publish call: its context is cancelled
+	// then, and the first message not acknowledged counts a failed attempt,
+	// even if the publisher ignores its context. 10ms to
+	// PublishTimeoutLimit. Defaults to PublishTimeoutDefault (30s).
+	PublishTimeout time.Duration
+	// PollInterval: how often the relay looks for messages without being
+	// woken. Defaults to PollIntervalDefault.
+	PollInterval time.Duration
+	// PollOnly turns off LISTEN (see ProjectorConfig.PollOnly).
+	PollOnly bool
+	// MaxAttempts is how many times a message is published in vain before
+	// it becomes a dead letter, 1 to MaxAttemptsLimit. Defaults to
+	// RelayMaxAttemptsDefault (10). While a message at the head of the
+	// outbox is retried, later messages wait; once it is a dead letter,
+	// only the later messages of its key do.
+	MaxAttempts int
+	// RetryBackoff is the wait before the second attempt at a message,
+	// doubled at each further failure up to 30 times it, with jitter (see
+	// ProjectorConfig.RetryBackoff). Defaults to RetryBackoffDefault.
+	RetryBackoff time.Duration
+	// RowsPerGeneration is about how many messages a generation of the
+	// outbox holds before the relay makes the next one current; a delivered
+	// generation is truncated whole, so the outbox holds about three
+	// generations at most while the relay keeps up. 1,000 to
+	// RowsPerGenerationLimit. Defaults to RowsPerGenerationDefault.
+	RowsPerGeneration int
+	// InstanceID names this instance in the lease and the status. Defaults
+	// to host-pid-random.
+	InstanceID string
+	// Logger defaults to the Store's.
+	Logger *slog.Logger
+}
+
+func (c *RelayConfig) withDefaults(store *Store) (RelayConfig, error) {
+	var out RelayConfig
+	if c != nil {
+		out = *c
+	}
+	setDefault(&out.BatchSize, BatchSizeDefault)
+	setDefault(&out.LeaseDuration, LeaseDurationDefault)
+	setDefault(&out.PublishTimeout, PublishTimeoutDefault)
+	setDefault(&out.PollInterval, PollIntervalDefault)
+	setDefault(&out.MaxAttempts, RelayMaxAttemptsDefault)
+	setDefault(&out.RetryBackoff, RetryBackoffDefault)
+	setDefault(&out.RowsPerGeneration, RowsPerGenerationDefault)
+	const ms = time.Millisecond
+	if err := checkRanges(
+		countRange("RelayConfig.BatchSize", out.BatchSize, 1, BatchSizeLimit),
+		durationRange("RelayConfig.LeaseDuration", out.LeaseDuration, 100*ms, LeaseDurationLimit),
+		durationRange("RelayConfig.PublishTimeout", out.PublishTimeout, 10*ms, PublishTimeoutLimit),
+		durationRange("RelayConfig.PollInterval", out.PollInterval, ms, PollIntervalLimit),
+		countRange("RelayConfig.MaxAttempts", out.MaxAttempts, 1, MaxAttemptsLimit),
+		durationRange("RelayConfig.RetryBackoff", out.RetryBackoff, ms, RetryBackoffLimit),
+		countRange("RelayConfig.RowsPerGeneration", out.RowsPerGeneration, 1000, RowsPerGenerationLimit),
+	); err != nil {
+		return out, err
+	}
+	if out.InstanceID == "" {
+		out.InstanceID = defaultInstanceID()
+	}
+	if err := checkName("RelayConfig.InstanceID", out.InstanceID); err != nil {
+		return out, err
+	}
+	if out.Logger == nil {
+		out.Logger = store.cfg.Logger
+	}
+	return out, nil
+}
+
+// Relay delivers the outbox's messages to a Publisher: at least once, and
+// in order per key. Run it in as many processes as you like: one instance
+// holds the relay's lease and delivers, the others stand by and take over
+// within about LeaseDuration of its end. It is the second client of the
+// projectors' engine: it reads the outbox in (transaction id, position)
+// order below the safe horizon, so a message whose transaction commits
+// late is never skipped; it wakes on the same notifications and polls as
+// the guarantee; its lease is fenced by an epoch; and publish failures are
+// retried with backoff and jitter.
+//
+// What it promises, precisely:
+//   - At least once: a message is recorded as delivered only after the
+//     publisher acknowledged it, in a statement fenced by the relay's epoch.
+//     A relay that dies (or loses its lease) between publishing and recording
+//     leaves the message to be published again, with the same ID: a
+//     publisher that hands the ID to the broker (the NATS publisher's
+//     Nats-Msg-Id) makes that copy disappear within the broker's
+//     de-duplication window.
+//   - In order per key: messages are handed to the publisher in the order
+//     their transactions committed (enqueue order within one transaction),
+//     and a message is handed over only once every earlier message of its
+//     key was acknowledged or is a dead letter's held message. A batch stops
+//     at its first failure; the rest waits for the retry.
+//   - Failures: a message the publisher keeps failing on is retried
+//     MaxAttempts times (the messages after it wait meanwhile), then it
+//     becomes a dead letter, visible in DeadLetters and
+//     conduit.outbox_dead; the later messages of its key are held behind it,
+//     and every other key flows. RetryDeadLetter delivers it again, then the
+//     held ones, in order; DiscardDeadLetter drops it and delivers the held
+//     ones. A message with an empty key holds back nothing.
+type Relay struct {
+	store   *Store
+	pub     Publisher
+	cfg     RelayConfig
+	log     *slog.Logger
+	lease   *engine.Lease
+	running atomic.Bool
+
+	// Owned by the goroutine in Run or Drain.
+	deadDue    time.Time // when to look at the dead-letter table again after a failure there
+	lastRetire time.Time
+	retireDue  bool // something was delivered since the last retire
+}
+
+// NewRelay returns a relay of store's outbox to pub. It does not touch the
+// database. A nil cfg means defaults.
+func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
+	if store == nil || pub == nil {
+		return nil, errors.New("conduit: NewRelay: nil store or publisher")
+	}
+	c, err := cfg.withDefaults(store)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true,
+		log: c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
+	q := store.queries
+	r.lease = engine.NewLease(engine.LeaseConfig{
+		Duration:    c.LeaseDuration,
+		CallTimeout: c.PublishTimeout,
+		Acquire: func(ctx context.Context) (int64, error) {
+			return q.OutboxRelayAcquire(ctx, dbgen.OutboxRelayAcquireParams{Owner: c.InstanceID, LeaseSeconds: c.LeaseDuration.Seconds()})
+		},
+		Renew: func(ctx context.Context, epoch int64, _ *engine.Call) error {
+			_, err := q.OutboxRelayRenew(ctx, dbgen.OutboxRelayRenewParams{LeaseSeconds: c.LeaseDuration.Seconds(), Owner: c.InstanceID, Epoch: epoch})
+			return err
+		},
+		Release: func(ctx context.Context, epoch int64) error {
+			return q.OutboxRelayRelease(ctx, dbgen.OutboxRelayReleaseParams{Owner: c.InstanceID, Epoch: epoch})
+		},
+		Overrun: func(_ context.Context, _ int64, call *engine.Call) error {
+			err := fmt.Errorf("%w (%s)", errPublishTimeout, c.PublishTimeout)
+			call.Batch.Cancel(err)
+			return err
+		},
+		Log: r.log,
+	})
+	return r, nil
+}
+
+// errPublishTimeout is the failure of a Publish call that overran
+// PublishTimeout.
+var errPublishTimeout = errors.New("publish ran longer than RelayConfig.PublishTimeout")
+
+// InstanceID returns the name this instance holds the lease under.
+func (r *Relay) InstanceID() string { return r.cfg.InstanceID }
+
+// Run delivers messages until ctx ends, then releases the lease and returns
+// nil. Database and publish errors are retried with backoff. A Relay runs
+// once at a time (Run or Drain); for several instances in one process make
+// several Relays.
+func (r *Relay) Run(ctx context.Context) error { return r.run(ctx, nil) }
+
+// Drain delivers every message committed before the call, then releases
+// the lease and returns nil: for tests, scripts and shutdown hooks. A
+// message that becomes a dead letter counts as passed. If another instance
+// holds the lease, Drain waits for it to pass them (and takes over if its
+// lease expires). It returns ctx's error if ctx ends first.
+func (r *Relay) Drain(ctx context.Context) error {
+	row, err := r.store.queries.OutboxHead(ctx)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return r.store.dbError(ctx, err, "outbox head")
+	}
+	head := Position{TransactionID: row.TransactionID, GlobalPosition: row.Position}
+	return r.run(ctx, &head)
+}
+
+type relayResult struct {
+	checkpoint Position
+	caughtUp   bool // read fewer messages than BatchSize
+	more       bool // messages follow the checkpoint (maybe behind the horizon)
+	// retryIn is set when a publish failed and the message is retried.
+	retryIn time.Duration
+}
+
+func (r *Relay) run(ctx context.Context, head *Position) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("conduit: Relay already running (Run or Drain); make one Relay per concurrent instance")
+	}
+	defer r.running.Store(false)
+	horizonWaitMax := r.cfg.PollInterval
+	if head != nil {
+		horizonWaitMax = min(horizonWaitMax, waitPollMax)
+	} else if !r.cfg.PollOnly {
+		r.store.listener.Acquire()
+		defer r.store.listener.Release()
+	}
+	defer r.lease.Release()
+
+	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
+	failures := engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff)
+	standby := engine.NewBackoff(time.Millisecond, waitPollMax)
+	for ctx.Err() == nil {
+		wake := r.store.appended.Wait() // taken before reading: no wake-up is lost
+		res, err := r.step(ctx)
+		switch {
+		case err == nil:
+			failures.Reset()
+			switch {
+			case head != nil && !res.checkpoint.Before(*head):
+				return nil
+			case res.retryIn > 0:
+				engine.Idle(ctx, nil, res.retryIn)
+			case res.caughtUp && res.more:
+				engine.Idle(ctx, wake, behindHorizon.Next())
+			case res.caughtUp:
+				behindHorizon.Reset()
+				engine.Idle(ctx, wake, r.cfg.PollInterval)
+			default:
+				behindHorizon.Reset()
+			}
+		case ctx.Err() != nil:
+		case errors.Is(err, errLeaseLost):
+			r.lease.Drop()
+		case errors.Is(err, errStandby) && head != nil:
+			st, err := r.store.OutboxStatus(ctx)
+			if err == nil && !st.Checkpoint.Before(*head) {
+				return nil
+			}
+			engine.Idle(ctx, wake, standby.Next())
+		case errors.Is(err, errStandby):
+			engine.Idle(ctx, wake, min(r.cfg.PollInterval, r.cfg.LeaseDuration/3))
+		default:
+			wait := failures.Next()
+			r.log.Warn("conduit: relay error; retrying", slog.Any("error", poolerHint(err)), slog.Duration("retry_in", wait))
+			engine.Idle(ctx, nil, wait)
+		}
+	}
+	if head != nil {
+		return fmt.Errorf("conduit: drain the outbox to %s: %w", *head, ctx.Err())
+	}
+	return nil
+}
+
+// step takes the lease if needed, delivers what the dead-letter table has
+// to deliver, then one batch of the outbox.
+func (r *Relay) step(ctx context.Context) (relayResult, error) {
+	if _, err := r.lease.Acquire(ctx); err != nil {
+		if errors.Is(err, errStandby) {
+			return relayResult{}, err
+		}
+		return relayResult{}, fmt.Errorf("acquire the relay's lease: %w", err)
+	}
+	if !time.Now().Before(r.deadDue) {
+		if err := r.deliverHeld(ctx); err != nil {
+			return relayResult{}, err
+		}
+	}
+	res, err := r.batch(ctx)
+	if err != nil {
+		return res, err
+	}
+	if r.retireDue && time.Since(r.lastRetire) >= relayRetireEvery {
+		r.retire(ctx)
+	}
+	return res, nil
+}
+
+// publish hands msgs to the publisher under the lease keeper's watch, for
+// at most PublishTimeout.
+func (r *Relay) publish(ctx context.Context, msgs []Message) (int, error) {
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		n    int
+		perr error
+	)
+	call := &engine.Call{Start: time.Now(), Batch: &engine.Batch{Cancel: cancel}}
+	err := r.lease.Watch(call, func() error {
+		n, perr = r.pub.Publish(bctx, msgs)
+		return nil
+	})
+	n = min(max(n, 0), len(msgs))
+	switch {
+	case err != nil: // overran PublishTimeout
+		if n == len(msgs) {
+			return n, nil
+		}
+		return n, err
+	case errors.Is(context.Cause(bctx), errLeaseLost):
+		return n, errLeaseLost
+	case n < len(msgs) && perr == nil:
+		return n, fmt.Errorf("publisher acknowledged %d of %d messages without an error", n, len(msgs))
+	case n == len(msgs):
+		return n, nil
+	}
+	return n, perr
+}
+
+// batch delivers the next messages after the checkpoint.
+func (r *Relay) batch(ctx context.Context) (relayResult, error) {
+	q := r.store.queries
+	epoch := r.lease.Epoch()
+	st, err := q.OutboxRelayState(ctx, dbgen.OutboxRelayStateParams{Owner: r.cfg.InstanceID, Epoch: epoch})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return relayResult{}, errLeaseLost
+	}
+	if err != nil {
+		return relayResult{}, err
+	}
+	res := relayResult{checkpoint: Position{TransactionID: st.CheckpointTx, GlobalPosition: st.CheckpointPosition}}
+	rows, err := q.OutboxListForRelay(ctx, dbgen.OutboxListForRelayParams{
+		AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition, MaxCount: int32(r.cfg.BatchSize),
+	})
+	if err != nil {
+		return res, err
+	}
+	res.caughtUp = len(rows) < r.cfg.BatchSize
+	if len(rows) == 0 {
+		res.more, err = q.OutboxAfter(ctx, dbgen.OutboxAfterParams{AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition})
+		return res, err
+	}
+	var (
+		msgs  []Message
+		index []int // msgs[i] is rows[index[i]]
+	)
+	for i, row := range rows {
+		if row.Blocked {
+			continue
+		}
+		m, err := messageFromRow(row.TransactionID, row.Position, row.MessageID, row.Topic, row.Key, row.Payload, row.Headers, row.CreatedAt)
+		if err != nil {
+			return res, err
+		}
+		msgs = append(msgs, m)
+		index = append(index, i)
+	}
+	delivered, perr := 0, error(nil)
+	if len(msgs) > 0 {
+		delivered, perr = r.publish(ctx, msgs)
+	}
+	if errors.Is(perr, errLeaseLost) {
+		return res, perr
+	}
+	if perr != nil && ctx.Err() != nil {
+		return res, ctx.Err() // shutting down: the rest is published again by whoever runs next
+	}
+	end := len(rows) // rows[:end] are passed
+	save := dbgen.OutboxRelaySaveParams{
+		Delivered: int64(delivered), LeaseSeconds: r.cfg.LeaseDuration.Seconds(),
+		Owner: r.cfg.InstanceID, Epoch: epoch,
+	}
+	if perr != nil {
+		failed := rows[index[delivered]]
+		attempts := int32(1)
+		if st.FailingMessageID == failed.MessageID {
+			attempts = st.FailedAttempts + 1
+		}
+		res.caughtUp = false
+		if int(attempts) >= r.cfg.MaxAttempts {
+			end = index[delivered] + 1
+			save.DeadTx, save.DeadPosition = failed.TransactionID, failed.Position
+			save.DeadAttempts, save.DeadError = attempts, perr.Error()
+			save.MoveTx = append(save.MoveTx, strconv.FormatUint(failed.TransactionID, 10))
+			save.MovePosition = append(save.MovePosition, failed.Position)
+			r.log.Error("conduit: message dead-lettered", slog.String("message_id", failed.MessageID.String()),
+				slog.String("topic", failed.Topic), slog.String("key", failed.Key),
+				slog.Int("attempts", int(attempts)), slog.Any("error", perr))
+		} else {
+			end = index[delivered]
+			save.FailingMessageID = uuid.NullUUID{UUID: failed.MessageID, Valid: true}
+			save.FailedAttempts = attempts
+			save.LastError = pgtype.Text{String: perr.Error(), Valid: true}
+			res.retryIn = engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff).Wait(int(attempts))
+			r.log.Warn("conduit: publish failed; retrying", slog.String("message_id", failed.MessageID.String()),
+				slog.Int("attempt", int(attempts)), slog.Any("error", perr), slog.Duration("retry_in", res.retryIn))
+		}
+	}
+	for _, row := range rows[:end] {
+		if row.Blocked {
+			save.MoveTx = append(save.MoveTx, strconv.FormatUint(row.TransactionID, 10))
+			save.MovePosition = append(save.MovePosition, row.Position)
+		}
+	}
+	cp := res.checkpoint
+	if end > 0 {
+		cp = Position{TransactionID: rows[end-1].TransactionID, GlobalPosition: rows[end-1].Position}
+	}
+	save.CheckpointTx, save.CheckpointPosition = cp.TransactionID, cp.GlobalPosition
+	if save.MoveTx == nil {
+		save.MoveTx, save.MovePosition = []string{}, []int64{}
+	}
+	out, err := q.OutboxRelaySave(ctx, save)
+	if err != nil {
+		return res, err
+	}
+	if !out.Ok {
+		return res, errLeaseLost
+	}
+	res.checkpoint, res.more = cp, out.More
+	if delivered > 0 || end > 0 {
+		r.retireDue = true
+	}
+	return res, nil
+}
+
+// deliverHeld delivers the messages of conduit.outbox_dead that may go: the
+// held messages of keys whose dead letter was retried or discarded.
+func (r *Relay) deliverHeld(ctx context.Context) error {
+	q := r.store.queries
+	rows, err := q.OutboxDeadDeliverable(ctx, int32(r.cfg.BatchSize))
+	if err != nil || len(rows) == 0 {
+		return err
+	}
+	msgs := make([]Message, len(rows))
+	for i, row := range rows {
+		if msgs[i], err = messageFromRow(row.TransactionID, row.Position, row.MessageID, row.Topic, row.Key, row.Payload, row.Headers, row.CreatedAt); err != nil {
+			return err
+		}
+	}
+	n, perr := r.publish(ctx, msgs)
+	if errors.Is(perr, errLeaseLost) {
+		return perr
+	}
+	if perr != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	save := dbgen.OutboxDeadSaveParams{Owner: r.cfg.InstanceID, Epoch: r.lease.Epoch(),
+		DeliveredTx: make([]string, n), DeliveredPosition: make([]int64, n), MaxAttempts: int32(r.cfg.MaxAttempts)}
+	for i, row := range rows[:n] {
+		save.DeliveredTx[i], save.DeliveredPosition[i] = strconv.FormatUint(row.TransactionID, 10), row.Position
+	}
+	if perr != nil {
+		save.FailedTx, save.FailedPosition, save.Error = rows[n].TransactionID, rows[n].Position, perr.Error()
+	}
+	out, err := q.OutboxDeadSave(ctx, save)
+	if err != nil {
+		return err
+	}
+	if !out.Ok {
+		return errLeaseLost
+	}
+	if perr != nil {
+		wait := engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff).Wait(int(out.Attempts))
+		r.deadDue = time.Now().Add(wait)
+		r.log.Warn("conduit: publish of a retried dead letter failed", slog.String("message_id", rows[n].MessageID.String()),
+			slog.Int("attempt", int(out.Attempts)), slog.Any("error", perr), slog.Duration("retry_in", wait))
+	}
+	if n > 0 {
+		r.retireDue = true
+	}
+	return nil
+}
+
+// retire truncates delivered generations and switches generations (see
+// conduit.outbox_retire). It never waits for a lock; a failure is logged
+// and tried again later.
+func (r *Relay) retire(ctx context.Context) {
+	r.lastRetire = time.Now()
+	out, err := r.store.queries.OutboxRetire(ctx, int64(r.cfg.RowsPerGeneration))
+	if err != nil {
+		r.log.Warn("conduit: retiring outbox generations failed; tried again later", slog.Any("error", err))
+		return
+	}
+	r.retireDue = false
+	if len(out.Truncated) > 0 {
+		r.log.Debug("conduit: outbox generations truncated", slog.Any("generations", out.Truncated), slog.Int("current", int(out.Current)))
+	}
+}
