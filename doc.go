@@ -239,6 +239,32 @@
 // failures) costs short statements on the pool. For a pool of their own,
 // run the projectors on a second Store over a second pool.
 //
+// # The outbox
+//
+// Messages for other services are written to conduit.outbox in the same
+// transaction as the events they announce: declaratively, by
+// [Config.Outbox] rules that map event types to messages (enqueued by the
+// append's own statement, so "publish every order_paid" needs no code at
+// each append site), or explicitly with [Store.EnqueueTx] (and
+// [Store.Enqueue]). An append that is refused or rolls back enqueues
+// nothing.
+//
+// A [Relay] delivers them to a [Publisher] ([PublishFunc] adapts a
+// function; the conduitnats module holds a NATS JetStream publisher that
+// sends each message's ID as Nats-Msg-Id): at least once, in order per
+// key. It is the projectors' engine's second client: it reads the outbox in
+// (transaction id, position) order below the safe horizon, holds a lease
+// fenced by an epoch (one relay delivers at a time across processes), wakes
+// on the same notifications and polls as the guarantee. A message that
+// keeps failing becomes a dead letter after [RelayConfig.MaxAttempts]; it
+// holds back the later messages of its key only ([Store.DeadLetters],
+// [Store.RetryDeadLetter], [Store.DiscardDeadLetter], or
+// conduit.retry_dead_letter and conduit.discard_dead_letter in SQL). The
+// table is bounded: three generations, truncated whole once delivered.
+// [Store.OutboxStatus] and conduit.outbox_status() report pending messages,
+// the oldest one's age, dead letters, the last delivery and the relay's
+// owner.
+//
 // # Entities
 //
 // [Entity] is the event-sourced entity (aggregate) pattern: [Entity.Load]

@@ -506,6 +506,19 @@ func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 		for i, r := range txRows {
 			rows[i] = dbgen.EventAppendManyRow(r)
 		}
+	case len(a.ids) == 1 && a.msgs.len() == 1:
+		row, err := q.EventAppendOneOutbox(ctx, dbgen.EventAppendOneOutboxParams{
+			StreamID: a.StreamID, EventID: a.EventIds[0], EventType: a.Types[0], Data: a.Data[0],
+			Metadata: a.Metadata[0], Expected: a.Expected,
+			MessageID: a.msgs.ids[0], Topic: a.msgs.topics[0], Key: a.msgs.keys[0], Payload: a.msgs.payloads[0], Headers: a.msgs.headers[0],
+		})
+		switch {
+		case err == nil:
+			return []dbgen.EventAppendManyRow{dbgen.EventAppendManyRow(row)}, nil
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil, nil
+		}
+		return nil, err
 	case a.msgs.len() > 0:
 		var outRows []dbgen.EventAppendManyOutboxRow
 		outRows, err = q.EventAppendManyOutbox(ctx, dbgen.EventAppendManyOutboxParams{

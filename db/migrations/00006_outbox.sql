@@ -27,10 +27,18 @@ CREATE TABLE conduit.outbox_generation (
 );
 INSERT INTO conduit.outbox_generation DEFAULT VALUES;
 
+-- The current generation, the default of conduit.outbox.generation.
+-- PL/pgSQL, not SQL: a SQL function with a FROM is not inlined, and would
+-- be parsed and planned again at each execution of each INSERT; PL/pgSQL
+-- keeps its plan for the session. (Any generation is safe to write to: the
+-- relay reads them all, and truncates one only once it has delivered
+-- every row in it.)
 -- +goose StatementBegin
 CREATE FUNCTION conduit.outbox_current_generation() RETURNS smallint
-LANGUAGE sql STABLE AS $$
-    SELECT g.current FROM conduit.outbox_generation g
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT g.current FROM conduit.outbox_generation g);
+END
 $$;
 -- +goose StatementEnd
 

@@ -55,6 +55,29 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
  ORDER BY ins.stream_version DESC
  LIMIT CASE WHEN sqlc.arg(every_row)::boolean THEN NULL ELSE 1 END;
 
+-- name: EventAppendOneOutbox :one
+-- EventAppendOne that also enqueues one message (a Config.Outbox rule's),
+-- in the same statement: inserted only if the event is. Single values, not
+-- arrays: the common case of a rule, at the cost of one round trip.
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)), ins AS (
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,
+       sqlc.arg(data)::text::jsonb, NULLIF(sqlc.arg(metadata)::text, '')::jsonb
+  FROM head
+ WHERE conduit.append_verdict(sqlc.arg(expected)::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
+   AND (sqlc.arg(expected)::bigint >= 0 OR sqlc.arg(expected)::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = sqlc.arg(event_id)::text::uuid))
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+), msg AS (
+INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
+SELECT sqlc.arg(message_id)::text::uuid, sqlc.arg(topic)::text, sqlc.arg(key)::text, sqlc.arg(payload)::bytea,
+       NULLIF(sqlc.arg(headers)::text, '')::jsonb
+  FROM ins
+)
+SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at FROM ins;
+
 -- name: OutboxRelayAcquire :one
 -- Takes the relay's lease if it is free or expired, bumping the epoch (the
 -- fencing token). A row locked by a save in flight is skipped, never waited

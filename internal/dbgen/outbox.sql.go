@@ -107,6 +107,75 @@ func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendMany
 	return items, nil
 }
 
+const eventAppendOneOutbox = `-- name: EventAppendOneOutbox :one
+WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock($1::text) AS locked),
+head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head($1::text, lock.locked) AS h(version, last_tx)), ins AS (
+INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
+       $4::text::jsonb, NULLIF($5::text, '')::jsonb
+  FROM head
+ WHERE conduit.append_verdict($6::bigint, head.version, head.tx,
+           COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
+   AND ($6::bigint >= 0 OR $6::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
+RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
+), msg AS (
+INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
+SELECT $7::text::uuid, $8::text, $9::text, $10::bytea,
+       NULLIF($11::text, '')::jsonb
+  FROM ins
+)
+SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at FROM ins
+`
+
+type EventAppendOneOutboxParams struct {
+	StreamID  string
+	EventID   string
+	EventType string
+	Data      string
+	Metadata  string
+	Expected  int64
+	MessageID string
+	Topic     string
+	Key       string
+	Payload   []byte
+	Headers   string
+}
+
+type EventAppendOneOutboxRow struct {
+	StreamVersion  int64
+	TransactionID  uint64
+	GlobalPosition int64
+	RecordedAt     time.Time
+}
+
+// EventAppendOne that also enqueues one message (a Config.Outbox rule's),
+// in the same statement: inserted only if the event is. Single values, not
+// arrays: the common case of a rule, at the cost of one round trip.
+func (q *Queries) EventAppendOneOutbox(ctx context.Context, arg EventAppendOneOutboxParams) (EventAppendOneOutboxRow, error) {
+	row := q.db.QueryRow(ctx, eventAppendOneOutbox,
+		arg.StreamID,
+		arg.EventID,
+		arg.EventType,
+		arg.Data,
+		arg.Metadata,
+		arg.Expected,
+		arg.MessageID,
+		arg.Topic,
+		arg.Key,
+		arg.Payload,
+		arg.Headers,
+	)
+	var i EventAppendOneOutboxRow
+	err := row.Scan(
+		&i.StreamVersion,
+		&i.TransactionID,
+		&i.GlobalPosition,
+		&i.RecordedAt,
+	)
+	return i, err
+}
+
 const outboxAfter = `-- name: OutboxAfter :one
 SELECT EXISTS (SELECT 1 FROM conduit.outbox o
                 WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint))::boolean AS more
