@@ -56,7 +56,7 @@ func Example() {
 		fmt.Println("create stream:", err)
 		return
 	}
-	defer js.DeleteStream(context.Background(), env)
+	defer func() { _ = js.DeleteStream(context.Background(), env) }()
 
 	publisher, err := conduitnats.NewPublisher(js, &conduitnats.Config{SubjectPrefix: env + "."})
 	if err != nil {
