@@ -24,7 +24,9 @@
 // A conduit.Message is published to the subject Config.SubjectPrefix +
 // Topic, with its Payload as the data, its Headers as NATS headers, its Key
 // in the header Conduit-Key (KeyHeader; not set for an empty key) and its
-// ID, as text, in Nats-Msg-Id. Creating the streams is left to you: a
+// ID, as text, in Nats-Msg-Id (both replace headers of those names in
+// Headers; other headers, such as JetStream's Nats-Expected-Stream, go as
+// they are). Creating the streams is left to you: a
 // subject that no stream binds is refused (jetstream.ErrNoStreamResponse),
 // and the relay retries it until it dead-letters it.
 //
@@ -70,7 +72,9 @@
 // so nothing after a refused message is sent. It costs a round trip to
 // the JetStream server (and, in a cluster, the stream's replication) per
 // message instead of per batch: the relay's throughput is bounded by one
-// message per round trip.
+// message per round trip. BenchmarkPublish measures both; on loopback to
+// one server, one at a time published about a sixth as many messages per
+// second as the default, and the gap grows with the round trip.
 //
 // # Failure handling
 //

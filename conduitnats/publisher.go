@@ -95,6 +95,8 @@ type PublishError struct {
 	Err error
 }
 
+// Error says which message failed, whether JetStream may have stored it,
+// and why.
 func (e *PublishError) Error() string {
 	what := "not stored"
 	if e.OutcomeUnknown {
