@@ -120,11 +120,11 @@ var _ conduit.Publisher = (*Publisher)(nil)
 
 // NewPublisher returns a Publisher that publishes with js. A nil cfg means
 // the defaults. Creating the streams that bind the subjects is left to you
-// (see the package doc). The error is a *conduit.ConfigError
-// (errors.Is(err, conduit.ErrInvalidConfig)) when a field is out of range.
+// (see the package doc). A field of cfg out of its range is reported as a
+// *conduit.ConfigError (errors.Is(err, conduit.ErrInvalidConfig)).
 func NewPublisher(js jetstream.JetStream, cfg *Config) (*Publisher, error) {
 	if js == nil {
-		return nil, &conduit.ConfigError{Field: "conduitnats.NewPublisher: js", Reason: "nil"}
+		return nil, errors.New("conduitnats: NewPublisher: nil JetStream")
 	}
 	var c Config
 	if cfg != nil {
@@ -167,32 +167,35 @@ func (p *Publisher) Publish(ctx context.Context, msgs []conduit.Message) (int, e
 
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	acked := 0 // msgs[:acked] are acknowledged; futures[acked:] are outstanding
+	awaitNext := func() error {
+		err := p.await(ctx, acked, &msgs[acked], futures[acked])
+		if err == nil {
+			acked++
+		}
+		return err
+	}
+	var sendErr error
 	for i := range msgs {
 		for len(futures)-acked >= p.cfg.MaxInFlight {
-			if err := p.await(ctx, acked, &msgs[acked], futures[acked]); err != nil {
+			if err := awaitNext(); err != nil {
 				return acked, err
 			}
-			acked++
 		}
 		f, err := p.send(ctx, i, &msgs[i])
 		if err != nil {
 			// Nothing after a message that was not sent is sent; the ones
 			// before it still count once acknowledged.
-			for ; acked < i; acked++ {
-				if err := p.await(ctx, acked, &msgs[acked], futures[acked]); err != nil {
-					return acked, err
-				}
-			}
-			return i, err
+			sendErr = err
+			break
 		}
 		futures = append(futures, f)
 	}
-	for ; acked < len(msgs); acked++ {
-		if err := p.await(ctx, acked, &msgs[acked], futures[acked]); err != nil {
+	for acked < len(futures) {
+		if err := awaitNext(); err != nil {
 			return acked, err
 		}
 	}
-	return acked, nil
+	return acked, sendErr
 }
 
 // send hands msgs[i] to the connection and returns the future of its
