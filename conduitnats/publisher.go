@@ -66,8 +66,9 @@ var (
 	// token ("*", ">"). The message was not sent.
 	ErrInvalidSubject = errors.New("conduitnats: invalid subject")
 	// ErrInvalidHeader: a header name is empty or contains a colon,
-	// whitespace or a control character, or a value contains a carriage
-	// return or a line feed. The message was not sent.
+	// whitespace or a control character, or a header value or the Key
+	// (sent as a header) contains a carriage return or a line feed. The
+	// message was not sent.
 	ErrInvalidHeader = errors.New("conduitnats: invalid header")
 )
 
