@@ -174,6 +174,46 @@ func subjectOf(msgs []jetstream.Msg) string {
 	return msgs[0].Subject()
 }
 
+// The key and the ID win over headers of the same names; other NATS
+// headers, such as JetStream's expectations, go as they are.
+func TestPublishReservedHeaders(t *testing.T) {
+	t.Parallel()
+	js := natstest.JetStream(t)
+	stream := natstest.NewStream(t, js, jetstream.StreamConfig{})
+	name := stream.CachedInfo().Config.Name
+	p := newPublisher(t, js, nil)
+
+	m := conduit.NewMessage(name+".t", "the-key", nil)
+	m.Headers = map[string]string{
+		conduitnats.KeyHeader:          "forged",
+		jetstream.MsgIDHeader:          "forged",
+		jetstream.ExpectedStreamHeader: name,
+	}
+	if n, err := p.Publish(t.Context(), []conduit.Message{m}); n != 1 || err != nil {
+		t.Fatalf("Publish = %d, %v; want 1, nil", n, err)
+	}
+	got := natstest.ReadAll(t, stream)
+	if len(got) != 1 {
+		t.Fatalf("the stream holds %d messages; want 1", len(got))
+	}
+	h := got[0].Headers()
+	if h.Get(conduitnats.KeyHeader) != "the-key" || h.Get(jetstream.MsgIDHeader) != m.ID.String() {
+		t.Errorf("headers %v; want %s the-key and %s %s", h, conduitnats.KeyHeader, jetstream.MsgIDHeader, m.ID)
+	}
+
+	// The expectation is JetStream's to check: a wrong stream is refused.
+	m = conduit.NewMessage(name+".t", "the-key", nil)
+	m.Headers = map[string]string{jetstream.ExpectedStreamHeader: "ANOTHER"}
+	n, err := p.Publish(t.Context(), []conduit.Message{m})
+	var apiErr *jetstream.APIError
+	if n != 0 || !errors.As(err, &apiErr) {
+		t.Fatalf("Publish with a wrong expected stream = %d, %v; want 0 and a *jetstream.APIError", n, err)
+	}
+	if pe := publishError(t, err); pe.OutcomeUnknown {
+		t.Errorf("a message JetStream refused has OutcomeUnknown: %+v", pe)
+	}
+}
+
 // A relay that lost an acknowledgement publishes the same messages again:
 // JetStream keeps one copy of each.
 func TestPublishDeduplicates(t *testing.T) {
