@@ -5,7 +5,7 @@
 //
 //	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
 //	...
-//	js, err := jetstream.New(nc)
+//	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
 //	...
 //	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 //		Name:       "SHOP",

@@ -34,7 +34,8 @@ func Example() {
 		return
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	// Acknowledgements that never come expire (see NewPublisher).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(conduitnats.AckTimeoutDefault))
 	if err != nil {
 		fmt.Println("jetstream:", err)
 		return

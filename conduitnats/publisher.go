@@ -123,6 +123,13 @@ var _ conduit.Publisher = (*Publisher)(nil)
 // the defaults. Creating the streams that bind the subjects is left to you
 // (see the package doc). A field of cfg out of its range is reported as a
 // *conduit.ConfigError (errors.Is(err, conduit.ErrInvalidConfig)).
+//
+// Make js with jetstream.WithPublishAsyncTimeout (Config.AckTimeout, say).
+// Publish gives up on an acknowledgement that does not come, but js keeps
+// waiting for it until that timeout, or, without one, for as long as the
+// connection lasts; once jetstream.WithPublishAsyncMaxPending of them pend
+// (4000 by default), js sends nothing more, and every Publish fails with
+// jetstream.ErrTooManyStalledMsgs (and ErrAckTimeout) after AckTimeout.
 func NewPublisher(js jetstream.JetStream, cfg *Config) (*Publisher, error) {
 	if js == nil {
 		return nil, errors.New("conduitnats: NewPublisher: nil JetStream")
@@ -236,7 +243,10 @@ func (p *Publisher) send(ctx context.Context, i int, m *conduit.Message) (jetstr
 		// acknowledgements counts against AckTimeout.
 		jetstream.WithStallWait(max(time.Until(deadline), time.Millisecond)))
 	if err != nil {
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() != nil {
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// The wait for room lasted until ctx's deadline, so ctx ends
+			// now (if it has not already): say why.
+			<-ctx.Done()
 			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
 		}
 		return nil, notSent(err)

@@ -536,3 +536,49 @@ func BenchmarkPublish(b *testing.B) {
 		})
 	}
 }
+
+// Acknowledgements that never come stay among js's pending ones unless js
+// has an async publish timeout: once WithPublishAsyncMaxPending of them
+// pend, nothing more can be sent. With the timeout they expire, and
+// publishing goes on (the advice of NewPublisher's doc).
+func TestPublishAbandonedAcknowledgements(t *testing.T) {
+	t.Parallel()
+	for _, asyncTimeout := range []time.Duration{0, 100 * time.Millisecond} {
+		t.Run("WithPublishAsyncTimeout="+asyncTimeout.String(), func(t *testing.T) {
+			t.Parallel()
+			nc := natstest.Connect(t, natstest.URL(t))
+			js := natstest.NewJetStream(t, nc, jetstream.WithPublishAsyncMaxPending(4),
+				jetstream.WithPublishAsyncTimeout(asyncTimeout)) // 0: none
+			stream := natstest.NewStream(t, js, jetstream.StreamConfig{})
+			name := stream.CachedInfo().Config.Name
+			silent, _ := silentSubject(t, nc)
+			p := newPublisher(t, js, &conduitnats.Config{AckTimeout: 300 * time.Millisecond})
+
+			// Four messages whose acknowledgements never come fill js's
+			// pending acknowledgements.
+			lost := make([]conduit.Message, 4)
+			for i := range lost {
+				lost[i] = conduit.NewMessage(silent, "k", nil)
+			}
+			if n, err := p.Publish(t.Context(), lost); n != 0 || !errors.Is(err, conduitnats.ErrAckTimeout) &&
+				!errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
+				t.Fatalf("Publish to the silent subject = %d, %v; want 0 and a timeout", n, err)
+			}
+
+			n, err := p.Publish(t.Context(), messages(name+".t", "k", 1))
+			if asyncTimeout == 0 {
+				if n != 0 || !errors.Is(err, jetstream.ErrTooManyStalledMsgs) || !errors.Is(err, conduitnats.ErrAckTimeout) {
+					t.Fatalf("Publish with js's pending acknowledgements full = %d, %v; "+
+						"want 0, ErrTooManyStalledMsgs after AckTimeout", n, err)
+				}
+				if pe := publishError(t, err); pe.OutcomeUnknown {
+					t.Errorf("a message never sent has OutcomeUnknown: %+v", pe)
+				}
+				return
+			}
+			if n != 1 || err != nil {
+				t.Fatalf("Publish after the async timeout = %d, %v; want 1, nil", n, err)
+			}
+		})
+	}
+}

@@ -139,18 +139,24 @@ func Connect(t testing.TB, serverURL string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// JetStream returns a JetStream on a new connection (Connect) to the
-// shared server (URL), or skips the test when there is none (fails it when
-// CI=true). Its connection is js.Conn().
+// JetStream returns a JetStream (NewJetStream) on a new connection
+// (Connect, with opts) to the shared server (URL), or skips the test when
+// there is none (fails it when CI=true). Its connection is js.Conn().
 func JetStream(t testing.TB, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
 	return NewJetStream(t, Connect(t, URL(t), opts...))
 }
 
-// NewJetStream returns a JetStream on nc.
-func NewJetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+// AsyncPublishTimeout is the jetstream.WithPublishAsyncTimeout of
+// NewJetStream: acknowledgements that never come expire, as conduitnats
+// advises.
+const AsyncPublishTimeout = 5 * time.Second
+
+// NewJetStream returns a JetStream on nc made with
+// jetstream.WithPublishAsyncTimeout(AsyncPublishTimeout), then opts.
+func NewJetStream(t testing.TB, nc *nats.Conn, opts ...jetstream.JetStreamOpt) jetstream.JetStream {
 	t.Helper()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, append([]jetstream.JetStreamOpt{jetstream.WithPublishAsyncTimeout(AsyncPublishTimeout)}, opts...)...)
 	if err != nil {
 		t.Fatalf("natstest: jetstream: %v", err)
 	}
