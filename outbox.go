@@ -65,9 +65,20 @@ func NewMessage(topic, key string, payload []byte) Message {
 // same IDs, which is why publishers hand the ID to the broker for
 // de-duplication. A publisher that pipelines a batch must keep a key's
 // messages in order at the broker; see Relay for what a relay promises.
+//
+// An error that wraps (or matches, with errors.Is) ErrBrokerUnavailable
+// says the broker could not be reached or did not answer in time, not
+// that it refused the message: the relay retries it with backoff for as
+// long as it takes, without counting an attempt, so an outage never turns
+// messages into dead letters. Any other error counts a failed attempt of
+// the message (see RelayConfig.MaxAttempts).
 type Publisher interface {
 	Publish(ctx context.Context, msgs []Message) (int, error)
 }
+
+// ErrBrokerUnavailable is what a Publisher's error matches when the broker
+// could not be reached, or did not acknowledge in time (see Publisher).
+var ErrBrokerUnavailable = errors.New("conduit: broker unavailable")
 
 // PublishFunc adapts a function that publishes one message to a Publisher:
 // it publishes a batch one message at a time, in order, and stops at the

@@ -407,6 +407,43 @@ func TestOutboxTransientFailures(t *testing.T) {
 	}
 }
 
+// An unavailable broker (an error matching ErrBrokerUnavailable) is retried
+// for as long as it lasts, and counts no attempt: well past MaxAttempts
+// failures, nothing becomes a dead letter, and order holds.
+func TestOutboxBrokerUnavailable(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, _ := newStore(t, nil)
+	var mu sync.Mutex
+	outage := 12
+	rec := &recorder{}
+	rec.setFail(func(conduit.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if outage > 0 {
+			outage--
+			return fmt.Errorf("connection refused: %w", conduit.ErrBrokerUnavailable)
+		}
+		return nil
+	})
+	relay := newRelay(t, store, rec, &conduit.RelayConfig{MaxAttempts: 2, RetryBackoff: time.Millisecond})
+	var want []string
+	for i := range 5 {
+		p := fmt.Sprintf("m%d", i)
+		want = append(want, p)
+		if err := store.Enqueue(ctx, conduit.NewMessage("t", "k", []byte(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain(t, ctx, relay)
+	if got := rec.payloads("k"); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q; want %q", got, want)
+	}
+	if dead, err := store.DeadLetters(ctx, true); err != nil || len(dead) != 0 {
+		t.Fatalf("dead letters %+v, %v; want none after an outage", dead, err)
+	}
+}
+
 // A publisher that hangs, ignoring its context, fails at PublishTimeout:
 // the message counts a failed attempt even if the publisher then reports
 // success, and after MaxAttempts it is a dead letter naming the timeout.

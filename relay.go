@@ -145,6 +145,9 @@ type Relay struct {
 
 	// Owned by the goroutine in Run or Drain.
 	deadDue    time.Time // when to look at the dead-letter table again after a failure there
+	// unavailable paces the retries while the broker is unavailable
+	// (ErrBrokerUnavailable): reset by a successful publish.
+	unavailable *engine.Backoff
 	lastRetire time.Time
 	retireDue  bool // something was delivered since the last retire
 }
@@ -160,6 +163,7 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true,
+		unavailable: engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff),
 		log: c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
 	q := store.queries
 	r.lease = engine.NewLease(engine.LeaseConfig{
@@ -382,13 +386,21 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if errors.Is(perr, errLeaseLost) {
 		return res, perr
 	}
-	if perr != nil && ctx.Err() != nil {
-		return res, ctx.Err() // shutting down: the rest is published again by whoever runs next
+	// Shutting down (ctx ended): what was acknowledged is still recorded,
+	// the rest is published by whoever runs next, and no attempt counts.
+	stopping := ctx.Err() != nil
+	if stopping {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
 	}
 	end := len(rows) // rows[:end] are passed
 	save := dbgen.OutboxRelaySaveParams{
 		Delivered: int64(delivered), LeaseSeconds: r.cfg.LeaseDuration.Seconds(),
 		Owner: r.cfg.InstanceID, Epoch: epoch,
+	}
+	if perr == nil {
+		r.unavailable.Reset()
 	}
 	if perr != nil {
 		failed := rows[index[delivered]]
@@ -397,7 +409,23 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 			attempts = st.FailedAttempts + 1
 		}
 		res.caughtUp = false
-		if int(attempts) >= r.cfg.MaxAttempts {
+		unavailable := errors.Is(perr, ErrBrokerUnavailable)
+		if unavailable || stopping {
+			attempts-- // not the message's fault: no attempt counted
+		}
+		switch {
+		case stopping:
+			end = index[delivered]
+			save.FailingMessageID = uuid.NullUUID{UUID: st.FailingMessageID, Valid: st.FailingMessageID != uuid.Nil}
+			save.FailedAttempts = st.FailedAttempts
+		case unavailable:
+			end = index[delivered]
+			save.FailingMessageID = uuid.NullUUID{UUID: failed.MessageID, Valid: true}
+			save.FailedAttempts = attempts
+			save.LastError = pgtype.Text{String: perr.Error(), Valid: true}
+			res.retryIn = r.unavailable.Next()
+			r.log.Warn("conduit: broker unavailable; retrying", slog.Any("error", perr), slog.Duration("retry_in", res.retryIn))
+		case int(attempts) >= r.cfg.MaxAttempts:
 			end = index[delivered] + 1
 			save.DeadTx, save.DeadPosition = failed.TransactionID, failed.Position
 			save.DeadAttempts, save.DeadError = attempts, perr.Error()
@@ -406,7 +434,7 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 			r.log.Error("conduit: message dead-lettered", slog.String("message_id", failed.MessageID.String()),
 				slog.String("topic", failed.Topic), slog.String("key", failed.Key),
 				slog.Int("attempts", int(attempts)), slog.Any("error", perr))
-		} else {
+		default:
 			end = index[delivered]
 			save.FailingMessageID = uuid.NullUUID{UUID: failed.MessageID, Valid: true}
 			save.FailedAttempts = attempts
@@ -462,15 +490,21 @@ func (r *Relay) deliverHeld(ctx context.Context) error {
 	if errors.Is(perr, errLeaseLost) {
 		return perr
 	}
-	if perr != nil && ctx.Err() != nil {
-		return ctx.Err()
+	if ctx.Err() != nil { // shutting down: record what was acknowledged, count nothing
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if perr != nil {
+			perr = fmt.Errorf("%w: %w", ErrBrokerUnavailable, perr)
+		}
 	}
+	unavailable := errors.Is(perr, ErrBrokerUnavailable)
 	save := dbgen.OutboxDeadSaveParams{Owner: r.cfg.InstanceID, Epoch: r.lease.Epoch(),
 		DeliveredTx: make([]string, n), DeliveredPosition: make([]int64, n), MaxAttempts: int32(r.cfg.MaxAttempts)}
 	for i, row := range rows[:n] {
 		save.DeliveredTx[i], save.DeliveredPosition[i] = strconv.FormatUint(row.TransactionID, 10), row.Position
 	}
-	if perr != nil {
+	if perr != nil && !unavailable {
 		save.FailedTx, save.FailedPosition, save.Error = rows[n].TransactionID, rows[n].Position, perr.Error()
 	}
 	out, err := q.OutboxDeadSave(ctx, save)
@@ -480,7 +514,10 @@ func (r *Relay) deliverHeld(ctx context.Context) error {
 	if !out.Ok {
 		return errLeaseLost
 	}
-	if perr != nil {
+	switch {
+	case unavailable:
+		r.deadDue = time.Now().Add(r.unavailable.Next())
+	case perr != nil:
 		wait := engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff).Wait(int(out.Attempts))
 		r.deadDue = time.Now().Add(wait)
 		r.log.Warn("conduit: publish of a retried dead letter failed", slog.String("message_id", rows[n].MessageID.String()),

@@ -109,6 +109,16 @@ func (e *PublishError) Error() string {
 // Unwrap returns Err.
 func (e *PublishError) Unwrap() error { return e.Err }
 
+// Is makes errors.Is(err, conduit.ErrBrokerUnavailable) true when NATS
+// could not be reached or did not acknowledge (OutcomeUnknown, or
+// ErrNotConnected): the relay then retries for as long as the outage lasts
+// without counting an attempt, so an outage never makes dead letters. A
+// refusal by JetStream (no stream bound to the subject, a full stream, an
+// invalid message) counts an attempt.
+func (e *PublishError) Is(target error) bool {
+	return target == conduit.ErrBrokerUnavailable && (e.OutcomeUnknown || errors.Is(e.Err, ErrNotConnected))
+}
+
 // Publisher publishes outbox messages to NATS JetStream: a
 // conduit.Publisher. Its methods may be called from several goroutines; a
 // Relay calls Publish from one at a time.
