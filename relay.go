@@ -144,12 +144,12 @@ type Relay struct {
 	running atomic.Bool
 
 	// Owned by the goroutine in Run or Drain.
-	deadDue    time.Time // when to look at the dead-letter table again after a failure there
+	deadDue time.Time // when to look at the dead-letter table again after a failure there
 	// unavailable paces the retries while the broker is unavailable
 	// (ErrBrokerUnavailable): reset by a successful publish.
 	unavailable *engine.Backoff
-	lastRetire time.Time
-	retireDue  bool // something was delivered since the last retire
+	lastRetire  time.Time
+	retireDue   bool // something was delivered since the last retire
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -164,7 +164,7 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 	}
 	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true,
 		unavailable: engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff),
-		log: c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
+		log:         c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
 	q := store.queries
 	r.lease = engine.NewLease(engine.LeaseConfig{
 		Duration:    c.LeaseDuration,
