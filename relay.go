@@ -132,7 +132,9 @@ func (c *RelayConfig) withDefaults(store *Store) (RelayConfig, error) {
 //     MaxAttempts times (the messages after it wait meanwhile), then it
 //     becomes a dead letter, visible in DeadLetters and
 //     conduit.outbox_dead; the later messages of its key are held behind it,
-//     and every other key flows. RetryDeadLetter delivers it again, then the
+//     and every other key flows. An error matching ErrBrokerUnavailable
+//     counts no attempt: it is retried with backoff while the outage lasts.
+//     RetryDeadLetter delivers it again, then the
 //     held ones, in order; DiscardDeadLetter drops it and delivers the held
 //     ones. A message with an empty key holds back nothing.
 type Relay struct {
