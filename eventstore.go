@@ -512,13 +512,7 @@ func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 			Metadata: a.Metadata[0], Expected: a.Expected,
 			MessageID: a.msgs.ids[0], Topic: a.msgs.topics[0], Key: a.msgs.keys[0], Payload: a.msgs.payloads[0], Headers: a.msgs.headers[0],
 		})
-		switch {
-		case err == nil:
-			return []dbgen.EventAppendManyRow{dbgen.EventAppendManyRow(row)}, nil
-		case errors.Is(err, pgx.ErrNoRows):
-			return nil, nil
-		}
-		return nil, err
+		return oneRow(dbgen.EventAppendManyRow(row), err)
 	case a.msgs.len() > 0:
 		var outRows []dbgen.EventAppendManyOutboxRow
 		outRows, err = q.EventAppendManyOutbox(ctx, dbgen.EventAppendManyOutboxParams{
@@ -535,18 +529,24 @@ func (s *Store) appendFast(ctx context.Context, q *dbgen.Queries, a appendArgs, 
 			StreamID: a.StreamID, EventID: a.EventIds[0], EventType: a.Types[0], Data: a.Data[0],
 			Metadata: a.Metadata[0], Expected: a.Expected,
 		})
-		switch {
-		case err == nil:
-			return []dbgen.EventAppendManyRow{dbgen.EventAppendManyRow(row)}, nil
-		case errors.Is(err, pgx.ErrNoRows):
-			return nil, nil
-		}
-		return nil, err
+		return oneRow(dbgen.EventAppendManyRow(row), err)
 	default:
 		rows, err = q.EventAppendMany(ctx, a.EventAppendManyParams)
 	}
 	slices.Reverse(rows) // the queries return newest first
 	return rows, err
+}
+
+// oneRow is the rows of a single-event append statement: none when it
+// wrote nothing (pgx.ErrNoRows).
+func oneRow(row dbgen.EventAppendManyRow, err error) ([]dbgen.EventAppendManyRow, error) {
+	switch {
+	case err == nil:
+		return []dbgen.EventAppendManyRow{row}, nil
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	}
+	return nil, err
 }
 
 // storedEvents builds the result and the stored events from one row per

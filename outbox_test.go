@@ -81,27 +81,7 @@ func drain(t testing.TB, ctx context.Context, r *conduit.Relay) {
 
 func runRelay(t testing.TB, r *conduit.Relay) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("relay: Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("relay did not stop")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return runWorker(t, "relay", r.Run)
 }
 
 // The plainest use: a rule on the store publishes every order_paid; the

@@ -103,9 +103,17 @@ func checkLedgerMatchesLog(t testing.TB, store *conduit.Store, pool *pgxpool.Poo
 // waits, failing the test if Run returned an error.
 func runProjector(t testing.TB, p *conduit.Projector) (stop func()) {
 	t.Helper()
+	return runWorker(t, "projector "+p.Name(), p.Run)
+}
+
+// runWorker runs run (a Projector's or a Relay's Run) in a goroutine until
+// stop, or the test's end, and fails the test if it returns an error or
+// does not stop.
+func runWorker(t testing.TB, name string, run func(context.Context) error) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	go func() { done <- run(ctx) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -116,10 +124,10 @@ func runProjector(t testing.TB, p *conduit.Projector) (stop func()) {
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("projector %s: Run: %v", p.Name(), err)
+				t.Errorf("%s: Run: %v", name, err)
 			}
 		case <-time.After(30 * time.Second):
-			t.Errorf("projector %s did not stop", p.Name())
+			t.Errorf("%s did not stop", name)
 		}
 	}
 	t.Cleanup(stop)
