@@ -199,7 +199,9 @@ var errPublishTimeout = errors.New("publish ran longer than RelayConfig.PublishT
 func (r *Relay) InstanceID() string { return r.cfg.InstanceID }
 
 // Run delivers messages until ctx ends, then releases the lease and returns
-// nil. Database and publish errors are retried with backoff. A Relay runs
+// nil. Database and publish errors are retried with backoff; Run returns
+// early only on a database restored from a logical dump
+// (ErrRestoredDatabase: run SELECT conduit.rebase_transaction_ids()). A Relay runs
 // once at a time (Run or Drain); for several instances in one process make
 // several Relays.
 func (r *Relay) Run(ctx context.Context) error { return r.run(ctx, nil) }
@@ -266,6 +268,9 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 				behindHorizon.Reset()
 			}
 		case ctx.Err() != nil:
+		case errors.Is(err, ErrRestoredDatabase):
+			r.log.Error("conduit: relay refuses to run", slog.Any("error", err))
+			return err
 		case errors.Is(err, errLeaseLost):
 			r.lease.Drop()
 		case errors.Is(err, errStandby) && head != nil:
@@ -291,11 +296,24 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 // step takes the lease if needed, delivers what the dead-letter table has
 // to deliver, then one batch of the outbox.
 func (r *Relay) step(ctx context.Context) (relayResult, error) {
-	if _, err := r.lease.Acquire(ctx); err != nil {
+	acquired, err := r.lease.Acquire(ctx)
+	if err != nil {
 		if errors.Is(err, errStandby) {
 			return relayResult{}, err
 		}
 		return relayResult{}, fmt.Errorf("acquire the relay's lease: %w", err)
+	}
+	if acquired {
+		// A database restored from a logical dump holds transaction ids
+		// above the new cluster's: nothing would ever be below the horizon.
+		c, err := r.store.queries.OutboxTransactionIDsCheck(ctx)
+		if err == nil && !c.Ok {
+			err = &RestoredDatabaseError{MaxStored: c.MaxStored, NextTransactionID: c.NextXid}
+		}
+		if err != nil {
+			r.lease.Release()
+			return relayResult{}, err
+		}
 	}
 	if !time.Now().Before(r.deadDue) {
 		if err := r.deliverHeld(ctx); err != nil {

@@ -272,6 +272,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION '
                    'conduit.outbox_current_generation(), '
                    'conduit.outbox_status(), '
+                   'conduit.check_outbox_transaction_ids(), '
                    'conduit.outbox_retire(bigint), '
                    'conduit.retry_dead_letter(uuid), '
                    'conduit.discard_dead_letter(uuid) '
@@ -283,7 +284,65 @@ $$;
 -- Not for everyone: outbox_retire is granted by grant_application.
 REVOKE EXECUTE ON FUNCTION conduit.outbox_retire(bigint), conduit.grant_application_00004(name) FROM PUBLIC;
 
+-- After a logical restore (see conduit.check_transaction_ids), the
+-- outbox's transaction ids are above the new cluster's too: the relay would
+-- wait forever for them to fall below the horizon. The relay checks this
+-- on taking its lease (conduit.check_outbox_transaction_ids), and
+-- conduit.rebase_transaction_ids now also rebases the outbox: every message
+-- gets transaction id 0, so the order becomes position order, and the
+-- relay's checkpoint moves to just before the first message it had not
+-- passed (messages after it that it had delivered are delivered again:
+-- at least once, and the broker de-duplicates by ID). Migration 4's version
+-- is kept under another name and called.
+-- +goose StatementBegin
+CREATE FUNCTION conduit.check_outbox_transaction_ids(OUT ok boolean, OUT max_stored bigint, OUT next_xid bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(m.x < pg_snapshot_xmax(pg_current_snapshot()), true),
+           m.x::text::bigint,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+      FROM (SELECT GREATEST(
+                (SELECT o.transaction_id FROM conduit.outbox o
+                  ORDER BY o.transaction_id DESC, o.position DESC LIMIT 1),
+                (SELECT r.checkpoint_tx FROM conduit.outbox_relay r)) AS x) m;
+$$;
+-- +goose StatementEnd
+
+ALTER FUNCTION conduit.rebase_transaction_ids() RENAME TO rebase_transaction_ids_00004;
+COMMENT ON FUNCTION conduit.rebase_transaction_ids_00004() IS
+    'Migration 4''s conduit.rebase_transaction_ids: called by the current one, and kept so that migrating below version 6 restores it.';
+-- (OR REPLACE only for sqlc, which does not follow the rename.)
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION conduit.rebase_transaction_ids() RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_rebased text;
+    v_first bigint;
+    v_messages bigint;
+BEGIN
+    v_rebased := conduit.rebase_transaction_ids_00004();
+    LOCK TABLE conduit.outbox IN EXCLUSIVE MODE;
+    SELECT min(o.position) INTO v_first
+      FROM conduit.outbox o, conduit.outbox_relay r
+     WHERE (o.transaction_id, o.position) > (r.checkpoint_tx, r.checkpoint_position);
+    UPDATE conduit.outbox_relay r
+       SET checkpoint_tx = '0',
+           checkpoint_position = COALESCE(v_first - 1,
+               (SELECT max(o.position) FROM conduit.outbox o), r.checkpoint_position),
+           owner = NULL, lease_expires_at = NULL, updated_at = now();
+    UPDATE conduit.outbox SET transaction_id = '0' WHERE transaction_id <> '0';
+    GET DIAGNOSTICS v_messages = ROW_COUNT;
+    UPDATE conduit.outbox_dead SET transaction_id = '0' WHERE transaction_id <> '0';
+    RETURN format('%s; rebased %s outbox messages', v_rebased, v_messages);
+END
+$$;
+-- +goose StatementEnd
+REVOKE EXECUTE ON FUNCTION conduit.rebase_transaction_ids(), conduit.rebase_transaction_ids_00004() FROM PUBLIC;
+
 -- +goose Down
+DROP FUNCTION conduit.rebase_transaction_ids();
+ALTER FUNCTION conduit.rebase_transaction_ids_00004() RENAME TO rebase_transaction_ids;
+COMMENT ON FUNCTION conduit.rebase_transaction_ids() IS NULL;
+DROP FUNCTION conduit.check_outbox_transaction_ids();
 DROP FUNCTION conduit.grant_application(name);
 ALTER FUNCTION conduit.grant_application_00004(name) RENAME TO grant_application;
 COMMENT ON FUNCTION conduit.grant_application(name) IS NULL;

@@ -262,3 +262,7 @@ SELECT o.transaction_id, o.position
 -- Whether messages follow the checkpoint (readable, or behind the horizon).
 SELECT EXISTS (SELECT 1 FROM conduit.outbox o
                 WHERE (o.transaction_id, o.position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint))::boolean AS more;
+
+-- name: OutboxTransactionIDsCheck :one
+SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid
+  FROM conduit.check_outbox_transaction_ids();

@@ -790,3 +790,21 @@ func (q *Queries) OutboxStatusGet(ctx context.Context) (OutboxStatusGetRow, erro
 	)
 	return i, err
 }
+
+const outboxTransactionIDsCheck = `-- name: OutboxTransactionIDsCheck :one
+SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid
+  FROM conduit.check_outbox_transaction_ids()
+`
+
+type OutboxTransactionIDsCheckRow struct {
+	Ok        bool
+	MaxStored int64
+	NextXid   int64
+}
+
+func (q *Queries) OutboxTransactionIDsCheck(ctx context.Context) (OutboxTransactionIDsCheckRow, error) {
+	row := q.db.QueryRow(ctx, outboxTransactionIDsCheck)
+	var i OutboxTransactionIDsCheckRow
+	err := row.Scan(&i.Ok, &i.MaxStored, &i.NextXid)
+	return i, err
+}
