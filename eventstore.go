@@ -17,6 +17,8 @@ import (
 	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 	"github.com/conduit-es/conduit/internal/engine"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults and limits of Config fields. A zero field means its default.
@@ -101,8 +103,19 @@ type Config struct {
 	// with a pool of 1 to 3 connections appends can wait for a batch).
 	MaxProjectorConns int
 
-	// Logger receives structured logs. Defaults to slog.Default().
+	// Logger receives structured logs. Defaults to slog.Default() showing
+	// warnings and errors only (Conduit logs lease changes and the like at
+	// Info and Debug: pass a logger of your own to see them).
 	Logger *slog.Logger
+
+	// MeterProvider receives Conduit's metrics (see README's
+	// "Observability" for the instruments). Defaults to none: the
+	// OpenTelemetry API's no-op provider; Conduit never installs an SDK.
+	MeterProvider metric.MeterProvider
+
+	// TracerProvider receives Conduit's spans: one per append, per
+	// projector batch and per relay batch. Defaults to none (no-op).
+	TracerProvider trace.TracerProvider
 }
 
 // withDefaults fills in defaults; poolSize is the pool's MaxConns.
@@ -142,7 +155,7 @@ func (c *Config) withDefaults(poolSize int) (Config, error) {
 	out.Projections = append([]Projection(nil), out.Projections...)
 	out.Outbox = append([]OutboxRule(nil), out.Outbox...)
 	if out.Logger == nil {
-		out.Logger = slog.Default()
+		out.Logger = slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
 	}
 	return out, nil
 }
@@ -163,6 +176,8 @@ type Store struct {
 	// outboxRules are Config.Outbox by event type.
 	outboxRules map[string]*OutboxRule
 
+	tel *telemetry
+
 	// projectors names the Projectors made on this Store (see WaitFor).
 	projectors projectionNames
 }
@@ -181,9 +196,16 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules,
+	tel, err := newTelemetry(c.MeterProvider, c.TracerProvider)
+	if err != nil {
+		return nil, fmt.Errorf("conduit: NewStore: instruments: %w", err)
+	}
+	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules, tel: tel,
 		projectorConns: make(chan struct{}, c.MaxProjectorConns)}
 	s.newWakeups()
+	if err := s.registerGauges(c.MeterProvider); err != nil {
+		return nil, fmt.Errorf("conduit: NewStore: gauges: %w", err)
+	}
 	return s, nil
 }
 
@@ -262,8 +284,14 @@ type AppendResult struct {
 // (ErrDuplicateEventID), *ProjectionError (ErrProjection),
 // *RestoredDatabaseError (ErrRestoredDatabase), or a database error. Use
 // IsRefused and IsOutcomeUnknown to decide on a retry.
-func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
-	a, err := s.newAppend(streamID, expected, events)
+func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVersion, events ...EventData) (res AppendResult, err error) {
+	ctx, end := s.tel.startAppend(ctx, streamID, len(events))
+	defer func() { end(res, err) }()
+	return s.append(ctx, streamID, expected, events)
+}
+
+func (s *Store) append(ctx context.Context, streamID string, expected ExpectedVersion, events []EventData) (AppendResult, error) {
+	a, err := s.newAppend(ctx, streamID, expected, events)
 	if err != nil {
 		return AppendResult{}, err
 	}
@@ -321,8 +349,14 @@ func (s *Store) Append(ctx context.Context, streamID string, expected ExpectedVe
 //
 // AppendTx cannot know when tx commits, so it wakes no projector: call
 // Notify after the commit, or use InTx.
-func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events ...EventData) (AppendResult, error) {
-	a, err := s.newAppend(streamID, expected, events)
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events ...EventData) (res AppendResult, err error) {
+	ctx, end := s.tel.startAppend(ctx, streamID, len(events))
+	defer func() { end(res, err) }()
+	return s.appendTx(ctx, tx, streamID, expected, events)
+}
+
+func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, streamID string, expected ExpectedVersion, events []EventData) (AppendResult, error) {
+	a, err := s.newAppend(ctx, streamID, expected, events)
 	if err != nil {
 		return AppendResult{}, err
 	}
@@ -354,7 +388,7 @@ type appendArgs struct {
 
 // newAppend validates input and builds the query's arrays. It reads events
 // and never writes into them: a zero id gets a fresh id here only.
-func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []EventData) (appendArgs, error) {
+func (s *Store) newAppend(ctx context.Context, streamID string, expected ExpectedVersion, events []EventData) (appendArgs, error) {
 	if err := validateStreamID(streamID); err != nil {
 		return appendArgs{}, err
 	}
@@ -387,6 +421,7 @@ func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []Ev
 		Metadata: make([]string, len(events)),
 		EveryRow: len(s.cfg.Projections) > 0, // synchronous projections need every stored event
 	}
+	tp := s.tel.traceparent(ctx) // stored in the metadata: projectors' spans link back
 	var seen map[uuid.UUID]int
 	if len(events) > 1 {
 		seen = make(map[uuid.UUID]int, len(events))
@@ -414,7 +449,7 @@ func (s *Store) newAppend(streamID string, expected ExpectedVersion, events []Ev
 		a.EventIds[i] = id.String()
 		a.Types[i] = e.Type
 		a.Data[i] = string(e.Data)
-		a.Metadata[i] = string(e.Metadata)
+		a.Metadata[i] = string(withTraceparent(e.Metadata, tp))
 		if r := s.outboxRules[e.Type]; r != nil {
 			m, err := r.message(Event{ID: id, StreamID: streamID, Type: e.Type, Data: e.Data, Metadata: e.Metadata})
 			if err == nil {

@@ -39,8 +39,9 @@ func (p *Projector) newLease() *engine.Lease {
 		Release: func(ctx context.Context, epoch int64) error {
 			return q.ProjectionRelease(ctx, dbgen.ProjectionReleaseParams{Name: p.name, Owner: p.cfg.InstanceID, Epoch: epoch})
 		},
-		Overrun: p.overrun,
-		Log:     p.log,
+		Overrun:  p.overrun,
+		Log:      p.log,
+		OnChange: func(change string) { p.store.tel.leaseChange("projector", p.name, change) },
 	})
 }
 

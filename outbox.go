@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 	"unicode/utf8"
 
@@ -216,7 +217,7 @@ func (a *outboxArgs) add(i int, m *Message, maxSize int) error {
 }
 
 // newOutboxArgs validates msgs.
-func (s *Store) newOutboxArgs(msgs []Message) (outboxArgs, error) {
+func (s *Store) newOutboxArgs(ctx context.Context, msgs []Message) (outboxArgs, error) {
 	var a outboxArgs
 	if len(msgs) == 0 {
 		return a, &ValidationError{Field: "messages", Index: -1, Reason: "none given"}
@@ -226,9 +227,18 @@ func (s *Store) newOutboxArgs(msgs []Message) (outboxArgs, error) {
 			Reason: fmt.Sprintf("%d messages, limit %d per call", len(msgs), MaxEventsPerAppend)}
 	}
 	total := 0
+	tp := s.tel.traceparent(ctx) // a header: the relay's span links back
 	for i := range msgs {
 		total += len(msgs[i].Payload)
-		if err := a.add(i, &msgs[i], s.cfg.MaxEventSize); err != nil {
+		m := msgs[i]
+		if tp != "" && m.Headers[TraceparentKey] == "" {
+			m.Headers = maps.Clone(m.Headers)
+			if m.Headers == nil {
+				m.Headers = map[string]string{}
+			}
+			m.Headers[TraceparentKey] = tp
+		}
+		if err := a.add(i, &m, s.cfg.MaxEventSize); err != nil {
 			return a, err
 		}
 	}
@@ -255,7 +265,7 @@ func (a *outboxArgs) params() dbgen.OutboxEnqueueParams {
 // Errors: *ValidationError (ErrInvalidEvent) before anything is sent, or a
 // database error.
 func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
-	a, err := s.newOutboxArgs(msgs)
+	a, err := s.newOutboxArgs(ctx, msgs)
 	if err != nil {
 		return err
 	}
@@ -269,7 +279,7 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) error
 // the relays. Use EnqueueTx to enqueue in the transaction of your own
 // writes; Enqueue is for messages that announce nothing written.
 func (s *Store) Enqueue(ctx context.Context, msgs ...Message) error {
-	a, err := s.newOutboxArgs(msgs)
+	a, err := s.newOutboxArgs(ctx, msgs)
 	if err != nil {
 		return err
 	}

@@ -497,8 +497,24 @@ func TestOutboxRelayFailover(t *testing.T) {
 	stopFirst()
 	enqueue(50)
 	drain(t, ctx, mk("drainer"))
-	if got := rec.payloads("k"); !slices.Equal(got, want) {
-		t.Fatalf("delivered %d messages, want %d in order:\n%q", len(got), len(want), got)
+	// At least once: a relay whose renewal came late (a loaded machine)
+	// loses its lease between publishing and recording, and its successor
+	// publishes those messages again. What a de-duplicating consumer sees
+	// (each ID at its first delivery) is every message, in order.
+	got := rec.payloads("k")
+	seen := map[string]bool{}
+	var firsts []string
+	for _, p := range got {
+		if !seen[p] {
+			seen[p] = true
+			firsts = append(firsts, p)
+		}
+	}
+	if !slices.Equal(firsts, want) {
+		t.Fatalf("first deliveries %q; want %d messages in order", firsts, len(want))
+	}
+	if len(got) > len(want) {
+		t.Logf("%d messages delivered again after a change of owner", len(got)-len(want))
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -18,6 +18,8 @@ import (
 	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 	"github.com/conduit-es/conduit/internal/engine"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // PoisonPolicy says what a projector does with an event its projection keeps
@@ -313,7 +315,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			p.log.Error("conduit: projector refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
-			p.lease.Drop()
+			p.lease.Lose()
 		case errors.As(err, &stalled):
 			if head != nil {
 				return err
@@ -375,7 +377,12 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 		p.retryStalled = true
 	}
 
-	res, err := p.batch(ctx)
+	bctx, span := p.store.tel.tracer.Start(ctx, "conduit.projector.batch",
+		trace.WithAttributes(attrProjection.String(p.name)))
+	start := time.Now()
+	res, err := p.batch(bctx)
+	p.store.tel.batchDone(ctx, p.name, res.passed, time.Since(start))
+	endSpan(span, err)
 	var fail *applyFailure
 	switch {
 	case errors.As(err, &fail):
@@ -418,6 +425,7 @@ func (f *applyFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
 	checkpoint Position // committed by the batch
+	passed     int      // events read (for the metrics)
 	caughtUp   bool
 	held       bool // caught up, but committed events wait behind the horizon (or just committed)
 	// stalled: the batch stopped at a poison event under PoisonStop and
@@ -473,6 +481,12 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		res.caughtUp = len(events) < p.cfg.BatchSize
+		res.passed = len(events)
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
+			for _, l := range p.store.tel.eventLinks(events) {
+				span.AddLink(l)
+			}
+		}
 		failing := slices.IndexFunc(events, func(e Event) bool { return e.ID == row.FailingEventID })
 		if failing >= 0 {
 			res.caughtUp = false
@@ -542,6 +556,7 @@ func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbg
 	}); err != nil {
 		return err
 	}
+	p.store.tel.parked.Add(ctx, 1, metric.WithAttributes(attrProjection.String(p.name)))
 	p.log.Warn("conduit: parked poison event", slog.String("event_id", e.ID.String()),
 		slog.String("stream", e.StreamID), slog.Int64("version", e.StreamVersion),
 		slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
@@ -671,6 +686,7 @@ func (p *Projector) handleFailure(ctx context.Context, f *applyFailure) error {
 	if err != nil {
 		return err
 	}
+	p.store.tel.failures.Add(ctx, 1, metric.WithAttributes(attrProjection.String(p.name)))
 	attrs := []any{slog.String("event_id", f.event.ID.String()), slog.Int("attempt", int(n)), slog.Any("error", f.err)}
 	if int(n) >= p.cfg.MaxAttempts {
 		p.log.Warn("conduit: projection failed on event; poison policy applies", attrs...)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/conduit-es/conduit/internal/dbgen"
 	"github.com/conduit-es/conduit/internal/engine"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults and limits of RelayConfig fields (besides those it shares with
@@ -186,7 +187,8 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 			call.Batch.Cancel(err)
 			return err
 		},
-		Log: r.log,
+		Log:      r.log,
+		OnChange: func(change string) { store.tel.leaseChange("relay", "outbox", change) },
 	})
 	return r, nil
 }
@@ -272,7 +274,7 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 			r.log.Error("conduit: relay refuses to run", slog.Any("error", err))
 			return err
 		case errors.Is(err, errLeaseLost):
-			r.lease.Drop()
+			r.lease.Lose()
 		case errors.Is(err, errStandby) && head != nil:
 			st, err := r.store.OutboxStatus(ctx)
 			if err == nil && !st.Checkpoint.Before(*head) {
@@ -401,7 +403,11 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	}
 	delivered, perr := 0, error(nil)
 	if len(msgs) > 0 {
-		delivered, perr = r.publish(ctx, msgs)
+		pctx, span := r.store.tel.tracer.Start(ctx, "conduit.relay.publish", trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attrMessages.Int(len(msgs))), trace.WithLinks(r.store.tel.messageLinks(msgs)...))
+		delivered, perr = r.publish(pctx, msgs)
+		endSpan(span, perr)
+		r.store.tel.delivered.Add(ctx, int64(delivered))
 	}
 	if errors.Is(perr, errLeaseLost) {
 		return res, perr
@@ -451,6 +457,7 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 			save.DeadAttempts, save.DeadError = attempts, perr.Error()
 			save.MoveTx = append(save.MoveTx, strconv.FormatUint(failed.TransactionID, 10))
 			save.MovePosition = append(save.MovePosition, failed.Position)
+			r.store.tel.deadLetters.Add(ctx, 1)
 			r.log.Error("conduit: message dead-lettered", slog.String("message_id", failed.MessageID.String()),
 				slog.String("topic", failed.Topic), slog.String("key", failed.Key),
 				slog.Int("attempts", int(attempts)), slog.Any("error", perr))
@@ -507,6 +514,7 @@ func (r *Relay) deliverHeld(ctx context.Context) error {
 		}
 	}
 	n, perr := r.publish(ctx, msgs)
+	r.store.tel.delivered.Add(ctx, int64(n))
 	if errors.Is(perr, errLeaseLost) {
 		return perr
 	}

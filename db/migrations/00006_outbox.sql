@@ -251,6 +251,20 @@ END
 $$;
 -- +goose StatementEnd
 
+-- horizon_age: how long, in seconds, the oldest running transaction that
+-- has a transaction id (and so holds back the safe horizon that projectors,
+-- the relay and ReadAll read below) has been running; 0 when none. For the
+-- conduit.horizon.duration metric.
+--   SELECT conduit.horizon_age();
+-- +goose StatementBegin
+CREATE FUNCTION conduit.horizon_age() RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(a.xact_start)), 0)::double precision
+      FROM pg_stat_activity a
+     WHERE a.backend_xid IS NOT NULL
+$$;
+-- +goose StatementEnd
+
 -- grant_application also grants what the outbox needs: enqueueing (a
 -- column-level INSERT that leaves transaction_id, position and generation to
 -- their defaults, so nobody forges the outbox's order), the relay's tables
@@ -273,6 +287,7 @@ BEGIN
                    'conduit.outbox_current_generation(), '
                    'conduit.outbox_status(), '
                    'conduit.check_outbox_transaction_ids(), '
+                   'conduit.horizon_age(), '
                    'conduit.outbox_retire(bigint), '
                    'conduit.retry_dead_letter(uuid), '
                    'conduit.discard_dead_letter(uuid) '
@@ -346,6 +361,7 @@ DROP FUNCTION conduit.check_outbox_transaction_ids();
 DROP FUNCTION conduit.grant_application(name);
 ALTER FUNCTION conduit.grant_application_00004(name) RENAME TO grant_application;
 COMMENT ON FUNCTION conduit.grant_application(name) IS NULL;
+DROP FUNCTION conduit.horizon_age();
 DROP FUNCTION conduit.outbox_retire(bigint);
 DROP FUNCTION conduit.outbox_status();
 DROP FUNCTION conduit.discard_dead_letter(uuid);

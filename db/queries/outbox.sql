@@ -266,3 +266,6 @@ SELECT EXISTS (SELECT 1 FROM conduit.outbox o
 -- name: OutboxTransactionIDsCheck :one
 SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid
   FROM conduit.check_outbox_transaction_ids();
+
+-- name: HorizonAge :one
+SELECT conduit.horizon_age()::double precision AS seconds;

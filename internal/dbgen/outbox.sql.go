@@ -176,6 +176,17 @@ func (q *Queries) EventAppendOneOutbox(ctx context.Context, arg EventAppendOneOu
 	return i, err
 }
 
+const horizonAge = `-- name: HorizonAge :one
+SELECT conduit.horizon_age()::double precision AS seconds
+`
+
+func (q *Queries) HorizonAge(ctx context.Context) (float64, error) {
+	row := q.db.QueryRow(ctx, horizonAge)
+	var seconds float64
+	err := row.Scan(&seconds)
+	return seconds, err
+}
+
 const outboxAfter = `-- name: OutboxAfter :one
 SELECT EXISTS (SELECT 1 FROM conduit.outbox o
                 WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint))::boolean AS more

@@ -40,6 +40,15 @@ type LeaseConfig struct {
 	Overrun func(ctx context.Context, epoch int64, call *Call) error
 	// Log gets lease changes.
 	Log *slog.Logger
+	// OnChange, if set, is told of each change: "acquired", "lost" or
+	// "released" (for metrics).
+	OnChange func(change string)
+}
+
+func (c *LeaseConfig) changed(change string) {
+	if c.OnChange != nil {
+		c.OnChange(change)
+	}
 }
 
 // Lease is a client's lease on its row (a projection's, the relay's): one
@@ -78,6 +87,7 @@ func (l *Lease) Epoch() int64 { return l.epoch }
 func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	if l.keeper != nil && l.keeper.lost.Load() {
 		l.Drop()
+		l.cfg.changed("lost")
 	}
 	if l.epoch != 0 {
 		return false, nil
@@ -92,6 +102,7 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	l.epoch = epoch
 	l.keeper = l.startKeeper(ctx, epoch)
 	l.cfg.Log.Info("conduit: acquired lease", slog.Int64("epoch", epoch))
+	l.cfg.changed("acquired")
 	return true, nil
 }
 
@@ -102,6 +113,16 @@ func (l *Lease) Drop() {
 		l.keeper = nil
 	}
 	l.epoch = 0
+}
+
+// Lose drops the lease, which a write of the client found lost (its
+// epoch moved on).
+func (l *Lease) Lose() {
+	if l.epoch == 0 {
+		return
+	}
+	l.Drop()
+	l.cfg.changed("lost")
 }
 
 // Release stops keeping the lease and gives it up.
@@ -116,6 +137,7 @@ func (l *Lease) Release() {
 	if err := l.cfg.Release(ctx, epoch); err != nil {
 		l.cfg.Log.Warn("conduit: release lease failed; it expires by itself", slog.Any("error", err))
 	}
+	l.cfg.changed("released")
 }
 
 // Batch is what the keeper needs of the batch in flight.
