@@ -176,7 +176,8 @@ type Store struct {
 	// outboxRules are Config.Outbox by event type.
 	outboxRules map[string]*OutboxRule
 
-	tel *telemetry
+	tel    *telemetry
+	health healthState
 
 	// projectors names the Projectors made on this Store (see WaitFor).
 	projectors projectionNames
