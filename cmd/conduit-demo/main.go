@@ -7,7 +7,11 @@
 // (default: the local server), creating it when missing. Each run adds new
 // orders, so the report grows from run to run; -fresh starts over.
 //
-//	go run ./cmd/conduit-demo [-fresh]
+//	go run ./cmd/conduit-demo [-fresh] [-serve 127.0.0.1:9464]
+//
+// With -serve it then keeps an asynchronous projector running and serves
+// Prometheus metrics on /metrics and the health check on /healthz until
+// Ctrl-C.
 package main
 
 import (
@@ -35,9 +39,10 @@ const (
 
 func main() {
 	fresh := flag.Bool("fresh", false, "drop and recreate the "+demoDatabase+" database first")
+	serve := flag.String("serve", "", "after the tour, run a projector and serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464) until Ctrl-C")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, *fresh)
+	err := run(ctx, *fresh, *serve)
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "conduit-demo: %v\n", err)
@@ -45,7 +50,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, fresh bool) error {
+func run(ctx context.Context, fresh bool, serveAddr string) error {
 	serverURL := os.Getenv("DATABASE_URL")
 	if serverURL == "" {
 		serverURL = defaultServerURL
@@ -62,8 +67,14 @@ func run(ctx context.Context, fresh bool) error {
 	if _, err := pool.Exec(ctx, readTablesDDL); err != nil {
 		return fmt.Errorf("create read tables: %w", err)
 	}
+	mp, metrics, err := newMetrics()
+	if err != nil {
+		return err
+	}
+	defer mp.Shutdown(context.Background()) //nolint:errcheck // nothing left to flush: Prometheus pulls
 	store, err := conduit.NewStore(pool, &conduit.Config{
-		Projections: []conduit.Projection{shopProjection()},
+		Projections:   []conduit.Projection{shopProjection()},
+		MeterProvider: mp,
 	})
 	if err != nil {
 		return err
@@ -88,6 +99,9 @@ func run(ctx context.Context, fresh bool) error {
 		if err := step(ctx); err != nil {
 			return err
 		}
+	}
+	if serveAddr != "" {
+		return d.serve(ctx, serveAddr, metrics)
 	}
 	return nil
 }
