@@ -24,3 +24,6 @@ func RetryWait(cfg *ProjectorConfig, attempt int) (time.Duration, error) {
 
 // MigrationLockID is the advisory lock id that serializes Migrate.
 const MigrationLockID = migrationLockID
+
+// WithTraceparent is withTraceparent, for its test.
+var WithTraceparent = withTraceparent

@@ -1,6 +1,7 @@
 package conduit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -237,25 +238,28 @@ func (t *telemetry) traceparent(ctx context.Context) string {
 
 // withTraceparent adds tp to metadata (a JSON object, or empty) under
 // TraceparentKey, unless it is there already or metadata is not an object.
+// metadata is valid JSON (checked before): the key is spliced in after the
+// opening brace, with no decoding.
 func withTraceparent(metadata []byte, tp string) []byte {
 	if tp == "" {
 		return metadata
 	}
-	m := map[string]json.RawMessage{}
-	if len(metadata) > 0 {
-		if err := json.Unmarshal(metadata, &m); err != nil || m == nil {
-			return metadata // not an object: left as it is
-		}
+	field := `"` + TraceparentKey + `":"` + tp + `"`
+	trimmed := bytes.TrimLeft(metadata, " \t\r\n")
+	switch {
+	case len(trimmed) == 0:
+		return []byte("{" + field + "}")
+	case trimmed[0] != '{' || bytes.Contains(trimmed, []byte(`"`+TraceparentKey+`"`)):
+		return metadata // not an object, or it has the key (or a value that looks like it)
 	}
-	if _, ok := m[TraceparentKey]; ok {
-		return metadata
+	rest := bytes.TrimLeft(trimmed[1:], " \t\r\n")
+	out := make([]byte, 0, len(trimmed)+len(field)+2)
+	out = append(out, '{')
+	out = append(out, field...)
+	if len(rest) > 0 && rest[0] != '}' {
+		out = append(out, ',')
 	}
-	m[TraceparentKey], _ = json.Marshal(tp)
-	out, err := json.Marshal(m)
-	if err != nil {
-		return metadata
-	}
-	return out
+	return append(out, rest...)
 }
 
 // links returns span links to the trace contexts stored in events'

@@ -149,3 +149,26 @@ func TestTraceLinks(t *testing.T) {
 		t.Fatalf("spans %v, linked to the request %v; want the batch and the publish linked", names, linked)
 	}
 }
+
+func TestWithTraceparent(t *testing.T) {
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	for in, want := range map[string]string{
+		``:                    `{"traceparent":"` + tp + `"}`,
+		`{}`:                  `{"traceparent":"` + tp + `"}`,
+		` { } `:               `{"traceparent":"` + tp + `"} `,
+		`{"a":1}`:             `{"traceparent":"` + tp + `","a":1}`,
+		` {"a": {"b": []}} `:  `{"traceparent":"` + tp + `","a": {"b": []}} `,
+		`{"traceparent":"x"}`: `{"traceparent":"x"}`,
+		`[1,2]`:               `[1,2]`,
+		`"text"`:              `"text"`,
+		`null`:                `null`,
+	} {
+		got := string(conduit.WithTraceparent([]byte(in), tp))
+		if got != want {
+			t.Errorf("withTraceparent(%q) = %q, want %q", in, got, want)
+		}
+		if in != "" && in != "null" && !json.Valid([]byte(got)) {
+			t.Errorf("withTraceparent(%q) = %q: not valid JSON", in, got)
+		}
+	}
+}
