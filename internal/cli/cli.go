@@ -212,7 +212,26 @@ func (a *app) connect(cmd *cobra.Command, noDefaultTimeout bool) (*pgxpool.Pool,
 	if a.pool != nil {
 		return a.pool, nil
 	}
-	url := a.databaseURL
+	timeout := a.statementTimeout
+	if noDefaultTimeout && !cmd.Flags().Changed("statement-timeout") {
+		timeout = 0
+	}
+	cfg, err := poolConfig(a.databaseURL, timeout)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(cmd.Context(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.pool = pool
+	return pool, nil
+}
+
+// poolConfig is the connection: url, else DATABASE_URL, else the PG*
+// variables and libpq's defaults; application_name conduit-cli and
+// statement_timeout timeout (0: none).
+func poolConfig(url string, timeout time.Duration) (*pgxpool.Config, error) {
 	if url == "" {
 		url = os.Getenv("DATABASE_URL")
 	}
@@ -222,21 +241,12 @@ func (a *app) connect(cmd *cobra.Command, noDefaultTimeout bool) (*pgxpool.Pool,
 			"--database-url and DATABASE_URL take a postgres:// URL or a keyword/value string")
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = ApplicationName
-	timeout := a.statementTimeout
-	if noDefaultTimeout && !cmd.Flags().Changed("statement-timeout") {
-		timeout = 0
-	}
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
 	}
 	cfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(cmd.Context(), cfg)
-	if err != nil {
-		return nil, err
-	}
-	a.pool = pool
-	return pool, nil
+	return cfg, nil
 }
 
 // storeFor returns a Store on the command's pool.

@@ -423,7 +423,7 @@ func (a *app) printDoctor(r doctorJSON) {
 			if rel.Kind == "table" && rel.RowEstimate >= 0 {
 				rows = fmt.Sprint(rel.RowEstimate)
 			}
-			row(w, "conduit."+rel.Name, rel.Kind, orDash(rel.Table), bytes(rel.TotalBytes), rows)
+			row(w, "conduit."+rel.Name, rel.Kind, orDash(rel.Table), byteSize(rel.TotalBytes), rows)
 		}
 		w.Flush()
 	}

@@ -166,8 +166,8 @@ func duration(d time.Duration) string {
 	return d.Round(time.Minute).String()
 }
 
-// bytes formats a size for people.
-func bytes(n int64) string {
+// byteSize formats a size for people.
+func byteSize(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -295,7 +295,7 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 				pb = newRebuildBar(a.errOut, name, total)
 			}
 			pb.ChangeMax64(max(total, 1))
-			pb.Set64(done)
+			_ = pb.Set64(done) // a failed write to the terminal only loses a frame
 		} else if done != lastDone || finished {
 			elapsed := time.Since(start)
 			rate := float64(done) / max(elapsed.Seconds(), 0.001)
@@ -309,7 +309,7 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 		}
 		if finished {
 			if pb != nil {
-				pb.Finish()
+				_ = pb.Finish()
 				fmt.Fprintln(a.errOut)
 			}
 			return st, nil
