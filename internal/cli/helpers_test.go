@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -75,7 +76,7 @@ func emptyDatabase(t testing.TB) string {
 func migratedDatabase(t testing.TB) (string, *conduit.Store) {
 	t.Helper()
 	url := conduittest.NewDatabase(t)
-	store, err := conduit.NewStore(pgtest.Connect(t, url), nil)
+	store, err := conduit.NewStore(pgtest.Connect(t, url), &conduit.Config{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,171 @@
+package cli
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/conduit-es/conduit"
+)
+
+func TestProjectionsParkedRetrySkip(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	ctx := testContext(t)
+
+	if list := decode[[]projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "list", "--json")); len(list) != 0 {
+		t.Fatalf("list before any projector: %+v", list)
+	}
+	r := mustRun(t, ExitOK, url, "", "projections", "list")
+	if !strings.Contains(r.stderr, "no projection has run") {
+		t.Fatalf("list before any projector:\n%s", r)
+	}
+
+	appendEvents(t, store, "order-1", "placed", 2)
+	bad := appendEvents(t, store, "order-2", "poison", 1)
+	good := appendEvents(t, store, "order-3", "placed", 1)
+	runProjector(t, store, "parking", &conduit.ProjectorConfig{Poison: conduit.PoisonPark, MaxAttempts: 1,
+		RetryBackoff: time.Millisecond, PollInterval: 20 * time.Millisecond})
+	if err := store.WaitFor(ctx, "parking", good.Position); err != nil {
+		t.Fatal(err)
+	}
+
+	list := decode[[]projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "list", "--json"))
+	if len(list) != 1 || list[0].Name != "parking" || list[0].Parked != 1 || list[0].Checkpoint != good.Position.String() {
+		t.Fatalf("list: %+v", list)
+	}
+	r = mustRun(t, ExitOK, url, "", "projections", "list")
+	if !regexp.MustCompile(`(?m)^parking\s+(caught_up|running)\s+` + regexp.QuoteMeta(good.Position.String())).MatchString(r.stdout) {
+		t.Fatalf("list:\n%s", r)
+	}
+	st := decode[projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "status", "parking", "--json"))
+	if st.Name != "parking" || st.Parked != 1 || st.Owner == "" || st.LeaseExpiresAt == nil || st.EventsApplied != 3 {
+		t.Fatalf("status --json: %+v", st)
+	}
+	r = mustRun(t, ExitOK, url, "", "projections", "status", "parking")
+	if !strings.Contains(r.stdout, "parked          1") || !strings.Contains(r.stdout, "checkpoint      "+good.Position.String()) {
+		t.Fatalf("status:\n%s", r)
+	}
+	if all := decode[[]projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "status", "--json")); len(all) != 1 {
+		t.Fatalf("status --json of all: %+v", all)
+	}
+
+	parked := decode[[]parkedJSON](t, mustRun(t, ExitOK, url, "", "projections", "parked", "parking", "--json"))
+	if len(parked) != 1 || parked[0].StreamID != "order-2" || parked[0].Status != "parked" ||
+		parked[0].Position != bad.Position.String() || !strings.Contains(parked[0].Error, "cannot digest order-2") {
+		t.Fatalf("parked --json: %+v", parked)
+	}
+	id := parked[0].EventID.String()
+	r = mustRun(t, ExitOK, url, "", "projections", "parked", "parking")
+	if !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "cannot digest order-2") {
+		t.Fatalf("parked:\n%s", r)
+	}
+
+	// Retry: the projector re-applies it, fails again and parks it again.
+	if a := decode[parkedActionJSON](t, mustRun(t, ExitOK, url, "", "projections", "retry", "parking", id, "--json")); a.Status != "retry" {
+		t.Fatalf("retry --json: %+v", a)
+	}
+	eventually(t, "the retried event parked again", func() bool {
+		p, err := store.ParkedEvents(ctx, "parking")
+		return err == nil && len(p) == 1 && p[0].Status == "parked" && p[0].Attempts > parked[0].Attempts
+	})
+	r = mustRun(t, ExitOK, url, "", "projections", "skip", "parking", id)
+	if !strings.Contains(r.stdout, "skipped event "+id) {
+		t.Fatalf("skip:\n%s", r)
+	}
+	if p, _ := store.ParkedEvents(ctx, "parking"); len(p) != 1 || p[0].Status != "skipped" {
+		t.Fatalf("after skip: %+v", p)
+	}
+	// Not found, and bad input.
+	r = mustRun(t, ExitNotFound, url, "", "projections", "skip", "parking", id) // skipped already
+	if !strings.Contains(r.stderr, "hint: `conduit projections parked parking`") {
+		t.Fatalf("skip of a skipped event:\n%s", r)
+	}
+	mustRun(t, ExitNotFound, url, "", "projections", "retry", "parking", "01a22daf-6a32-7d1b-8a9d-45318d26b44f")
+	mustRun(t, ExitUsage, url, "", "projections", "retry", "parking", "not-an-id")
+	for _, args := range [][]string{
+		{"projections", "status", "nothing"},
+		{"projections", "parked", "nothing"},
+		{"projections", "rebuild", "nothing"},
+	} {
+		r := mustRun(t, ExitNotFound, url, "", args...)
+		if !strings.Contains(r.stderr, "conduit projections list") {
+			t.Errorf("%v: want a hint:\n%s", args, r)
+		}
+	}
+}
+
+// A rebuild over enough events reports its progress more than once, as
+// plain lines without a terminal, and returns once the replay caught up.
+func TestRebuildProgress(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	const events = 30_000
+	for i := range events / 5000 {
+		appendEvents(t, store, "stream-"+strconv.Itoa(i), "placed", 5000)
+	}
+	head, err := store.Head(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runProjector(t, store, "replayed", &conduit.ProjectorConfig{BatchSize: 100, PollInterval: 20 * time.Millisecond})
+	if err := store.WaitFor(testContext(t), "replayed", head); err != nil {
+		t.Fatal(err)
+	}
+
+	r := mustRun(t, ExitOK, url, "", "projections", "rebuild", "replayed", "--wait", "--interval", "10ms")
+	progress := regexp.MustCompile(`(?m)^rebuild replayed: (\d+)/(\d+) events \(\d+%\), \d+ events/s, \S+ left$`).
+		FindAllStringSubmatch(r.stderr, -1)
+	if len(progress) < 2 {
+		t.Fatalf("want more than one progress line:\n%s", r)
+	}
+	var partial bool
+	for _, m := range progress {
+		done, _ := strconv.Atoi(m[1])
+		total, _ := strconv.Atoi(m[2])
+		if total != events || done > total {
+			t.Fatalf("progress line %q: want done <= total = %d", m[0], events)
+		}
+		partial = partial || (done > 0 && done < total)
+	}
+	if last := progress[len(progress)-1]; last[1] != last[2] {
+		t.Fatalf("the last progress line is not complete: %q", last[0])
+	}
+	if !partial {
+		t.Fatalf("no progress line between the start and the end:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stdout, "replayed rebuilt: 30000 events applied") {
+		t.Fatalf("rebuild result:\n%s", r)
+	}
+	st, err := store.ProjectionStatus(testContext(t), "replayed")
+	if err != nil || !st.RebuildStarted.IsZero() || st.EventsApplied != events {
+		t.Fatalf("after the rebuild: %+v, %v", st, err)
+	}
+
+	// Without --wait and without a terminal it returns at once.
+	j := decode[projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "rebuild", "replayed", "--json"))
+	if j.Name != "replayed" || j.RebuildStartedAt == nil {
+		t.Fatalf("rebuild --json: %+v", j)
+	}
+	if err := store.WaitFor(testContext(t), "replayed", head); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A replay that stalls on a poison event ends the wait with exit code 1.
+func TestRebuildStalls(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	appendEvents(t, store, "a", "placed", 3)
+	runProjector(t, store, "stalling", &conduit.ProjectorConfig{MaxAttempts: 1, RetryBackoff: time.Millisecond,
+		PollInterval: 20 * time.Millisecond, StalledRetryInterval: 20 * time.Millisecond})
+	waitState(t, store, "stalling", conduit.StateCaughtUp)
+	appendEvents(t, store, "b", "poison", 1)
+	waitState(t, store, "stalling", conduit.StateStalled)
+	r := mustRun(t, ExitError, url, "", "projections", "rebuild", "stalling", "--wait", "--interval", "10ms")
+	if !strings.Contains(r.stderr, "the replay of stalling stalled") || !strings.Contains(r.stderr, "cannot digest b") {
+		t.Fatalf("rebuild of a poisoned projection:\n%s", r)
+	}
+}
