@@ -272,6 +272,7 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 		total, done int64
 		start       = time.Now()
 		lastDone    = int64(-1)
+		firstDone   = int64(-1) // applied before the first poll: not part of the rate
 		warnedIdle  bool
 	)
 	for {
@@ -282,10 +283,15 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 		if st.State == conduit.StateStalled {
 			return st, fmt.Errorf("the replay of %s stalled: %s", name, oneLine(st.StallReason, 300))
 		}
-		// Done so far: the events behind the checkpoint. The total grows
-		// with appends during the replay.
+		// Done: the events applied since the rebuild reset the count; to
+		// do: those after the checkpoint (the count and the checkpoint
+		// move in one transaction, and the status reads both in one
+		// statement). The total grows with appends during the replay.
+		done = st.EventsApplied
 		total = max(total, done+st.LagEvents)
-		done = max(done, total-st.LagEvents)
+		if firstDone < 0 {
+			firstDone, start = done, time.Now()
+		}
 		finished := st.RebuildStarted.IsZero()
 		if finished {
 			done = total
@@ -298,7 +304,7 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 			_ = pb.Set64(done) // a failed write to the terminal only loses a frame
 		} else if done != lastDone || finished {
 			elapsed := time.Since(start)
-			rate := float64(done) / max(elapsed.Seconds(), 0.001)
+			rate := float64(done-firstDone) / max(elapsed.Seconds(), 0.001)
 			left := "?"
 			if rate > 0 {
 				left = duration(time.Duration(float64(total-done) / rate * float64(time.Second)))
