@@ -265,9 +265,11 @@ event whose transaction commits late is printed late, never skipped. A
 long-running write transaction anywhere in the cluster delays the output
 until it ends (conduit doctor names it).
 
---from is where to start: end (default: events committed from now on),
-start (the whole log), or a position TRANSACTION/POSITION as printed
-(that event excluded): resume where an earlier tail stopped. It wakes on
+--from is where to start: end (default: after the last event below the
+safe horizon, so events that commit from now on, and those of
+transactions still open, which may commit before them in the log's
+order), start (the whole log), or a position TRANSACTION/POSITION as
+printed (that event excluded): resume where an earlier tail stopped. It wakes on
 the library's notifications and polls every --interval as well. Ctrl-C
 ends it with exit code 0.
 

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/conduit-es/conduit"
+	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
 func TestAppendReadStream(t *testing.T) {
@@ -110,6 +111,13 @@ func TestTailIsGapSafe(t *testing.T) {
 	url, store := migratedDatabase(t)
 	ctx := testContext(t)
 	first := appendEvents(t, store, "before", "old", 2)
+
+	// tail starts after the last event below the safe horizon: wait until
+	// other tests' transactions, open when "before" committed, have ended.
+	eventually(t, "the safe head to pass the first events", func() bool {
+		r, err := dbgen.New(store.Pool()).LogSafeHeadGet(ctx)
+		return err == nil && !(conduit.Position{TransactionID: r.TransactionID, GlobalPosition: r.GlobalPosition}).Before(first.Position)
+	})
 
 	tailCtx, stop := context.WithCancel(ctx)
 	var out, errOut syncBuffer
