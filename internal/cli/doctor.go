@@ -61,7 +61,7 @@ when a check fails (a gate for a deploy), 0 otherwise:
   restored database    transaction ids below the stored ones (a logical restore)
   projections          stalled; lagging more than --max-lag, and why (no running
                        instance, a failing event, the horizon held back); parked
-                       events and stopped projections are warnings
+                       events, and paused and stopped projections, are warnings
   horizon              write transactions open longer than --max-transaction-age
                        anywhere in the cluster: the oldest holds back every reader
                        of the global log (pid, application, start, query)
@@ -256,10 +256,14 @@ func checkProjections(ctx context.Context, store *conduit.Store, maxLag time.Dur
 			status = checkFail
 			problems = append(problems, fmt.Sprintf("stalled at event %s: %s", s.StalledEventID, oneLine(s.StallReason, 200)),
 				fmt.Sprintf("fix the projection and it retries by itself, or rebuild it (`conduit projections rebuild %s`)", s.Name))
-		case s.LagEvents > 0 && s.Lag > maxLag:
+		case s.LagEvents > 0 && s.Lag > maxLag && s.State != conduit.StatePaused:
 			status = checkFail
 			problems = append(problems, fmt.Sprintf("lagging: %d event(s), the oldest %s old (more than %s)",
 				s.LagEvents, duration(s.Lag), maxLag)+lagReason(s))
+		case s.State == conduit.StatePaused:
+			status = checkWarn
+			problems = append(problems, fmt.Sprintf("paused %s, %d event(s) behind: `conduit projections resume %s`",
+				ago(s.PausedAt), s.LagEvents, s.Name))
 		case s.State == conduit.StateStopped:
 			status = checkWarn
 			problems = append(problems, "stopped: no projector instance holds its lease")

@@ -64,6 +64,7 @@ type projectionJSON struct {
 	LeaseExpiresAt   *time.Time   `json:"lease_expires_at"`
 	EventsApplied    int64        `json:"events_applied"`
 	RebuildStartedAt *time.Time   `json:"rebuild_started_at"`
+	PausedAt         *time.Time   `json:"paused_at"`
 	Horizon          *horizonJSON `json:"horizon"`
 }
 
@@ -81,7 +82,8 @@ func toProjectionJSON(s conduit.ProjectionStatus) projectionJSON {
 		LagEvents: s.LagEvents, LagSeconds: s.Lag.Seconds(), LastProgressAt: timePtr(s.LastProgress),
 		StallReason: s.StallReason, StalledEventID: uuidPtr(s.StalledEventID), FailingEventID: uuidPtr(s.FailingEventID),
 		FailedAttempts: s.FailedAttempts, LastError: s.LastError, Parked: s.Parked, Owner: s.Owner, Epoch: s.Epoch,
-		LeaseExpiresAt: timePtr(s.LeaseExpires), EventsApplied: s.EventsApplied, RebuildStartedAt: timePtr(s.RebuildStarted)}
+		LeaseExpiresAt: timePtr(s.LeaseExpires), EventsApplied: s.EventsApplied, RebuildStartedAt: timePtr(s.RebuildStarted),
+		PausedAt: timePtr(s.PausedAt)}
 	if h := s.Horizon; h != nil {
 		p.Horizon = &horizonJSON{HeldEvents: h.HeldEvents, PID: h.PID, Since: h.Since.UTC(), Application: h.Application, Query: h.Query}
 	}

@@ -18,9 +18,9 @@ const projectionJSONHelp = `{"name": "order_totals", "state": "caught_up", "chec
 "lag_events": 0, "lag_seconds": 0, "last_progress_at": "2026-11-30T18:00:00Z",
 "stall_reason": "", "stalled_event_id": null, "failing_event_id": null,
 "failed_attempts": 0, "last_error": "", "parked": 0, "owner": "host-1/…", "epoch": 3,
-"lease_expires_at": "…", "events_applied": 1001, "rebuild_started_at": null,
+"lease_expires_at": "…", "events_applied": 1001, "rebuild_started_at": null, "paused_at": null,
 "horizon": null | {"held_events": 2, "pid": 4242, "since": "…", "application": "psql", "query": "…"}}
-state is one of running, caught_up, stalled, stopped, rebuilding.`
+state is one of running, caught_up, stalled, stopped, rebuilding, paused.`
 
 func (a *app) projectionsCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -28,7 +28,8 @@ func (a *app) projectionsCommand() *cobra.Command {
 		Aliases: []string{"projection"},
 		Short:   "Status, rebuilds and parked events of asynchronous projections",
 		Long: `Asynchronous projections, as conduit.projection_status() and the SQL
-functions conduit.rebuild_projection, conduit.retry_parked_event and
+functions conduit.rebuild_projection, conduit.pause_projection,
+conduit.resume_projection, conduit.retry_parked_event and
 conduit.skip_parked_event show and change them: the command calls the same
 functions as a user at a psql prompt. A projection is known once its
 projector has run.`,
@@ -37,6 +38,7 @@ projector has run.`,
   conduit projections rebuild order_totals --wait`,
 	}
 	cmd.AddCommand(a.projectionsListCommand(), a.projectionsStatusCommand(), a.projectionsRebuildCommand(),
+		a.projectionsPauseCommand("pause"), a.projectionsPauseCommand("resume"),
 		a.projectionsParkedCommand(), a.projectionsParkedActionCommand("retry"), a.projectionsParkedActionCommand("skip"))
 	return cmd
 }
@@ -153,6 +155,9 @@ func (a *app) printStatus(s conduit.ProjectionStatus) {
 	row(w, "events applied", s.EventsApplied)
 	if !s.RebuildStarted.IsZero() {
 		row(w, "rebuild started", ago(s.RebuildStarted))
+	}
+	if !s.PausedAt.IsZero() {
+		row(w, "paused", fmt.Sprintf("since %s: `conduit projections resume %s`", ago(s.PausedAt), s.Name))
 	}
 	if s.Owner != "" {
 		row(w, "owner", fmt.Sprintf("%s (epoch %d, lease expires in %s)", s.Owner, s.Epoch, duration(time.Until(s.LeaseExpires))))
@@ -320,8 +325,13 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 			}
 			return st, nil
 		}
-		if st.State == conduit.StateStopped && !warnedIdle {
+		switch {
+		case warnedIdle:
+		case st.State == conduit.StateStopped:
 			fmt.Fprintf(a.errOut, "no projector instance holds %s's lease: the replay starts when one runs\n", name)
+			warnedIdle = true
+		case st.State == conduit.StatePaused:
+			fmt.Fprintf(a.errOut, "%s is paused: the replay starts when it is resumed (`conduit projections resume %s`)\n", name, name)
 			warnedIdle = true
 		}
 		t := time.NewTimer(interval)
@@ -345,6 +355,59 @@ func newRebuildBar(w io.Writer, name string, total int64) *progressbar.ProgressB
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionFullWidth(),
 	)
+}
+
+func (a *app) projectionsPauseCommand(action string) *cobra.Command {
+	short, long := "Pause a projection: it applies nothing until resumed",
+		`Pause projection NAME by calling SELECT conduit.pause_projection('NAME'), as
+a user at a psql prompt would. It waits for a batch in flight; once it
+returns, no projector instance applies anything until the projection is
+resumed. Instances keep running and keep their lease; status says paused,
+and a rebuild of a paused projection waits for the resume to replay.`
+	if action == "resume" {
+		short, long = "Resume a paused projection",
+			`Resume projection NAME by calling SELECT conduit.resume_projection('NAME'):
+its running projector goes on from its checkpoint (woken at once).`
+	}
+	return &cobra.Command{
+		Use:   action + " NAME",
+		Short: short,
+		Long: long + `
+
+JSON (--json): the projection's status afterwards, as in ` + "`conduit projections status --help`.",
+		Example:           "  conduit projections " + action + " order_totals",
+		Args:              args(1, 1),
+		ValidArgsFunction: a.completeProjection,
+		RunE: func(cmd *cobra.Command, argv []string) error {
+			store, err := a.storeFor(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, name := cmd.Context(), argv[0]
+			if action == "resume" {
+				err = store.ResumeProjection(ctx, name)
+			} else {
+				err = store.PauseProjection(ctx, name)
+			}
+			if err != nil {
+				return notFoundHint(err)
+			}
+			st, err := store.ProjectionStatus(ctx, name)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(toProjectionJSON(st))
+			}
+			if action == "resume" {
+				fmt.Fprintf(a.out, "%s resumed: %s, %d events to apply\n", name, st.State, st.LagEvents)
+			} else {
+				fmt.Fprintf(a.out, "%s paused at %s: it applies nothing until `conduit projections resume %s`\n",
+					name, st.Checkpoint, name)
+			}
+			return nil
+		},
+	}
 }
 
 // parkedListJSONHelp documents `projections parked`.

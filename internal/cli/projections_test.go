@@ -169,3 +169,42 @@ func TestRebuildStalls(t *testing.T) {
 		t.Fatalf("rebuild of a poisoned projection:\n%s", r)
 	}
 }
+
+func TestProjectionsPauseResume(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	ctx := testContext(t)
+	first := appendEvents(t, store, "a", "placed", 2)
+	runProjector(t, store, "pausable", &conduit.ProjectorConfig{PollInterval: 20 * time.Millisecond})
+	if err := store.WaitFor(ctx, "pausable", first.Position); err != nil {
+		t.Fatal(err)
+	}
+
+	p := decode[projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "pause", "pausable", "--json"))
+	if p.State != "paused" || p.PausedAt == nil || p.Checkpoint != first.Position.String() {
+		t.Fatalf("pause --json: %+v", p)
+	}
+	later := appendEvents(t, store, "a", "placed", 3)
+	r := mustRun(t, ExitOK, url, "", "projections", "list")
+	if !regexp.MustCompile(`(?m)^pausable\s+paused\s+` + regexp.QuoteMeta(first.Position.String()) + `\s+3\s`).MatchString(r.stdout) {
+		t.Fatalf("list of a paused projection:\n%s", r)
+	}
+	rep := decode[doctorJSON](t, mustRun(t, ExitOK, url, "", "doctor", "--json", "--max-lag", "0s"))
+	if c := check(t, rep, "projections"); c.Status != checkWarn || len(c.Details) != 1 ||
+		!strings.Contains(c.Details[0], "pausable: paused") {
+		t.Fatalf("doctor on a paused projection: %+v", c)
+	}
+	r = mustRun(t, ExitOK, url, "", "projections", "resume", "pausable")
+	if !strings.Contains(r.stdout, "pausable resumed") {
+		t.Fatalf("resume:\n%s", r)
+	}
+	if err := store.WaitFor(ctx, "pausable", later.Position); err != nil {
+		t.Fatal(err)
+	}
+	for _, action := range []string{"pause", "resume"} {
+		r := mustRun(t, ExitNotFound, url, "", "projections", action, "nothing")
+		if !strings.Contains(r.stderr, "conduit projections list") {
+			t.Errorf("%s of an unknown projection:\n%s", action, r)
+		}
+	}
+}
