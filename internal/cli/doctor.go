@@ -70,9 +70,9 @@ when a check fails (a gate for a deploy), 0 otherwise:
   grants               with --app-role ROLE: what conduit.grant_application
                        gives that ROLE lacks, and what it must not hold
 
-and the sizes of the conduit schema's tables and indexes. Run it as the
-schema's owner or a role with pg_read_all_stats to see other sessions'
-queries.
+and the sizes of the conduit schema's tables and indexes. Run it as a
+superuser or a role with pg_read_all_stats: other roles' sessions show
+without their transaction and query otherwise.
 
 JSON (--json): {"ok": false, "checks": [{"name": "migrations", "status": "fail",
 "summary": "2 migration(s) pending", "details": ["run ` + "`conduit migrate up`" + `"]}, ...],

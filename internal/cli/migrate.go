@@ -119,6 +119,8 @@ it: it needs --yes.` + migrationsJSONHelp + `
 				target = to
 			}
 			switch {
+			case st.Current == 0 && !cmd.Flags().Changed("to"):
+				return usageErrorf("migrate down: the database is at version 0, nothing to roll back")
 			case target < 0 || target > st.Current:
 				return usageErrorf("migrate down --to %d: the database is at version %d", target, st.Current)
 			case target == 0 && st.Current > 0 && !yes:

@@ -86,6 +86,9 @@ func TestMigrateLifecycle(t *testing.T) {
 	if st.Current != 0 || st.Pending != count {
 		t.Fatalf("after down to 0: %+v", st)
 	}
+	if r := mustRun(t, ExitUsage, url, "", "migrate", "down"); !strings.Contains(r.stderr, "nothing to roll back") {
+		t.Fatalf("migrate down at 0:\n%s", r)
+	}
 	// Up to a version, then the rest: the library's Migrate agrees.
 	mustRun(t, ExitOK, url, "", "migrate", "up", "--to", "3")
 	if st := decode[migrationsJSON](t, mustRun(t, ExitOK, url, "", "migrate", "status", "--json")); st.Current != 3 {
