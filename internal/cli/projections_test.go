@@ -208,3 +208,39 @@ func TestProjectionsPauseResume(t *testing.T) {
 		}
 	}
 }
+
+// In a terminal the rebuild shows a progress bar (here written to a
+// buffer in its place), with the count, events/s and the time left.
+func TestRebuildProgressBar(t *testing.T) {
+	t.Parallel()
+	_, store := migratedDatabase(t)
+	ctx := testContext(t)
+	for i := range 4 {
+		appendEvents(t, store, "s-"+strconv.Itoa(i), "placed", 5000)
+	}
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runProjector(t, store, "barred", &conduit.ProjectorConfig{BatchSize: 100, PollInterval: 20 * time.Millisecond})
+	if err := store.WaitFor(ctx, "barred", head); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RebuildProjection(ctx, "barred"); err != nil {
+		t.Fatal(err)
+	}
+	var errOut syncBuffer
+	a := &app{out: &syncBuffer{}, errOut: &errOut}
+	st, err := a.followRebuild(ctx, store, "barred", 10*time.Millisecond, true)
+	if err != nil || !st.RebuildStarted.IsZero() || st.EventsApplied != 20_000 {
+		t.Fatalf("followRebuild: %+v, %v", st, err)
+	}
+	out := errOut.String()
+	if !strings.Contains(out, "rebuild barred") || !strings.Contains(out, "100%") ||
+		!strings.Contains(out, "(20000/20000") || !strings.Contains(out, "events/s") {
+		t.Fatalf("progress bar:\n%q", out)
+	}
+	if strings.Contains(out, "\nrebuild barred:") {
+		t.Fatalf("plain progress lines in bar mode:\n%q", out)
+	}
+}
