@@ -64,8 +64,8 @@ func TestPauseAndResume(t *testing.T) {
 		t.Fatalf("status after ResumeProjection: %+v", st)
 	}
 
-	// The same from SQL, as at a psql prompt; resume_projection's NOTIFY
-	// wakes the projector even with a long poll interval.
+	// The same from SQL, as at a psql prompt (dberr's tests check that
+	// resume_projection notifies the projectors' channel).
 	if _, err := pool.Exec(ctx, `SELECT conduit.pause_projection('ledger')`); err != nil {
 		t.Fatal(err)
 	}
