@@ -269,9 +269,10 @@ until it ends (conduit doctor names it).
 safe horizon, so events that commit from now on, and those of
 transactions still open, which may commit before them in the log's
 order), start (the whole log), or a position TRANSACTION/POSITION as
-printed (that event excluded): resume where an earlier tail stopped. It wakes on
-the library's notifications and polls every --interval as well. Ctrl-C
-ends it with exit code 0.
+printed (that event excluded): resume where an earlier tail stopped.
+
+It wakes on the library's notifications and polls every --interval as
+well; it retries a lost connection. Ctrl-C ends it with exit code 0.
 
 JSON (--json): one event per line,
 ` + eventJSONHelp,

@@ -90,6 +90,14 @@ func toProjectionJSON(s conduit.ProjectionStatus) projectionJSON {
 	return p
 }
 
+func toProjectionsJSON(st []conduit.ProjectionStatus) []projectionJSON {
+	out := make([]projectionJSON, len(st))
+	for i, s := range st {
+		out[i] = toProjectionJSON(s)
+	}
+	return out
+}
+
 // parkedJSON is a parked event: `projections parked NAME` prints an array.
 type parkedJSON struct {
 	Projection string    `json:"projection"`

@@ -65,11 +65,7 @@ JSON (--json): an array of projections, each
 				return err
 			}
 			if a.json {
-				out := make([]projectionJSON, len(st))
-				for i, s := range st {
-					out[i] = toProjectionJSON(s)
-				}
-				return a.printJSON(out)
+				return a.printJSON(toProjectionsJSON(st))
 			}
 			if len(st) == 0 {
 				fmt.Fprintln(a.errOut, "no projection has run on this database yet")
@@ -120,11 +116,7 @@ JSON (--json): one projection with NAME, else an array of them, each
 				return err
 			}
 			if a.json {
-				out := make([]projectionJSON, len(st))
-				for i, s := range st {
-					out[i] = toProjectionJSON(s)
-				}
-				return a.printJSON(out)
+				return a.printJSON(toProjectionsJSON(st))
 			}
 			for i, s := range st {
 				if i > 0 {
@@ -275,7 +267,7 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 	var (
 		pb          *progressbar.ProgressBar
 		total, done int64
-		start       = time.Now()
+		start       time.Time
 		lastDone    = int64(-1)
 		firstDone   = int64(-1) // applied before the first poll: not part of the rate
 		warnedIdle  bool
