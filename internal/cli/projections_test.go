@@ -244,3 +244,29 @@ func TestRebuildProgressBar(t *testing.T) {
 		t.Fatalf("plain progress lines in bar mode:\n%q", out)
 	}
 }
+
+// The command's statements run under --statement-timeout: a rebuild that
+// waits for a lock past it fails, with a hint.
+func TestStatementTimeout(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	ctx := testContext(t)
+	runProjector(t, store, "locked", &conduit.ProjectorConfig{PollInterval: 20 * time.Millisecond})
+	waitState(t, store, "locked", conduit.StateCaughtUp)
+	tx, err := store.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // only held
+	if _, err := tx.Exec(ctx, `SELECT FROM conduit.projections WHERE name = 'locked' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := mustRun(t, ExitError, url, "", "--statement-timeout", "300ms", "projections", "rebuild", "locked")
+	if !strings.Contains(r.stderr, "statement timeout") || !strings.Contains(r.stderr, "hint: the statement ran longer than --statement-timeout") {
+		t.Fatalf("rebuild behind a lock with --statement-timeout 300ms:\n%s", r)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Fatalf("the rebuild gave up after %s", took)
+	}
+}
