@@ -123,3 +123,19 @@ func TestBinaryLibpqVariables(t *testing.T) {
 		t.Fatalf("migrate validate with PG* variables: %v\n%s", err, out)
 	}
 }
+
+// Programs that import the library do not compile the command's
+// dependencies.
+func TestLibraryDoesNotImportCommandDependencies(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/conduit-es/conduit", "github.com/conduit-es/conduit/conduittest").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, heavy := range []string{"github.com/spf13/", "github.com/schollz/progressbar", "golang.org/x/term", "conduit/internal/cli"} {
+			if strings.Contains(pkg, heavy) {
+				t.Errorf("the library depends on %s", pkg)
+			}
+		}
+	}
+}
