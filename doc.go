@@ -171,13 +171,25 @@
 // Status, from Go ([Store.ProjectionStatus]) and from SQL
 // (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
 // in time, last progress, state (running, caught_up, stalled, stopped,
-// rebuilding), the stall reason, the number of parked events, and the
+// rebuilding, paused), the stall reason, the number of parked events, and the
 // backend holding back the safe horizon when a long transaction does.
 //
 // Rebuild: SELECT conduit.rebuild_projection('name') at a psql prompt, or
 // [Store.RebuildProjection], truncates the read tables the projection
 // declares ([ReadTableOwner]) and resets its checkpoint in one transaction,
 // after any batch in flight; the running instance replays from the start.
+//
+// Pause: SELECT conduit.pause_projection('name'), or
+// [Store.PauseProjection], waits for a batch in flight; from then on no
+// instance applies anything (each batch checks under its lock on the
+// projection's row), instances keep their lease, status says paused, and
+// WaitFor and CatchUp short of their position return a
+// [*ProjectionPausedError]. conduit.resume_projection('name') or
+// [Store.ResumeProjection] resumes it.
+//
+// The conduit command (cmd/conduit) does all of this from a terminal:
+// conduit projections list, status, rebuild (with a progress bar), pause,
+// resume, parked, retry and skip, and conduit doctor.
 //
 // # Failure handling
 //

@@ -3,9 +3,11 @@ package conduit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -101,8 +103,33 @@ func (p Position) Before(q Position) bool { return p.Compare(q) < 0 }
 // IsZero reports whether p is the start of the log.
 func (p Position) IsZero() bool { return p == Position{} }
 
+// String returns "transaction id/global position", the form ParsePosition
+// reads: "0/0" for the start of the log.
 func (p Position) String() string {
 	return strconv.FormatUint(p.TransactionID, 10) + "/" + strconv.FormatInt(p.GlobalPosition, 10)
+}
+
+// ParsePosition reads a Position in the form String returns,
+// "transaction id/global position" (as the conduit command prints it, and
+// as a checkpoint is stored: conduit.projections.checkpoint_tx and
+// checkpoint_position). Both numbers are decimal and not negative.
+func ParsePosition(s string) (Position, error) {
+	tx, pos, ok := strings.Cut(s, "/")
+	if !ok {
+		return Position{}, fmt.Errorf("conduit: position %q: want transaction id/global position, such as 0/0", s)
+	}
+	t, err := strconv.ParseUint(tx, 10, 64)
+	if err != nil {
+		return Position{}, fmt.Errorf("conduit: position %q: transaction id: %w", s, err)
+	}
+	g, err := strconv.ParseInt(pos, 10, 64)
+	if err != nil || g < 0 {
+		if err == nil {
+			err = errors.New("negative")
+		}
+		return Position{}, fmt.Errorf("conduit: position %q: global position: %w", s, err)
+	}
+	return Position{TransactionID: t, GlobalPosition: g}, nil
 }
 
 // ExpectedVersion is what an append expects of its stream. Use Any,

@@ -32,6 +32,10 @@ const (
 	StateStopped ProjectionState = "stopped"
 	// StateRebuilding: replaying after a rebuild, not caught up yet.
 	StateRebuilding ProjectionState = "rebuilding"
+	// StatePaused: paused by Store.PauseProjection (or SQL
+	// conduit.pause_projection) until resumed; whatever else it is doing
+	// waits.
+	StatePaused ProjectionState = "paused"
 )
 
 // ProjectionStatus is one projection's status, as conduit.projection_status()
@@ -67,6 +71,8 @@ type ProjectionStatus struct {
 	// EventsApplied counts events applied since the last rebuild.
 	EventsApplied  int64
 	RebuildStarted time.Time
+	// PausedAt is when the projection was paused (zero: it is not).
+	PausedAt time.Time
 	// Horizon is set when a running transaction holds back events this
 	// projection could otherwise read.
 	Horizon *HorizonHolder
@@ -131,6 +137,7 @@ func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]Pro
 			LeaseExpires:   zeroTime(r.LeaseExpiresAt),
 			EventsApplied:  r.EventsApplied,
 			RebuildStarted: zeroTime(r.RebuildStartedAt),
+			PausedAt:       zeroTime(r.PausedAt),
 		}
 		if r.HorizonPid != 0 {
 			out[i].Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,
@@ -159,7 +166,8 @@ func zeroTime(t time.Time) time.Time {
 // has never run, and for which no Projector was made on this Store, returns
 // ErrNotFound at once. A Projector made on this Store (even one whose Run
 // has not started yet) makes its name known, so WaitFor waits for its first
-// run.
+// run. A paused projection (see PauseProjection) short of pos returns a
+// *ProjectionPausedError at once.
 func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) error {
 	wait := time.Millisecond
 	for {
@@ -174,7 +182,7 @@ func (s *Store) WaitFor(ctx context.Context, projection string, pos Position) er
 					"and no Projector for it was made on this Store: %w", projection, ErrNotFound)
 			}
 			// Made here, not registered yet: its first run registers it.
-		case errors.Is(err, ErrProjectionStalled):
+		case errors.Is(err, ErrProjectionStalled), errors.Is(err, ErrProjectionPaused):
 			return err
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("conduit: wait for %q to pass %s: %w", projection, pos, ctx.Err())
@@ -223,10 +231,63 @@ func (s *Store) projectionPassed(ctx context.Context, projection string, pos Pos
 	if !(Position{TransactionID: r.CheckpointTx, GlobalPosition: r.CheckpointPosition}).Before(pos) {
 		return true, nil
 	}
+	if r.Paused {
+		return false, &ProjectionPausedError{Projection: projection}
+	}
 	if ProjectionState(r.State) == StateStalled {
 		return false, &ProjectionStalledError{Projection: projection, EventID: r.StalledEventID, Reason: r.StallReason}
 	}
 	return false, nil
+}
+
+// ErrProjectionPaused: the projection is paused (Store.PauseProjection, or
+// SQL conduit.pause_projection) short of the position waited for. The
+// error is a *ProjectionPausedError. Resume it with Store.ResumeProjection.
+var ErrProjectionPaused = errors.New("conduit: projection paused")
+
+// ProjectionPausedError reports a paused projection (ErrProjectionPaused).
+type ProjectionPausedError struct {
+	Projection string
+}
+
+func (e *ProjectionPausedError) Error() string {
+	return fmt.Sprintf("conduit: projection %q is paused; resume it with ResumeProjection "+
+		"(SELECT conduit.resume_projection('%s');)", e.Projection, e.Projection)
+}
+
+// Is makes errors.Is(err, ErrProjectionPaused) true.
+func (e *ProjectionPausedError) Is(target error) bool { return target == ErrProjectionPaused }
+
+// PauseProjection pauses the projection, by calling the SQL function
+// conduit.pause_projection (which you can also call from psql): it waits
+// for a batch in flight, and once it returns no instance applies anything
+// until ResumeProjection, though instances keep running and keep their
+// lease. Status says paused; WaitFor and CatchUp short of their position
+// return a *ProjectionPausedError at once. Pausing a paused projection
+// changes nothing. ErrNotFound if the projection never ran.
+func (s *Store) PauseProjection(ctx context.Context, name string) error {
+	if checkName("projection", name) != nil {
+		return fmt.Errorf("conduit: pause %q: %w", name, ErrNotFound)
+	}
+	if err := s.queries.ProjectionPause(ctx, name); err != nil {
+		return s.dbError(ctx, err, fmt.Sprintf("pause %q", name))
+	}
+	return nil
+}
+
+// ResumeProjection resumes a paused projection (SQL:
+// conduit.resume_projection, which also wakes projectors in other
+// processes) and wakes this Store's projectors. Resuming a projection that
+// is not paused changes nothing. ErrNotFound if the projection never ran.
+func (s *Store) ResumeProjection(ctx context.Context, name string) error {
+	if checkName("projection", name) != nil {
+		return fmt.Errorf("conduit: resume %q: %w", name, ErrNotFound)
+	}
+	if err := s.queries.ProjectionResume(ctx, name); err != nil {
+		return s.dbError(ctx, err, fmt.Sprintf("resume %q", name))
+	}
+	s.appended.Notify()
+	return nil
 }
 
 // ErrProjectionStalled: the projection stopped at a poison event under

@@ -253,6 +253,8 @@ func (p *Projector) Run(ctx context.Context) error { return p.run(ctx, false) }
 //     head, as WaitFor does (and takes over if the lease expires);
 //   - under PoisonStop a stall returns the *ProjectionStalledError at once
 //     (under PoisonPark the event is parked and CatchUp goes on);
+//   - a paused projection (Store.PauseProjection) returns a
+//     *ProjectionPausedError at once;
 //   - events held behind the safe horizon are waited for: they become
 //     readable once every transaction older than the head's has ended;
 //   - errors a retry may cure (a dropped connection, a restart) are
@@ -302,6 +304,12 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			case res == nil: // a failed attempt at an event, counted; its retry waited already
 			case head != nil && !res.checkpoint.Before(*head):
 				return nil
+			case res.paused && head != nil:
+				return &ProjectionPausedError{Projection: p.name}
+			case res.paused:
+				// ResumeProjection wakes the projectors of its Store, and
+				// conduit.resume_projection notifies; the poll is the guarantee.
+				engine.Idle(ctx, wake, p.cfg.PollInterval)
 			case res.held: // caught up, events held behind the horizon
 				engine.Idle(ctx, wake, behindHorizon.Next())
 			case res.caughtUp:
@@ -329,7 +337,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 			switch passed, err := p.store.projectionPassed(ctx, p.name, *head); {
 			case passed:
 				return nil
-			case errors.Is(err, ErrProjectionStalled):
+			case errors.Is(err, ErrProjectionStalled), errors.Is(err, ErrProjectionPaused):
 				return err
 			}
 			engine.Idle(ctx, progressed, standby.Next())
@@ -431,6 +439,9 @@ type batchResult struct {
 	// stalled: the batch stopped at a poison event under PoisonStop and
 	// applied nothing.
 	stalled *ProjectionStalledError
+	// paused: the projection is paused (conduit.pause_projection); the
+	// batch applied nothing.
+	paused bool
 }
 
 // batch applies up to BatchSize events after the checkpoint in one
@@ -470,6 +481,13 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
+		if row.Paused {
+			// conduit.pause_projection: apply nothing, retry nothing, until
+			// resumed. The lease stays with this instance (its keeper renews
+			// it).
+			res.checkpoint, res.paused = checkpoint, true
+			return nil
+		}
 		run := &engine.Batch{Data: checkpoint, Cancel: cancel, Release: release}
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q, run); err != nil {

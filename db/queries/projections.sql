@@ -57,7 +57,9 @@ UPDATE conduit.projections
 -- connection is cut, releasing the lock for the next owner; see
 -- ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
 -- durable (see ProjectorConfig.DurableCommit) and says whether parked
--- events wait to be retried. It also returns the event the projection is
+-- events wait to be retried, and whether the projection is paused (the
+-- batch then applies nothing: conduit.pause_projection waits for the
+-- batch's lock, and a batch that starts after it sees it). It also returns the event the projection is
 -- failing on, if any, with its failed attempts so far.
 SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
        COALESCE(p.stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
@@ -69,7 +71,8 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
                   CASE WHEN sqlc.arg(durable)::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
                   true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
-                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
+                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending,
+       (p.paused_at IS NOT NULL)::boolean AS paused
   FROM conduit.projections p
  WHERE p.name = sqlc.arg(name) AND p.owner = sqlc.arg(owner)::text AND p.epoch = sqlc.arg(epoch)
    AND p.lease_expires_at > now()
@@ -126,16 +129,23 @@ UPDATE conduit.projections
 RETURNING failed_attempts;
 
 -- name: ProjectionCheckpointGet :one
--- The checkpoint, and the stall that holds it back if any, in one round trip
+-- The checkpoint, and the stall or pause that holds it back if any, in one round trip
 -- (for WaitFor and CatchUp). NULLs become zero values.
 SELECT checkpoint_tx, checkpoint_position, state,
        COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id
+       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       (paused_at IS NOT NULL)::boolean AS paused
   FROM conduit.projections
  WHERE name = sqlc.arg(name);
 
 -- name: ProjectionRebuild :exec
 SELECT conduit.rebuild_projection(sqlc.arg(name));
+
+-- name: ProjectionPause :exec
+SELECT conduit.pause_projection(sqlc.arg(name));
+
+-- name: ProjectionResume :exec
+SELECT conduit.resume_projection(sqlc.arg(name));
 
 -- name: ProjectionStatusList :many
 -- Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
@@ -156,7 +166,8 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
        COALESCE(s.horizon_query, '')::text AS horizon_query,
        COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
        COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
-       COALESCE(p.last_error, '')::text AS last_error
+       COALESCE(p.last_error, '')::text AS last_error,
+       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at
   FROM conduit.projection_status() s
   LEFT JOIN conduit.projections p ON p.name = s.name
  WHERE sqlc.narg(name)::text IS NULL OR s.name = sqlc.narg(name)::text

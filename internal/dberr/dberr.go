@@ -29,8 +29,8 @@ const (
 	// CodeAppendOnly: an UPDATE, DELETE or TRUNCATE of conduit.events
 	// (conduit.refuse_event_change).
 	CodeAppendOnly = "CDI01"
-	// CodeNoProjection: conduit.rebuild_projection was given an unknown
-	// name.
+	// CodeNoProjection: conduit.rebuild_projection (or pause_projection,
+	// resume_projection) was given an unknown name.
 	CodeNoProjection = "CDI02"
 	// CodeTransactionAborted: conduit.abort_transaction, called when a
 	// synchronous projection fails inside AppendTx.

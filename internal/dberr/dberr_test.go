@@ -87,6 +87,16 @@ func TestNamesMatchCatalog(t *testing.T) {
 	if n, err := conn.Conn().WaitForNotification(ctx); err != nil || n.Channel != dberr.EventsChannel {
 		t.Errorf("notification %+v, %v; want one on %q", n, err, dberr.EventsChannel)
 	}
+	// conduit.resume_projection wakes projectors on the same channel.
+	if _, err := pool.Exec(ctx, `INSERT INTO conduit.projections (name) VALUES ('resumed')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `SELECT conduit.resume_projection('resumed')`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := conn.Conn().WaitForNotification(ctx); err != nil || n.Channel != dberr.EventsChannel {
+		t.Errorf("resume_projection's notification %+v, %v; want one on %q", n, err, dberr.EventsChannel)
+	}
 	if _, err := conn.Exec(ctx, "UNLISTEN *"); err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +116,8 @@ func TestNamesMatchCatalog(t *testing.T) {
 	}
 	raises(`UPDATE conduit.events SET event_type = 'x'`, dberr.AppendOnly)
 	raises(`SELECT conduit.rebuild_projection('no such projection')`, dberr.NoProjection)
+	raises(`SELECT conduit.pause_projection('no such projection')`, dberr.NoProjection)
+	raises(`SELECT conduit.resume_projection('no such projection')`, dberr.NoProjection)
 	raises(`SELECT conduit.abort_transaction('test')`, dberr.TransactionAborted)
 	raises(`INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
 	        SELECT 's', 1, gen_random_uuid(), 't', '1'`, dberr.StreamVersionTaken)

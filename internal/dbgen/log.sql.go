@@ -31,3 +31,28 @@ func (q *Queries) LogHeadGet(ctx context.Context) (LogHeadGetRow, error) {
 	err := row.Scan(&i.TransactionID, &i.GlobalPosition)
 	return i, err
 }
+
+const logSafeHeadGet = `-- name: LogSafeHeadGet :one
+SELECT e.transaction_id, e.global_position
+  FROM conduit.events e
+ WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY e.transaction_id DESC, e.global_position DESC
+ LIMIT 1
+`
+
+type LogSafeHeadGetRow struct {
+	TransactionID  uint64
+	GlobalPosition int64
+}
+
+// The last event below the safe horizon (no row: none yet), in one
+// statement: every event a reader can still be shown later sorts after it,
+// because every transaction still running has an id at or above the
+// horizon. A follower of the log that starts here ("from now on") skips
+// nothing that commits late; starting at LogHeadGet could.
+func (q *Queries) LogSafeHeadGet(ctx context.Context) (LogSafeHeadGetRow, error) {
+	row := q.db.QueryRow(ctx, logSafeHeadGet)
+	var i LogSafeHeadGetRow
+	err := row.Scan(&i.TransactionID, &i.GlobalPosition)
+	return i, err
+}

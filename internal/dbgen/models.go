@@ -145,4 +145,5 @@ type ConduitProjection struct {
 	FailingEventID     uuid.NullUUID
 	FailedAttempts     int32
 	LastError          pgtype.Text
+	PausedAt           *time.Time
 }

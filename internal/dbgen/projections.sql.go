@@ -143,7 +143,8 @@ func (q *Queries) ProjectionAcquire(ctx context.Context, arg ProjectionAcquirePa
 const projectionCheckpointGet = `-- name: ProjectionCheckpointGet :one
 SELECT checkpoint_tx, checkpoint_position, state,
        COALESCE(stall_reason, '')::text AS stall_reason,
-       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id
+       COALESCE(stalled_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS stalled_event_id,
+       (paused_at IS NOT NULL)::boolean AS paused
   FROM conduit.projections
  WHERE name = $1
 `
@@ -154,9 +155,10 @@ type ProjectionCheckpointGetRow struct {
 	State              string
 	StallReason        string
 	StalledEventID     uuid.UUID
+	Paused             bool
 }
 
-// The checkpoint, and the stall that holds it back if any, in one round trip
+// The checkpoint, and the stall or pause that holds it back if any, in one round trip
 // (for WaitFor and CatchUp). NULLs become zero values.
 func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (ProjectionCheckpointGetRow, error) {
 	row := q.db.QueryRow(ctx, projectionCheckpointGet, name)
@@ -167,6 +169,7 @@ func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (Pro
 		&i.State,
 		&i.StallReason,
 		&i.StalledEventID,
+		&i.Paused,
 	)
 	return i, err
 }
@@ -277,7 +280,8 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
                   CASE WHEN $2::boolean THEN current_setting('synchronous_commit') ELSE 'off' END,
                   true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
-                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending
+                WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending,
+       (p.paused_at IS NOT NULL)::boolean AS paused
   FROM conduit.projections p
  WHERE p.name = $3 AND p.owner = $4::text AND p.epoch = $5
    AND p.lease_expires_at > now()
@@ -304,6 +308,7 @@ type ProjectionLockForBatchRow struct {
 	IdleTimeout        string
 	SynchronousCommit  string
 	RetryPending       bool
+	Paused             bool
 }
 
 // Starts a batch: locks the row and checks the lease; no row means the lease
@@ -315,7 +320,9 @@ type ProjectionLockForBatchRow struct {
 // connection is cut, releasing the lock for the next owner; see
 // ProjectorConfig.HandlerTimeout), turns synchronous_commit off unless
 // durable (see ProjectorConfig.DurableCommit) and says whether parked
-// events wait to be retried. It also returns the event the projection is
+// events wait to be retried, and whether the projection is paused (the
+// batch then applies nothing: conduit.pause_projection waits for the
+// batch's lock, and a batch that starts after it sees it). It also returns the event the projection is
 // failing on, if any, with its failed attempts so far.
 func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLockForBatchParams) (ProjectionLockForBatchRow, error) {
 	row := q.db.QueryRow(ctx, projectionLockForBatch,
@@ -338,8 +345,18 @@ func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLock
 		&i.IdleTimeout,
 		&i.SynchronousCommit,
 		&i.RetryPending,
+		&i.Paused,
 	)
 	return i, err
+}
+
+const projectionPause = `-- name: ProjectionPause :exec
+SELECT conduit.pause_projection($1)
+`
+
+func (q *Queries) ProjectionPause(ctx context.Context, name string) error {
+	_, err := q.db.Exec(ctx, projectionPause, name)
+	return err
 }
 
 const projectionRebuild = `-- name: ProjectionRebuild :exec
@@ -434,6 +451,15 @@ func (q *Queries) ProjectionRenew(ctx context.Context, arg ProjectionRenewParams
 	return epoch, err
 }
 
+const projectionResume = `-- name: ProjectionResume :exec
+SELECT conduit.resume_projection($1)
+`
+
+func (q *Queries) ProjectionResume(ctx context.Context, name string) error {
+	_, err := q.db.Exec(ctx, projectionResume, name)
+	return err
+}
+
 const projectionStall = `-- name: ProjectionStall :exec
 UPDATE conduit.projections
    SET state = 'stalled', stall_reason = $1::text, stalled_event_id = $2::uuid,
@@ -478,7 +504,8 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
        COALESCE(s.horizon_query, '')::text AS horizon_query,
        COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
        COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
-       COALESCE(p.last_error, '')::text AS last_error
+       COALESCE(p.last_error, '')::text AS last_error,
+       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at
   FROM conduit.projection_status() s
   LEFT JOIN conduit.projections p ON p.name = s.name
  WHERE $1::text IS NULL OR s.name = $1::text
@@ -509,6 +536,7 @@ type ProjectionStatusListRow struct {
 	FailingEventID     uuid.UUID
 	FailedAttempts     int32
 	LastError          string
+	PausedAt           time.Time
 }
 
 // Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
@@ -546,6 +574,7 @@ func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([
 			&i.FailingEventID,
 			&i.FailedAttempts,
 			&i.LastError,
+			&i.PausedAt,
 		); err != nil {
 			return nil, err
 		}
