@@ -16,7 +16,7 @@
 //	3  a check failed: `migrate validate` with migrations pending, `doctor`
 //	   with a problem
 //	4  version conflict: `append --expect` did not hold
-//	5  not found: no such stream, projection or parked event
+//	5  not found: no such stream, projection, parked event or dead letter
 //
 // Errors go to stderr, with a hint line where one helps.
 package cli
@@ -201,7 +201,7 @@ pending, doctor found problems), 4 version conflict, 5 not found.`,
 		"statement_timeout of the command's queries (0: none)")
 
 	root.AddCommand(a.migrateCommand(), a.appendCommand(), a.readCommand(), a.streamCommand(), a.tailCommand(),
-		a.projectionsCommand(), a.doctorCommand())
+		a.projectionsCommand(), a.outboxCommand(), a.doctorCommand())
 	return root
 }
 
