@@ -277,6 +277,18 @@
 // the oldest one's age, dead letters, the last delivery and the relay's
 // owner.
 //
+// # Observability
+//
+// [Config.MeterProvider] and [Config.TracerProvider] take OpenTelemetry
+// providers (the API only: Conduit installs no SDK): metrics of appends,
+// projector batches, lag, leases, the outbox and the safe horizon, and a
+// span per append, projector batch and relay publish. An append's trace
+// context is stored in its events' metadata (TraceparentKey) and the
+// projector's span links back to it. [Store.Health] and
+// [Store.HealthHandler] report a projector or relay that makes no progress
+// while work waits, and why. Logs go to [Config.Logger], by default
+// warnings and errors only.
+//
 // # Entities
 //
 // [Entity] is the event-sourced entity (aggregate) pattern: [Entity.Load]
