@@ -12,10 +12,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/conduit-es/conduit/internal/dbgen"
 	"github.com/conduit-es/conduit/internal/engine"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults and limits of RelayConfig fields (besides those it shares with
