@@ -203,6 +203,24 @@ func refusalReason(err error) string {
 	return "invalid"
 }
 
+// outcomeOptions are the attribute sets of the append outcomes, made once:
+// a measurement then allocates none.
+var outcomeOptions = func() map[string]metric.MeasurementOption {
+	m := map[string]metric.MeasurementOption{}
+	for _, o := range []string{"ok", "duplicate", "outcome_unknown", "error", "refused.version_conflict",
+		"refused.transaction_order", "refused.duplicate_event_id", "refused.too_large", "refused.invalid"} {
+		m[o] = metric.WithAttributeSet(attribute.NewSet(attrOutcome.String(o)))
+	}
+	return m
+}()
+
+func outcomeOption(outcome string) metric.MeasurementOption {
+	if o, ok := outcomeOptions[outcome]; ok {
+		return o
+	}
+	return metric.WithAttributes(attrOutcome.String(outcome))
+}
+
 // startAppend starts an append's span; end records it and its metrics.
 func (t *telemetry) startAppend(ctx context.Context, streamID string, n int) (context.Context, func(AppendResult, error)) {
 	start := time.Now()
@@ -210,7 +228,7 @@ func (t *telemetry) startAppend(ctx context.Context, streamID string, n int) (co
 		trace.WithAttributes(attrStream.String(streamID), attrEvents.Int(n)))
 	return ctx, func(res AppendResult, err error) {
 		outcome := appendOutcome(res, err)
-		t.appendDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(attrOutcome.String(outcome)))
+		t.appendDur.Record(ctx, time.Since(start).Seconds(), outcomeOption(outcome))
 		if err == nil && !res.Duplicate {
 			t.appendEvts.Add(ctx, int64(n))
 		}
