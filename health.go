@@ -23,6 +23,10 @@ type HealthConfig struct {
 	// however long ago the last progress was. Defaults to
 	// HealthStallAfterDefault (1 minute).
 	StallAfter time.Duration
+	// StallAfterFor overrides StallAfter for some workers: by projection
+	// name, and "outbox" for the relay (a projection that batches for
+	// minutes by design, say).
+	StallAfterFor map[string]time.Duration
 	// Projections names the projections to check; nil checks every
 	// projection registered in the database.
 	Projections []string
@@ -126,28 +130,37 @@ func (s *Store) Health(ctx context.Context, cfg *HealthConfig) (HealthReport, er
 	return rep, nil
 }
 
+// stallAfter is name's threshold.
+func (c *HealthConfig) stallAfter(name string) time.Duration {
+	if d, ok := c.StallAfterFor[name]; ok && d > 0 {
+		return d
+	}
+	return c.StallAfter
+}
+
 func (s *Store) projectionHealth(st ProjectionStatus, c *HealthConfig) HealthCheck {
+	stallAfter := c.stallAfter(st.Name)
 	hc := HealthCheck{Worker: "projection", Name: st.Name, Healthy: true, Pending: st.LagEvents,
 		OldestPending: st.Lag, LastProgress: st.LastProgress, Owner: st.Owner}
 	flaps := 0
 	if st.Epoch > 0 {
-		flaps = s.health.flaps(st.Name, st.Epoch, c.StallAfter)
+		flaps = s.health.flaps(st.Name, st.Epoch, stallAfter)
 	}
-	waiting := st.LagEvents > 0 && st.Lag > c.StallAfter && time.Since(st.LastProgress) > c.StallAfter
+	waiting := st.LagEvents > 0 && st.Lag > stallAfter && time.Since(st.LastProgress) > stallAfter
 	switch {
 	case st.State == StateStalled:
 		hc.Reason = fmt.Sprintf("stalled on event %s: %s", st.StalledEventID, st.StallReason)
 	case flaps >= c.FlapAfter:
-		hc.Reason = fmt.Sprintf("lease flapping: %d new epochs within %s (now %d, owner %q)", flaps, c.StallAfter, st.Epoch, st.Owner)
+		hc.Reason = fmt.Sprintf("lease flapping: %d new epochs within %s (now %d, owner %q)", flaps, stallAfter, st.Epoch, st.Owner)
 	case !waiting:
 		return hc
+	case st.State == StateStopped || st.Owner == "":
+		hc.Reason = fmt.Sprintf("no live owner: no instance holds the lease (none running, or all paused or cut off); %d events wait, the oldest for %s",
+			st.LagEvents, st.Lag.Round(time.Millisecond))
 	case st.Horizon != nil:
 		h := st.Horizon
 		hc.Reason = fmt.Sprintf("horizon held by pid %d (application %q, transaction since %s): %d events wait behind it; query: %s",
 			h.PID, h.Application, h.Since.Format(time.RFC3339), h.HeldEvents, h.Query)
-	case st.State == StateStopped || st.Owner == "":
-		hc.Reason = fmt.Sprintf("no live owner: no instance holds the lease (none running, or all paused or cut off); %d events wait, the oldest for %s",
-			st.LagEvents, st.Lag.Round(time.Millisecond))
 	case st.FailedAttempts > 0:
 		hc.Reason = fmt.Sprintf("failing on event %s (%d attempts): %s", st.FailingEventID, st.FailedAttempts, st.LastError)
 	default:
@@ -161,7 +174,8 @@ func (s *Store) projectionHealth(st ProjectionStatus, c *HealthConfig) HealthChe
 func relayHealth(st OutboxStatus, c *HealthConfig) HealthCheck {
 	hc := HealthCheck{Worker: "relay", Name: "outbox", Healthy: true, Pending: st.Pending,
 		OldestPending: st.OldestPendingAge, LastProgress: st.LastDeliveryAt, Owner: st.Owner}
-	if st.Pending == 0 || st.OldestPendingAge <= c.StallAfter || time.Since(st.LastDeliveryAt) <= c.StallAfter {
+	stallAfter := c.stallAfter("outbox")
+	if st.Pending == 0 || st.OldestPendingAge <= stallAfter || time.Since(st.LastDeliveryAt) <= stallAfter {
 		return hc
 	}
 	switch {
