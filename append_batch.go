@@ -1,0 +1,327 @@
+package conduit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/conduit-es/conduit/internal/dberr"
+	"github.com/conduit-es/conduit/internal/dbgen"
+)
+
+// appendBatcher gathers the Appends of one Store that arrive while another
+// is in flight, and sends them together, as one statement in one
+// transaction (conduit.append_batch): natural batching. An append that
+// finds nothing in flight goes alone at once, so an idle store adds no
+// latency; those that arrive meanwhile wait, and the first of them, once
+// the database has answered, sends the next batch, of everything waiting
+// (up to Config.MaxAppendBatch appends and Config.MaxAppendSize bytes).
+// There is no goroutine of its own: a batch is sent by a goroutine that
+// its first append starts and that ends with it.
+//
+// The queue waits for one send at a time, and for at most
+// appendStallAfter: a send that takes longer (it waits for the lock of a
+// stream that a long transaction holds, say) lets the next batch go beside
+// it, so that one slow append never holds up the others.
+type appendBatcher struct {
+	maxAppends, maxBytes int
+
+	mu     sync.Mutex
+	holder *sendToken      // the send the queue waits for; nil: none
+	queue  []*queuedAppend // waiting for the next batch, in call order
+}
+
+// appendStallAfter is how long the queue waits for a send before the next
+// batch goes beside it. It is above the time of a batch under load, so
+// that batches normally go one after the other.
+const appendStallAfter = 20 * time.Millisecond
+
+// sendToken is a send in flight, an append alone or a batch.
+type sendToken struct{ stall *time.Timer }
+
+// startLocked makes a send in flight that the queue waits for.
+func (b *appendBatcher) startLocked() *sendToken {
+	t := &sendToken{}
+	b.holder = t
+	return t
+}
+
+// armStall lets the queue go after appendStallAfter even if t has not
+// ended by then.
+func (b *appendBatcher) armStall(t *sendToken) {
+	t.stall = time.AfterFunc(appendStallAfter, func() { b.release(t) })
+}
+
+// end ends the send t: if the queue still waits for it, the first waiting
+// append, if any, sends the next batch.
+func (b *appendBatcher) end(t *sendToken) {
+	t.stall.Stop()
+	b.release(t)
+}
+
+func (b *appendBatcher) release(t *sendToken) {
+	b.mu.Lock()
+	if b.holder == t {
+		b.promoteLocked()
+	}
+	b.mu.Unlock()
+}
+
+// queuedAppend is an Append waiting in the batcher's queue, then in a batch.
+type queuedAppend struct {
+	ctx   context.Context
+	a     appendArgs
+	bytes int
+	wake  chan struct{} // one signal: state changed to lead or dropped
+	state queueState    // under appendBatcher.mu
+	token *sendToken    // when leading: its send
+
+	// The outcome, set before done is closed.
+	done chan struct{}
+	res  AppendResult
+	// explain: the batch wrote nothing for this append; alone: the batch
+	// rolled back; err: the batch's outcome is unknown.
+	explain, alone bool
+	err            error
+}
+
+type queueState int
+
+const (
+	queued  queueState = iota // waiting in the queue
+	leading                   // first in the queue once the previous batch ended: sends the next
+	taken                     // in a batch
+	dropped                   // its context ended before it was sent: taken out, never sent
+)
+
+// appendBatched is Append through the batcher.
+func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, error) {
+	b := &s.batcher
+	b.mu.Lock()
+	if b.holder == nil {
+		t := b.startLocked()
+		b.mu.Unlock()
+		b.armStall(t)
+		res, err := s.appendAlone(ctx, a, nil, false)
+		b.end(t)
+		return res, err
+	}
+	q := &queuedAppend{ctx: ctx, a: a, bytes: a.size(), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	b.queue = append(b.queue, q)
+	b.mu.Unlock()
+
+	for {
+		select {
+		case <-q.wake:
+		case <-ctx.Done():
+		}
+		b.mu.Lock()
+		if q.state == taken {
+			b.mu.Unlock()
+			break // in a batch being sent
+		}
+		if ctx.Err() != nil {
+			// Never sent: take it out, and if it was to send the next
+			// batch, the next in the queue does.
+			if i := slices.Index(b.queue, q); i >= 0 {
+				b.queue = slices.Delete(b.queue, i, i+1)
+			}
+			if q.state == leading && b.holder == q.token {
+				b.promoteLocked()
+			}
+			b.mu.Unlock()
+			return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", a.StreamID, ctx.Err())
+		}
+		if q.state == leading {
+			t := q.token
+			batch := b.takeLocked()
+			b.mu.Unlock()
+			b.armStall(t)
+			if len(batch) == 1 {
+				res, err := s.appendAlone(ctx, a, nil, false)
+				b.end(t)
+				return res, err
+			}
+			go s.sendBatch(batch, t)
+			break
+		}
+		b.mu.Unlock()
+	}
+
+	select {
+	case <-q.done:
+	case <-ctx.Done():
+		select {
+		case <-q.done:
+		default:
+			// Sent, and the answer has not come: the outcome is unknown
+			// (the context's error says so), as for an Append alone.
+			return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", a.StreamID, ctx.Err())
+		}
+	}
+	switch {
+	case q.err != nil:
+		return AppendResult{}, s.appendError(ctx, q.err, a)
+	case q.alone:
+		// Nothing of the batch committed: append alone.
+		return s.appendAlone(ctx, a, nil, false)
+	case q.explain:
+		// The batch wrote nothing for it: ask why, as an append alone does.
+		return s.appendAlone(ctx, a, nil, true)
+	}
+	return q.res, nil
+}
+
+// promoteLocked makes the first waiting append, if any, send the next
+// batch, and the queue wait for that send.
+func (b *appendBatcher) promoteLocked() {
+	if len(b.queue) == 0 {
+		b.holder = nil
+		return
+	}
+	first := b.queue[0]
+	first.state = leading
+	first.token = b.startLocked()
+	first.wake <- struct{}{}
+}
+
+// takeLocked takes the next batch from the queue: the waiting appends in
+// call order, up to the bounds, at least one. Appends whose context ended
+// are dropped, never sent.
+func (b *appendBatcher) takeLocked() []*queuedAppend {
+	var batch []*queuedAppend
+	n, bytes := 0, 0
+	for _, q := range b.queue {
+		if len(batch) > 0 && (len(batch) == b.maxAppends || bytes+q.bytes > b.maxBytes) {
+			break
+		}
+		n++
+		if q.ctx.Err() != nil && q.state != leading {
+			q.state = dropped
+			q.wake <- struct{}{}
+			continue
+		}
+		if q.state != leading {
+			q.wake <- struct{}{}
+		}
+		q.state = taken
+		batch = append(batch, q)
+		bytes += q.bytes
+	}
+	b.queue = slices.Delete(b.queue, 0, n)
+	return batch
+}
+
+// sendBatch sends a batch of two or more appends, gives each its outcome,
+// and lets the next batch go. It runs on its own goroutine, in a context
+// that ends only when every caller's has: a caller that leaves early gets
+// an "outcome unknown" error, and the others still get theirs.
+func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	defer cancel()
+	left := atomic.Int32{}
+	left.Store(int32(len(batch)))
+	for _, q := range batch {
+		stop := context.AfterFunc(q.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+
+	rows, err := s.queries.EventAppendBatch(ctx, batchParams(batch))
+	s.batcher.end(t)
+
+	switch {
+	case err == nil && !inCallOrder(rows, len(batch)):
+		err = fmt.Errorf("conduit: append_batch returned %d rows for %d appends, or out of order", len(rows), len(batch))
+	case err != nil && dberr.RolledBack(err):
+		// A unique violation (a writer that bypasses the stream lock, an
+		// event id stored elsewhere), a deadlock, invalid input the checks
+		// missed: nothing committed, and each append alone gets its own
+		// answer.
+		for _, q := range batch {
+			q.alone = true
+		}
+		err = nil
+	}
+	for i, q := range batch {
+		switch {
+		case err != nil:
+			q.err = err
+		case q.alone:
+		case rows[i].Status == dberr.StatusOK:
+			q.res = AppendResult{Version: rows[i].StreamVersion,
+				Position: Position{TransactionID: rows[i].TransactionID, GlobalPosition: rows[i].GlobalPosition}}
+		default:
+			q.explain = true
+		}
+		close(q.done)
+	}
+}
+
+// batchParams is the arrays of conduit.append_batch.
+func batchParams(batch []*queuedAppend) dbgen.EventAppendBatchParams {
+	events, msgs := 0, 0
+	for _, q := range batch {
+		events += len(q.a.ids)
+		msgs += q.a.msgs.len()
+	}
+	p := dbgen.EventAppendBatchParams{
+		Streams:  make([]string, 0, len(batch)),
+		Expected: make([]int64, 0, len(batch)),
+		Counts:   make([]int32, 0, len(batch)),
+		EventIds: make([]string, 0, events),
+		Types:    make([]string, 0, events),
+		Data:     make([]string, 0, events),
+		Metadata: make([]string, 0, events),
+	}
+	if msgs > 0 {
+		p.MessageAppends = make([]int32, 0, msgs)
+	}
+	for i, q := range batch {
+		a := &q.a
+		p.Streams = append(p.Streams, a.StreamID)
+		p.Expected = append(p.Expected, a.Expected)
+		p.Counts = append(p.Counts, int32(len(a.ids)))
+		p.EventIds = append(p.EventIds, a.EventIds...)
+		p.Types = append(p.Types, a.Types...)
+		p.Data = append(p.Data, a.Data...)
+		p.Metadata = append(p.Metadata, a.Metadata...)
+		for range a.msgs.len() {
+			p.MessageAppends = append(p.MessageAppends, int32(i+1))
+		}
+		p.MessageIds = append(p.MessageIds, a.msgs.ids...)
+		p.Topics = append(p.Topics, a.msgs.topics...)
+		p.Keys = append(p.Keys, a.msgs.keys...)
+		p.Payloads = append(p.Payloads, a.msgs.payloads...)
+		p.Headers = append(p.Headers, a.msgs.headers...)
+	}
+	return p
+}
+
+// size is the append's data and metadata in bytes.
+func (a *appendArgs) size() int {
+	n := 0
+	for i := range a.Data {
+		n += len(a.Data[i]) + len(a.Metadata[i])
+	}
+	return n
+}
+
+// inCallOrder reports one row per append, in call order.
+func inCallOrder(rows []dbgen.EventAppendBatchRow, n int) bool {
+	if len(rows) != n {
+		return false
+	}
+	for i, r := range rows {
+		if int(r.AppendIndex) != i+1 {
+			return false
+		}
+	}
+	return true
+}
