@@ -28,6 +28,7 @@ import (
 // it, so that one slow append never holds up the others.
 type appendBatcher struct {
 	maxAppends, maxBytes int
+	stallAfter           time.Duration // appendStallAfter; tests change it
 
 	mu     sync.Mutex
 	holder *sendToken      // the send the queue waits for; nil: none
@@ -52,7 +53,7 @@ func (b *appendBatcher) startLocked() *sendToken {
 // armStall lets the queue go after appendStallAfter even if t has not
 // ended by then.
 func (b *appendBatcher) armStall(t *sendToken) {
-	t.stall = time.AfterFunc(appendStallAfter, func() { b.release(t) })
+	t.stall = time.AfterFunc(b.stallAfter, func() { b.release(t) })
 }
 
 // end ends the send t: if the queue still waits for it, the first waiting

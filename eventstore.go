@@ -210,7 +210,8 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	}
 	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules,
 		projectorConns: make(chan struct{}, c.MaxProjectorConns),
-		batcher:        appendBatcher{maxAppends: c.MaxAppendBatch, maxBytes: c.MaxAppendSize}}
+		batcher: appendBatcher{maxAppends: c.MaxAppendBatch, maxBytes: c.MaxAppendSize,
+			stallAfter: appendStallAfter}}
 	s.newWakeups()
 	return s, nil
 }

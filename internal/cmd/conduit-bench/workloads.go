@@ -87,6 +87,9 @@ type row struct {
 	group    string // the report's section, e.g. "Single-event appends"
 	name     string // e.g. "8 writers"
 	baseline string // what Conduit is compared with, e.g. "raw INSERT"
+	// baselineNote tells rows of one workload against different baselines
+	// apart in the row's name, e.g. ", base minimal table".
+	baselineNote string
 	conduit  stats
 	raw      stats
 	target   float64 // the least acceptable conduit/raw throughput ratio
