@@ -190,16 +190,27 @@ func (b *appendBatcher) promoteLocked() {
 }
 
 // takeLocked takes the next batch from the queue: the waiting appends in
-// call order, up to the bounds, at least one. Appends whose context ended
-// are dropped, never sent.
+// call order, up to the bounds, at least one, each stream once (a later
+// append to a stream of the batch waits for the next, and so do those
+// after it to that stream, so a stream's appends keep their call order).
+// Appends whose context ended are dropped, never sent.
 func (b *appendBatcher) takeLocked() []*queuedAppend {
-	var batch []*queuedAppend
-	n, bytes := 0, 0
-	for _, q := range b.queue {
+	var (
+		batch   []*queuedAppend
+		bytes   int
+		streams = map[string]bool{}
+		rest    = b.queue[:0]
+	)
+	for i, q := range b.queue {
 		if len(batch) > 0 && (len(batch) == b.maxAppends || bytes+q.bytes > b.maxBytes) {
+			rest = append(rest, b.queue[i:]...)
 			break
 		}
-		n++
+		if streams[q.a.StreamID] {
+			rest = append(rest, q)
+			continue
+		}
+		streams[q.a.StreamID] = true
 		if q.ctx.Err() != nil && q.state != leading {
 			q.state = dropped
 			q.wake <- struct{}{}
@@ -212,7 +223,8 @@ func (b *appendBatcher) takeLocked() []*queuedAppend {
 		batch = append(batch, q)
 		bytes += q.bytes
 	}
-	b.queue = slices.Delete(b.queue, 0, n)
+	clear(b.queue[len(rest):])
+	b.queue = rest
 	return batch
 }
 
@@ -275,8 +287,8 @@ func batchParams(batch []*queuedAppend) dbgen.EventAppendBatchParams {
 	p := dbgen.EventAppendBatchParams{
 		Streams:  make([]string, 0, len(batch)),
 		Expected: make([]int64, 0, len(batch)),
-		Counts:   make([]int32, 0, len(batch)),
-		EventIds: make([]string, 0, events),
+		EventAppends: make([]int32, 0, events),
+		EventIds:     make([]string, 0, events),
 		Types:    make([]string, 0, events),
 		Data:     make([]string, 0, events),
 		Metadata: make([]string, 0, events),
@@ -288,7 +300,9 @@ func batchParams(batch []*queuedAppend) dbgen.EventAppendBatchParams {
 		a := &q.a
 		p.Streams = append(p.Streams, a.StreamID)
 		p.Expected = append(p.Expected, a.Expected)
-		p.Counts = append(p.Counts, int32(len(a.ids)))
+		for range a.ids {
+			p.EventAppends = append(p.EventAppends, int32(i+1))
+		}
 		p.EventIds = append(p.EventIds, a.EventIds...)
 		p.Types = append(p.Types, a.Types...)
 		p.Data = append(p.Data, a.Data...)

@@ -64,10 +64,10 @@ func (b *batchSetup) open() {
 	}
 }
 
-// A batch mixes appends that succeed, conflict, repeat stored events and
+// Batches mix appends that succeed, conflict, repeat stored events and
 // follow one another on one stream: each caller gets its own result, the
-// appends that wrote share one transaction, and outbox messages are
-// enqueued for exactly those.
+// appends of a batch that wrote share one transaction, and outbox messages
+// are enqueued for exactly those.
 func TestAppendBatchMixedOutcomes(t *testing.T) {
 	t.Parallel()
 	rule := conduit.OutboxRule{EventType: "announced", Topic: "news"}
@@ -101,9 +101,9 @@ func TestAppendBatchMixedOutcomes(t *testing.T) {
 	}
 	var vc *conduit.VersionConflictError
 	// Refusals are explained after the batch, as after an append alone: the
-	// actual version is the stream's then (after "any").
-	if err := results["conflict"].err; !errors.As(err, &vc) || vc.Actual != 2 {
-		t.Errorf("conflict: %v, want a version conflict at 2", err)
+	// actual version is the stream's then (1, or 2 after "any").
+	if err := results["conflict"].err; !errors.As(err, &vc) || vc.Actual < 1 {
+		t.Errorf("conflict: %v, want a version conflict at 1 or 2", err)
 	}
 	if err := results["stale"].err; !errors.As(err, &vc) || vc.Actual != 3 {
 		t.Errorf("stale: %v, want a version conflict at 3 (after first and second)", err)
@@ -120,18 +120,15 @@ func TestAppendBatchMixedOutcomes(t *testing.T) {
 	if v := results["any"].res.Version; v != 2 {
 		t.Errorf("any: version %d, want 2", v)
 	}
-	// One batch: one transaction, positions in call order.
+	// The first append to each stream went in one batch: one transaction,
+	// positions in call order. Later appends to those streams went in the
+	// next batches, in call order.
 	tx := results["okFresh"].res.Position.TransactionID
-	prev := conduit.Position{}
-	for _, name := range []string{"okFresh", "first", "second", "any"} {
-		p := results[name].res.Position
-		if p.TransactionID != tx {
-			t.Errorf("%s: transaction %d, want %d (one batch)", name, p.TransactionID, tx)
-		}
-		if p.GlobalPosition <= prev.GlobalPosition {
-			t.Errorf("%s: position %d after %d: not in call order", name, p.GlobalPosition, prev.GlobalPosition)
-		}
-		prev = p
+	if p := results["first"].res.Position; p.TransactionID != tx || p.GlobalPosition <= results["okFresh"].res.Position.GlobalPosition {
+		t.Errorf("first: at %v, okFresh at %v: want one transaction, first after okFresh", p, results["okFresh"].res.Position)
+	}
+	if p := results["second"].res.Position; p.TransactionID <= tx {
+		t.Errorf("second: at %v, want after the first batch (transaction %d)", p, tx)
 	}
 	if n := countEvents(t, ctx, pool, ""); n != 1+2+1+2+1+1 { // stored, gate's two, a, c1-c3, b2
 		t.Errorf("%d events stored, want 8", n)
@@ -234,7 +231,7 @@ func TestAppendBatchConnectionKilled(t *testing.T) {
 	}
 	var calls []*call
 	for i := range 6 {
-		c := &call{stream: fmt.Sprintf("s%d", i%3), events: []conduit.EventData{mustEvent(t, "e", i)}, expected: conduit.Any}
+		c := &call{stream: fmt.Sprintf("s%d", i), events: []conduit.EventData{mustEvent(t, "e", i)}, expected: conduit.Any}
 		if i == 3 {
 			c.stream = "blocker"
 		}

@@ -15,8 +15,8 @@ SELECT b.r_append::integer AS append_index,
        COALESCE(b.r_stream_version, 0)::bigint AS stream_version,
        COALESCE(b.r_transaction_id, '0')::xid8 AS transaction_id,
        COALESCE(b.r_global_position, 0)::bigint AS global_position
-  FROM conduit.append_batch($1::text[], $2::bigint[], $3::integer[],
-                            $4::text[]::uuid[], $5::text[], $6::text[],
+  FROM conduit.append_batch($1::text[], $2::bigint[],
+                            $3::integer[], $4::text[]::uuid[], $5::text[], $6::text[],
                             $7::text[],
                             $8::integer[], $9::text[]::uuid[],
                             $10::text[], $11::text[], $12::bytea[],
@@ -26,7 +26,7 @@ SELECT b.r_append::integer AS append_index,
 type EventAppendBatchParams struct {
 	Streams        []string
 	Expected       []int64
-	Counts         []int32
+	EventAppends   []int32
 	EventIds       []string
 	Types          []string
 	Data           []string
@@ -48,12 +48,13 @@ type EventAppendBatchRow struct {
 }
 
 // Several appends in one statement (one implicit transaction): see
-// conduit.append_batch. One row per append, in call order.
+// conduit.append_batch. The streams are distinct. One row per append, in
+// call order.
 func (q *Queries) EventAppendBatch(ctx context.Context, arg EventAppendBatchParams) ([]EventAppendBatchRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendBatch,
 		arg.Streams,
 		arg.Expected,
-		arg.Counts,
+		arg.EventAppends,
 		arg.EventIds,
 		arg.Types,
 		arg.Data,
