@@ -285,13 +285,13 @@ func batchParams(batch []*queuedAppend) dbgen.EventAppendBatchParams {
 		msgs += q.a.msgs.len()
 	}
 	p := dbgen.EventAppendBatchParams{
-		Streams:  make([]string, 0, len(batch)),
-		Expected: make([]int64, 0, len(batch)),
+		Streams:      make([]string, 0, len(batch)),
+		Expected:     make([]int64, 0, len(batch)),
 		EventAppends: make([]int32, 0, events),
 		EventIds:     make([]string, 0, events),
-		Types:    make([]string, 0, events),
-		Data:     make([]string, 0, events),
-		Metadata: make([]string, 0, events),
+		Types:        make([]string, 0, events),
+		Data:         make([]string, 0, events),
+		Metadata:     make([]string, 0, events),
 	}
 	if msgs > 0 {
 		p.MessageAppends = make([]int32, 0, msgs)
