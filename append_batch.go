@@ -41,7 +41,9 @@ type appendBatcher struct {
 const appendStallAfter = 20 * time.Millisecond
 
 // sendToken is a send in flight, an append alone or a batch.
-type sendToken struct{ stall *time.Timer }
+type sendToken struct {
+	stall *time.Timer // under appendBatcher.mu; set once an append waits for the send
+}
 
 // startLocked makes a send in flight that the queue waits for.
 func (b *appendBatcher) startLocked() *sendToken {
@@ -50,21 +52,28 @@ func (b *appendBatcher) startLocked() *sendToken {
 	return t
 }
 
-// armStall lets the queue go after appendStallAfter even if t has not
-// ended by then.
-func (b *appendBatcher) armStall(t *sendToken) {
-	t.stall = time.AfterFunc(b.stallAfter, func() { b.release(t) })
+// waitLocked puts q in the queue. The queue waits for the send in flight
+// for at most stallAfter from then.
+func (b *appendBatcher) waitLocked(q *queuedAppend) {
+	b.queue = append(b.queue, q)
+	if t := b.holder; t.stall == nil {
+		t.stall = time.AfterFunc(b.stallAfter, func() {
+			b.mu.Lock()
+			if b.holder == t {
+				b.promoteLocked()
+			}
+			b.mu.Unlock()
+		})
+	}
 }
 
 // end ends the send t: if the queue still waits for it, the first waiting
 // append, if any, sends the next batch.
 func (b *appendBatcher) end(t *sendToken) {
-	t.stall.Stop()
-	b.release(t)
-}
-
-func (b *appendBatcher) release(t *sendToken) {
 	b.mu.Lock()
+	if t.stall != nil {
+		t.stall.Stop()
+	}
 	if b.holder == t {
 		b.promoteLocked()
 	}
@@ -105,13 +114,12 @@ func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, 
 	if b.holder == nil {
 		t := b.startLocked()
 		b.mu.Unlock()
-		b.armStall(t)
 		res, err := s.appendAlone(ctx, a, nil, false)
 		b.end(t)
 		return res, err
 	}
 	q := &queuedAppend{ctx: ctx, a: a, bytes: a.size(), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	b.queue = append(b.queue, q)
+	b.waitLocked(q)
 	b.mu.Unlock()
 
 	for {
@@ -140,7 +148,6 @@ func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, 
 			t := q.token
 			batch := b.takeLocked()
 			b.mu.Unlock()
-			b.armStall(t)
 			if len(batch) == 1 {
 				res, err := s.appendAlone(ctx, a, nil, false)
 				b.end(t)
