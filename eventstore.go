@@ -276,6 +276,12 @@ type AppendResult struct {
 // MaxEventsPerAppend, and Config.MaxAppendSize bytes in all). With
 // synchronous projections configured it runs them in the same transaction.
 //
+// Appends that arrive while another of the Store is in flight are sent
+// together, in one statement and one transaction, each with its own
+// expected version, result and error (see Config.DisableAppendBatching and
+// the package documentation, "Batching concurrent appends"); with
+// synchronous projections every append goes alone.
+//
 // Append never writes into events. Their ids make a retry safe: resending
 // the same events to the same place (after a lost commit acknowledgement,
 // say) writes nothing and returns a result with Duplicate set. NewEvent
