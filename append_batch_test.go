@@ -24,7 +24,6 @@ type batchSetup struct {
 	pool  *pgxpool.Pool
 	gate  pgx.Tx
 	gated chan error
-	calls []chan batchOutcome
 }
 
 type batchOutcome struct {
@@ -86,12 +85,12 @@ func TestAppendBatchMixedOutcomes(t *testing.T) {
 	first := b.queue(ctx, "c", conduit.NoStream, mustEvent(t, "announced", "c1"), mustEvent(t, "x", "c2"))
 	second := b.queue(ctx, "c", conduit.Exactly(2), mustEvent(t, "announced", "c3"))
 	stale := b.queue(ctx, "c", conduit.Exactly(2), mustEvent(t, "announced", "stale"))
-	any := b.queue(ctx, "b", conduit.Any, mustEvent(t, "x", "b2"))
+	anyV := b.queue(ctx, "b", conduit.Any, mustEvent(t, "x", "b2"))
 	b.open()
 
 	results := map[string]batchOutcome{}
 	for name, c := range map[string]<-chan batchOutcome{"okFresh": okFresh, "conflict": conflict, "retry": retry,
-		"first": first, "second": second, "stale": stale, "any": any} {
+		"first": first, "second": second, "stale": stale, "any": anyV} {
 		results[name] = <-c
 	}
 	for _, name := range []string{"okFresh", "first", "second", "any"} {
