@@ -191,6 +191,11 @@ func (b *appendBatcher) promoteLocked() {
 		return
 	}
 	first := b.queue[0]
+	if first.state == leading {
+		// Promoted already (the stall timer fired before it ran): the
+		// queue waits for its send.
+		return
+	}
 	first.state = leading
 	first.token = b.startLocked()
 	first.wake <- struct{}{}
