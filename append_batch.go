@@ -12,72 +12,112 @@ import (
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
-// appendBatcher gathers the Appends of one Store that arrive while another
-// is in flight, and sends them together, as one statement in one
+// appendBatcher gathers the Appends of one Store that arrive while others
+// are in flight, and sends them together, as one statement in one
 // transaction (conduit.append_batch): natural batching. An append that
-// finds nothing in flight goes alone at once, so an idle store adds no
-// latency; those that arrive meanwhile wait, and the first of them, once
-// the database has answered, sends the next batch, of everything waiting
+// finds a free lane goes alone at once, so an idle store adds no latency;
+// those that arrive while every lane is busy wait, and the first of them,
+// as soon as a lane is free, sends the next batch, of everything waiting
 // (up to Config.MaxAppendBatch appends and Config.MaxAppendSize bytes).
 // There is no goroutine of its own: a batch is sent by a goroutine that
 // its first append starts and that ends with it.
 //
-// The queue waits for one send at a time, and for at most
-// appendStallAfter: a send that takes longer (it waits for the lock of a
-// stream that a long transaction holds, say) lets the next batch go beside
-// it, so that one slow append never holds up the others.
+// A send in flight holds a lane; there are appendLanes. A send that takes
+// longer than appendStallAfter (it waits for the lock of a stream that a
+// long transaction holds, say) frees its lane, so that one slow append
+// never holds the others up.
 type appendBatcher struct {
 	maxAppends, maxBytes int
+	lanes                int           // appendLanes
 	stallAfter           time.Duration // appendStallAfter; tests change it
 
-	mu     sync.Mutex
-	holder *sendToken      // the send the queue waits for; nil: none
-	queue  []*queuedAppend // waiting for the next batch, in call order
+	mu      sync.Mutex
+	holders []*sendToken    // the sends that hold a lane
+	leader  bool            // the queue's first append was made to send the next batch, and has not yet
+	queue   []*queuedAppend // waiting for the next batch, in call order
 }
 
-// appendStallAfter is how long the queue waits for a send before the next
-// batch goes beside it. It is above the time of a batch under load, so
-// that batches normally go one after the other.
-const appendStallAfter = 20 * time.Millisecond
+const (
+	// appendLanes is how many sends of a Store are in flight before
+	// appends wait for the next batch. One: on this project's 2-core test
+	// machine, two lanes (one batch sent while the other commits) made
+	// smaller batches and fewer appends per second at 8 and 32 writers.
+	appendLanes = 1
+	// appendStallAfter is how long a send holds its lane at most. It is
+	// above the time of a batch under load, so that it is only reached by
+	// a send that waits for something.
+	appendStallAfter = 20 * time.Millisecond
+)
 
-// sendToken is a send in flight, an append alone or a batch.
+// sendToken is a send in flight, an append alone or a batch, that holds a
+// lane. Under appendBatcher.mu.
 type sendToken struct {
-	stall *time.Timer // under appendBatcher.mu; set once an append waits for the send
+	started bool        // sent (a leader's token is made before its batch)
+	stall   *time.Timer // set once an append waits while the send holds its lane
 }
 
-// startLocked makes a send in flight that the queue waits for.
+// startLocked makes a send that holds a lane.
 func (b *appendBatcher) startLocked() *sendToken {
 	t := &sendToken{}
-	b.holder = t
+	b.holders = append(b.holders, t)
 	return t
 }
 
-// waitLocked puts q in the queue. The queue waits for the send in flight
-// for at most stallAfter from then.
+// waitLocked puts q in the queue. From then on, each send holds its lane
+// for at most stallAfter.
 func (b *appendBatcher) waitLocked(q *queuedAppend) {
 	b.queue = append(b.queue, q)
-	if t := b.holder; t.stall == nil {
-		t.stall = time.AfterFunc(b.stallAfter, func() {
-			b.mu.Lock()
-			if b.holder == t {
-				b.promoteLocked()
-			}
-			b.mu.Unlock()
-		})
+	for _, t := range b.holders {
+		if t.stall == nil {
+			t.stall = time.AfterFunc(b.stallAfter, func() { b.stalled(t) })
+		}
 	}
 }
 
-// end ends the send t: if the queue still waits for it, the first waiting
-// append, if any, sends the next batch.
+// stalled frees the lane of a send that holds it too long.
+func (b *appendBatcher) stalled(t *sendToken) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !slices.Contains(b.holders, t) {
+		return
+	}
+	if !t.started {
+		// A leader that has not yet sent (a busy scheduler): give it as
+		// long again.
+		t.stall.Reset(b.stallAfter)
+		return
+	}
+	b.releaseLocked(t)
+}
+
+// end ends the send t and frees its lane if it still holds one.
 func (b *appendBatcher) end(t *sendToken) {
 	b.mu.Lock()
 	if t.stall != nil {
 		t.stall.Stop()
 	}
-	if b.holder == t {
+	b.releaseLocked(t)
+	b.mu.Unlock()
+}
+
+func (b *appendBatcher) releaseLocked(t *sendToken) {
+	if i := slices.Index(b.holders, t); i >= 0 {
+		b.holders = slices.Delete(b.holders, i, i+1)
 		b.promoteLocked()
 	}
-	b.mu.Unlock()
+}
+
+// promoteLocked makes the first waiting append, if there is one and a free
+// lane, send the next batch.
+func (b *appendBatcher) promoteLocked() {
+	if b.leader || len(b.queue) == 0 || len(b.holders) >= b.lanes {
+		return
+	}
+	first := b.queue[0]
+	first.state = leading
+	first.token = b.startLocked()
+	b.leader = true
+	first.wake <- struct{}{}
 }
 
 // queuedAppend is an Append waiting in the batcher's queue, then in a batch.
@@ -85,7 +125,7 @@ type queuedAppend struct {
 	ctx   context.Context
 	a     appendArgs
 	bytes int
-	wake  chan struct{} // one signal: state changed to lead or dropped
+	wake  chan struct{} // one signal: state changed to leading, taken or dropped
 	state queueState    // under appendBatcher.mu
 	token *sendToken    // when leading: its send
 
@@ -102,7 +142,7 @@ type queueState int
 
 const (
 	queued  queueState = iota // waiting in the queue
-	leading                   // first in the queue once the previous batch ended: sends the next
+	leading                   // first in the queue, with a lane: sends the next batch
 	taken                     // in a batch
 	dropped                   // its context ended before it was sent: taken out, never sent
 )
@@ -111,8 +151,9 @@ const (
 func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, error) {
 	b := &s.batcher
 	b.mu.Lock()
-	if b.holder == nil {
+	if len(b.holders) < b.lanes && len(b.queue) == 0 {
 		t := b.startLocked()
+		t.started = true
 		b.mu.Unlock()
 		res, err := s.appendAlone(ctx, a, nil, false)
 		b.end(t)
@@ -138,15 +179,19 @@ func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, 
 			if i := slices.Index(b.queue, q); i >= 0 {
 				b.queue = slices.Delete(b.queue, i, i+1)
 			}
-			if q.state == leading && b.holder == q.token {
-				b.promoteLocked()
+			if q.state == leading {
+				b.leader = false
+				b.releaseLocked(q.token)
 			}
 			b.mu.Unlock()
 			return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", a.StreamID, ctx.Err())
 		}
 		if q.state == leading {
 			t := q.token
+			t.started = true
+			b.leader = false
 			batch := b.takeLocked()
+			b.promoteLocked() // appends left in the queue, and a free lane
 			b.mu.Unlock()
 			if len(batch) == 1 {
 				res, err := s.appendAlone(ctx, a, nil, false)
@@ -181,24 +226,6 @@ func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, 
 		return s.appendAlone(ctx, a, nil, true)
 	}
 	return q.res, nil
-}
-
-// promoteLocked makes the first waiting append, if any, send the next
-// batch, and the queue wait for that send.
-func (b *appendBatcher) promoteLocked() {
-	if len(b.queue) == 0 {
-		b.holder = nil
-		return
-	}
-	first := b.queue[0]
-	if first.state == leading {
-		// Promoted already (the stall timer fired before it ran): the
-		// queue waits for its send.
-		return
-	}
-	first.state = leading
-	first.token = b.startLocked()
-	first.wake <- struct{}{}
 }
 
 // takeLocked takes the next batch from the queue: the waiting appends in

@@ -211,7 +211,7 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules,
 		projectorConns: make(chan struct{}, c.MaxProjectorConns),
 		batcher: appendBatcher{maxAppends: c.MaxAppendBatch, maxBytes: c.MaxAppendSize,
-			stallAfter: appendStallAfter}}
+			lanes: appendLanes, stallAfter: appendStallAfter}}
 	s.newWakeups()
 	return s, nil
 }

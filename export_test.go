@@ -25,10 +25,10 @@ func RetryWait(cfg *ProjectorConfig, attempt int) (time.Duration, error) {
 // MigrationLockID is the advisory lock id that serializes Migrate.
 const MigrationLockID = migrationLockID
 
-// HoldAppendQueue makes s's appends wait in the batcher's queue for the send
-// in flight however long it takes (never sending the next batch beside a
-// slow one), so that a test can line up a batch.
-func HoldAppendQueue(s *Store) { s.batcher.stallAfter = time.Hour }
+// HoldAppendQueue gives s's batcher one lane, which a send holds however
+// long it takes: appends wait in the queue while one is in flight, so that
+// a test can line up a batch.
+func HoldAppendQueue(s *Store) { s.batcher.lanes, s.batcher.stallAfter = 1, time.Hour }
 
 // QueuedAppends returns how many appends wait in s's batcher's queue.
 func QueuedAppends(s *Store) int {
