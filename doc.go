@@ -266,7 +266,8 @@
 // the listener's own connection, outside the pool, while a Projector of the
 // Store runs [Projector.Run] without PollOnly. Appends, reads, WaitFor and
 // status take one pool connection per call, for one statement (or the
-// append's transaction with synchronous projections); the notifier sends
+// append's transaction with synchronous projections; a batch of
+// concurrent appends takes one for all of them); the notifier sends
 // one short NOTIFY at a time after appends. A projector's batch holds one
 // pool connection while it applies its events, drawn from the projectors'
 // budget, [Config.MaxProjectorConns] (a quarter of MaxConns by default, at
