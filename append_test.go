@@ -18,8 +18,12 @@ import (
 // losers get the typed conflict.
 func TestAppendConcurrentExactly(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendConcurrentExactly)
+}
+
+func testAppendConcurrentExactly(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, _ := newStore(t, nil)
+	store, _ := newStore(t, cfg)
 	const (
 		writers = 8
 		target  = 48 // versions to reach
@@ -94,8 +98,12 @@ func TestAppendConcurrentExactly(t *testing.T) {
 // conflict naming the winner's version.
 func TestAppendRacingNoStream(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendRacingNoStream)
+}
+
+func testAppendRacingNoStream(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, _ := newStore(t, nil)
+	store, _ := newStore(t, cfg)
 	for round := range 8 {
 		stream := fmt.Sprintf("fresh-%d", round)
 		var (
@@ -179,10 +187,14 @@ func TestAppendNoStreamBlockedByUncommitted(t *testing.T) {
 // version conflict.
 func TestAppendAnyNeverConflicts(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendAnyNeverConflicts)
+}
+
+func testAppendAnyNeverConflicts(t *testing.T, cfg *conduit.Config) {
 	for _, expected := range []conduit.ExpectedVersion{conduit.Any, conduit.StreamExists} {
 		t.Run(expected.String(), func(t *testing.T) {
 			ctx := testContext(t)
-			store, pool := newStore(t, nil)
+			store, pool := newStore(t, cfg)
 			if _, err := store.Append(ctx, "s", conduit.NoStream, mustEvent(t, "first", 0)); err != nil {
 				t.Fatal(err)
 			}
@@ -272,8 +284,12 @@ func TestAppendExpectedVersionModes(t *testing.T) {
 // success, Duplicate, the original result, nothing written.
 func TestAppendIdempotentRetry(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendIdempotentRetry)
+}
+
+func testAppendIdempotentRetry(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, cfg)
 
 	batch := func(n int) []conduit.EventData {
 		out := make([]conduit.EventData, n)
@@ -353,8 +369,12 @@ func TestAppendIdempotentRetry(t *testing.T) {
 // A used id anywhere else is a typed error, and nothing is written.
 func TestAppendDuplicateEventID(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendDuplicateEventID)
+}
+
+func testAppendDuplicateEventID(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, cfg)
 	used := uuid.New()
 	if _, err := store.Append(ctx, "owner", conduit.NoStream,
 		mustEvent(t, "e", 0), withID(mustEvent(t, "e", 1), used)); err != nil {
@@ -406,8 +426,12 @@ func TestAppendDuplicateEventID(t *testing.T) {
 // retryable error that leaves T2 usable.
 func TestAppendTxTransactionOrder(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendTxTransactionOrder)
+}
+
+func testAppendTxTransactionOrder(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, cfg)
 
 	t2, err := pool.Begin(ctx)
 	if err != nil {
@@ -509,11 +533,15 @@ func TestEventsImmutable(t *testing.T) {
 // as a version conflict, from Append or from AppendTx.
 func TestAppendAnyUnderContention(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendAnyUnderContention)
+}
+
+func testAppendAnyUnderContention(t *testing.T, cfg *conduit.Config) {
 	for _, tx := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tx=%v", tx), func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
-			store, pool := newStore(t, nil)
+			store, pool := newStore(t, cfg)
 			const writers, streams, perWriter = 8, 3, 60
 			for s := range streams {
 				if _, err := store.Append(ctx, fmt.Sprintf("s-%d", s), conduit.NoStream, mustEvent(t, "opened", 0)); err != nil {

@@ -41,6 +41,44 @@
 // [Entity.LoadTx] and [Entity.UpdateTx] read and decide inside the
 // transaction too; [Store.InTx] commits and then wakes projectors.
 //
+// # Batching concurrent appends
+//
+// Appends of one Store that arrive while another is in flight go to the
+// database together: one statement (conduit.append_batch) in one
+// transaction, so one commit for many appends. The batching is natural: an
+// append that finds nothing in flight is sent at once (no added latency
+// when idle); those that arrive meanwhile wait, and are sent together as
+// soon as the database answers, up to [Config.MaxAppendBatch] appends (64 by
+// default) and [Config.MaxAppendSize] bytes. Each append in a batch keeps
+// its own expected version, idempotency, typed result and outbox messages:
+// a conflict refuses that append only, and the database explains it after
+// the batch, as for an append alone. The appends of a batch that write share
+// one transaction id, with global positions in call order; a stream appears
+// at most once in a batch (a later append to it goes in the next batch), so
+// per-stream order stays global order and readers, the safe horizon and
+// projectors see nothing new. The batch takes its streams' locks in one
+// fixed order, so batches never deadlock each other.
+//
+// A batch's failure never turns into a wrong answer: if the database
+// refuses the batch's statement (a unique violation caused by a writer that
+// bypasses the stream lock, an event id stored elsewhere, a deadlock),
+// nothing of it committed, and each append is sent alone, getting its own
+// answer; if the connection is lost or the server stops while a batch is in
+// flight, every append in it returns an error that [IsOutcomeUnknown]
+// reports (resend the same events: their ids make that safe). A caller
+// whose context ends while its append waits gets the context's error, and
+// its append is never sent; once sent, a caller that stops waiting gets the
+// context's error, whose outcome is unknown, as for an append alone. A
+// send that takes longer than 20 ms (it waits for the lock of a stream held
+// by a long transaction, say) lets the next batch go beside it, so one slow
+// append never holds the others up.
+//
+// Some appends always go alone: with synchronous projections
+// ([Config.Projections]), each append runs in its own transaction so that a
+// projection's failure rolls back only its own append; [Store.AppendTx]
+// runs in the caller's transaction. [Config.DisableAppendBatching] sends
+// every append alone.
+//
 // # Event identity and retries
 //
 // [NewEvent] gives each event a UUIDv7, fixed before the first append.
@@ -240,7 +278,8 @@
 // the listener's own connection, outside the pool, while a Projector of the
 // Store runs [Projector.Run] without PollOnly. Appends, reads, WaitFor and
 // status take one pool connection per call, for one statement (or the
-// append's transaction with synchronous projections); the notifier sends
+// append's transaction with synchronous projections; a batch of
+// concurrent appends takes one for all of them); the notifier sends
 // one short NOTIFY at a time after appends. A projector's batch holds one
 // pool connection while it applies its events, drawn from the projectors'
 // budget, [Config.MaxProjectorConns] (a quarter of MaxConns by default, at

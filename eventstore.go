@@ -45,6 +45,11 @@ const (
 	NotifyIntervalDefault = 5 * time.Millisecond
 	// NotifyIntervalLimit is the longest Config.NotifyInterval.
 	NotifyIntervalLimit = time.Minute
+
+	// MaxAppendBatchDefault is the default Config.MaxAppendBatch.
+	MaxAppendBatchDefault = 64
+	// MaxAppendBatchLimit is the largest Config.MaxAppendBatch.
+	MaxAppendBatchLimit = 10_000
 )
 
 // Config configures a Store. The zero value (or a nil *Config) means
@@ -70,6 +75,23 @@ type Config struct {
 	// this order, for each appended event. An error from any of them rolls
 	// back the append. Defaults to none.
 	Projections []Projection
+
+	// DisableAppendBatching makes every Append a statement and a
+	// transaction of its own. By default, the Appends of one Store that
+	// arrive while another is in flight are sent together, as one statement
+	// in one transaction, each with its own expected version, idempotency
+	// and result; an Append that finds nothing in flight goes at once. With
+	// synchronous projections (Config.Projections) appends always go alone,
+	// and AppendTx always runs in the caller's transaction. Defaults to
+	// false.
+	DisableAppendBatching bool
+
+	// MaxAppendBatch is the most Appends sent together in one batch, 1 to
+	// MaxAppendBatchLimit (10,000); a batch also holds at most
+	// Config.MaxAppendSize bytes of data and metadata (but always at least
+	// one append). 1 sends every append alone, like DisableAppendBatching.
+	// Defaults to MaxAppendBatchDefault (64).
+	MaxAppendBatch int
 
 	// Outbox maps event types to outbox messages, enqueued in the same
 	// statement as the events they come from (see OutboxRule). At most one
@@ -129,12 +151,14 @@ func (c *Config) withDefaults(poolSize int) (Config, error) {
 	setDefault(&out.ReadPageSize, ReadPageSizeDefault)
 	setDefault(&out.NotifyInterval, NotifyIntervalDefault)
 	setDefault(&out.MaxProjectorConns, max(1, poolSize/4))
+	setDefault(&out.MaxAppendBatch, MaxAppendBatchDefault)
 	if err := checkRanges(
 		bytesRange("Config.MaxEventSize", out.MaxEventSize, 1, MaxEventSizeLimit),
 		bytesRange("Config.MaxAppendSize", out.MaxAppendSize, out.MaxEventSize, MaxAppendSizeLimit),
 		countRange("Config.ReadPageSize", out.ReadPageSize, 1, ReadPageSizeLimit),
 		durationRange("Config.NotifyInterval", out.NotifyInterval, 1, NotifyIntervalLimit),
 		countRange("Config.MaxProjectorConns", out.MaxProjectorConns, 1, max(1, poolSize)),
+		countRange("Config.MaxAppendBatch", out.MaxAppendBatch, 1, MaxAppendBatchLimit),
 	); err != nil {
 		return out, err
 	}
@@ -181,6 +205,9 @@ type Store struct {
 
 	// projectors names the Projectors made on this Store (see WaitFor).
 	projectors projectionNames
+
+	// batcher sends concurrent Appends together (Config.DisableAppendBatching).
+	batcher appendBatcher
 }
 
 // NewStore returns a Store over pool. It does not touch the database; run
@@ -202,7 +229,9 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 		return nil, fmt.Errorf("conduit: NewStore: instruments: %w", err)
 	}
 	s := &Store{pool: pool, queries: dbgen.New(pool), cfg: c, outboxRules: rules, tel: tel,
-		projectorConns: make(chan struct{}, c.MaxProjectorConns)}
+		projectorConns: make(chan struct{}, c.MaxProjectorConns),
+		batcher: appendBatcher{maxAppends: c.MaxAppendBatch, maxBytes: c.MaxAppendSize,
+			lanes: appendLanes, stallAfter: appendStallAfter}}
 	s.newWakeups()
 	if err := s.registerGauges(c.MeterProvider); err != nil {
 		return nil, fmt.Errorf("conduit: NewStore: gauges: %w", err)
@@ -270,6 +299,12 @@ type AppendResult struct {
 // MaxEventsPerAppend, and Config.MaxAppendSize bytes in all). With
 // synchronous projections configured it runs them in the same transaction.
 //
+// Appends that arrive while another of the Store is in flight are sent
+// together, in one statement and one transaction, each with its own
+// expected version, result and error (see Config.DisableAppendBatching and
+// the package documentation, "Batching concurrent appends"); with
+// synchronous projections every append goes alone.
+//
 // Append never writes into events. Their ids make a retry safe: resending
 // the same events to the same place (after a lost commit acknowledgement,
 // say) writes nothing and returns a result with Duplicate set. NewEvent
@@ -297,14 +332,37 @@ func (s *Store) append(ctx context.Context, streamID string, expected ExpectedVe
 		return AppendResult{}, err
 	}
 	var res AppendResult
+	if len(s.cfg.Projections) == 0 && !s.cfg.DisableAppendBatching && s.cfg.MaxAppendBatch > 1 {
+		res, err = s.appendBatched(ctx, a)
+	} else {
+		res, err = s.appendAlone(ctx, a, events, false)
+	}
+	if err != nil {
+		return AppendResult{}, err
+	}
+	if !res.Duplicate {
+		s.Notify()
+	}
+	return res, nil
+}
+
+// appendAlone is an Append in a transaction of its own, with the
+// synchronous projections if any (events are the input, for them).
+// explainFirst says a batch wrote nothing for it: ask why before anything
+// else (see appendEvents).
+func (s *Store) appendAlone(ctx context.Context, a appendArgs, events []EventData, explainFirst bool) (AppendResult, error) {
 	for {
+		var (
+			res AppendResult
+			err error
+		)
 		if len(s.cfg.Projections) == 0 {
 			// Each statement one implicit transaction, one round trip.
-			res, _, err = s.appendEvents(ctx, s.queries, a, false)
+			res, _, err = s.appendEvents(ctx, s.queries, a, false, explainFirst)
 		} else {
 			err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 				var stored []Event
-				res, stored, err = s.appendEvents(ctx, s.queries.WithTx(tx), a, false)
+				res, stored, err = s.appendEvents(ctx, s.queries.WithTx(tx), a, false, explainFirst)
 				if err != nil || res.Duplicate {
 					return err
 				}
@@ -318,19 +376,16 @@ func (s *Store) append(ctx context.Context, streamID string, expected ExpectedVe
 			if ctx.Err() != nil {
 				// Nothing was written, and there is no time to append
 				// again: no conflict, the outcome is the context's.
-				return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", streamID, ctx.Err())
+				return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", a.StreamID, ctx.Err())
 			}
+			explainFirst = false
 			continue
 		}
-		break
+		if err != nil {
+			return AppendResult{}, s.appendError(ctx, err, a)
+		}
+		return res, nil
 	}
-	if err != nil {
-		return AppendResult{}, s.appendError(ctx, err, a)
-	}
-	if !res.Duplicate {
-		s.Notify()
-	}
-	return res, nil
 }
 
 // AppendTx is Append inside the caller's transaction: the events, and the
@@ -362,7 +417,7 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 		return AppendResult{}, err
 	}
 	q := s.queries.WithTx(tx)
-	res, stored, err := s.appendEvents(ctx, q, a, true)
+	res, stored, err := s.appendEvents(ctx, q, a, true, false)
 	if err == nil && !res.Duplicate && a.msgs.len() > 0 {
 		err = q.OutboxEnqueue(ctx, a.msgs.params())
 	}
@@ -476,12 +531,16 @@ func (s *Store) newAppend(ctx context.Context, streamID string, expected Expecte
 // in the way any more: it appends again, after it. callerTx says q runs in
 // the caller's transaction (AppendTx), which no error may abort. It returns
 // the stored events (without data, see withData) only when synchronous
-// projections need them.
-func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs, callerTx bool) (AppendResult, []Event, error) {
-	for {
-		rows, err := s.appendFast(ctx, q, a, callerTx)
-		if err != nil {
-			return AppendResult{}, nil, err
+// projections need them. explainFirst skips the first statement: a batch
+// ran it already, and wrote nothing.
+func (s *Store) appendEvents(ctx context.Context, q *dbgen.Queries, a appendArgs, callerTx, explainFirst bool) (AppendResult, []Event, error) {
+	for ; ; explainFirst = false {
+		var rows []dbgen.EventAppendManyRow
+		if !explainFirst {
+			var err error
+			if rows, err = s.appendFast(ctx, q, a, callerTx); err != nil {
+				return AppendResult{}, nil, err
+			}
 		}
 		if len(rows) > 0 {
 			if !a.EveryRow {

@@ -130,6 +130,8 @@ func TestConfigRanges(t *testing.T) {
 		{conduit.Config{ReadPageSize: 1 << 31}, "Config.ReadPageSize"},
 		{conduit.Config{NotifyInterval: -time.Millisecond}, "Config.NotifyInterval"},
 		{conduit.Config{NotifyInterval: time.Hour}, "Config.NotifyInterval"},
+		{conduit.Config{MaxAppendBatch: -1}, "Config.MaxAppendBatch"},
+		{conduit.Config{MaxAppendBatch: conduit.MaxAppendBatchLimit + 1}, "Config.MaxAppendBatch"},
 		{conduit.Config{Projections: []conduit.Projection{nil}}, "Config.Projections[0]"},
 	} {
 		_, err := conduit.NewStore(pool, &c.cfg)
@@ -142,6 +144,8 @@ func TestConfigRanges(t *testing.T) {
 		{},
 		{MaxEventSize: conduit.MaxEventSizeLimit},
 		{MaxEventSize: 32 << 20}, // MaxAppendSize follows it up
+		{MaxAppendBatch: 1},
+		{MaxAppendBatch: conduit.MaxAppendBatchLimit, DisableAppendBatching: true},
 		{MaxAppendSize: conduit.MaxAppendSizeLimit, ReadPageSize: conduit.ReadPageSizeLimit, NotifyInterval: conduit.NotifyIntervalLimit},
 	} {
 		if _, err := conduit.NewStore(pool, &cfg); err != nil {

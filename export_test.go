@@ -27,3 +27,15 @@ const MigrationLockID = migrationLockID
 
 // WithTraceparent is withTraceparent, for its test.
 var WithTraceparent = withTraceparent
+
+// HoldAppendQueue gives s's batcher one lane, which a send holds however
+// long it takes: appends wait in the queue while one is in flight, so that
+// a test can line up a batch.
+func HoldAppendQueue(s *Store) { s.batcher.lanes, s.batcher.stallAfter = 1, time.Hour }
+
+// QueuedAppends returns how many appends wait in s's batcher's queue.
+func QueuedAppends(s *Store) int {
+	s.batcher.mu.Lock()
+	defer s.batcher.mu.Unlock()
+	return len(s.batcher.queue)
+}

@@ -556,11 +556,11 @@ type configInput struct {
 }
 
 // newConfigInput applies the documented ranges, defaults first.
-func newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity int64, proj1, proj2 string) configInput {
+func newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity, appendBatch int64, proj1, proj2 string) configInput {
 	c := configInput{
 		store: conduit.Config{MaxEventSize: int(maxEvent), MaxAppendSize: int(maxAppend), ReadPageSize: int(readPage),
-			NotifyInterval: time.Duration(notify),
-			Projections:    []conduit.Projection{conduit.NewRouter(proj1), conduit.NewRouter(proj2)}},
+			NotifyInterval: time.Duration(notify), MaxAppendBatch: int(appendBatch),
+			Projections: []conduit.Projection{conduit.NewRouter(proj1), conduit.NewRouter(proj2)}},
 		proj: conduit.ProjectorConfig{BatchSize: int(batch), LeaseDuration: time.Duration(lease), PollInterval: time.Duration(poll),
 			MaxAttempts: int(attempts), Poison: conduit.PoisonPolicy(poison), RetryBackoff: time.Duration(backoff),
 			StalledRetryInterval: time.Duration(stalled)},
@@ -580,6 +580,7 @@ func newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, a
 		"Config.MaxAppendSize":                 out(or(maxAppend, max(conduit.MaxAppendSizeDefault, eventSize)), eventSize, conduit.MaxAppendSizeLimit),
 		"Config.ReadPageSize":                  out(or(readPage, conduit.ReadPageSizeDefault), 1, conduit.ReadPageSizeLimit),
 		"Config.NotifyInterval":                out(or(notify, int64(conduit.NotifyIntervalDefault)), 1, int64(conduit.NotifyIntervalLimit)),
+		"Config.MaxAppendBatch":                out(or(appendBatch, conduit.MaxAppendBatchDefault), 1, conduit.MaxAppendBatchLimit),
 		"Config.Projections[0]":                proj1 == "",
 		"Config.Projections[1]":                proj2 == "" || proj1 == proj2,
 		"ProjectorConfig.BatchSize":            out(or(batch, conduit.BatchSizeDefault), 1, conduit.BatchSizeLimit),
@@ -629,18 +630,20 @@ func checkConfigVerdict(t *testing.T, what string, err error, invalid map[string
 // without a server: a field out of range is refused with a *ConfigError
 // naming it, and values in range are accepted.
 func FuzzConfig(f *testing.F) {
-	for _, s := range [][12]int64{
+	for _, s := range [][13]int64{
 		{},
-		{1, 1, 1, 1, 1, int64(100 * time.Millisecond), int64(time.Millisecond), 1, 1, int64(time.Millisecond), int64(time.Millisecond), 1},
+		{1, 1, 1, 1, 1, int64(100 * time.Millisecond), int64(time.Millisecond), 1, 1, int64(time.Millisecond), int64(time.Millisecond), 1, 1},
 		{conduit.MaxEventSizeLimit, conduit.MaxAppendSizeLimit, conduit.ReadPageSizeLimit, int64(conduit.NotifyIntervalLimit),
 			conduit.BatchSizeLimit, int64(conduit.LeaseDurationLimit), int64(conduit.PollIntervalLimit), conduit.MaxAttemptsLimit, 0,
-			int64(conduit.RetryBackoffLimit), int64(conduit.StalledRetryIntervalLimit), conduit.EntityMaxAttemptsLimit},
+			int64(conduit.RetryBackoffLimit), int64(conduit.StalledRetryIntervalLimit), conduit.EntityMaxAttemptsLimit,
+			conduit.MaxAppendBatchLimit},
 		{conduit.MaxEventSizeLimit + 1, conduit.MaxAppendSizeLimit + 1, conduit.ReadPageSizeLimit + 1, int64(conduit.NotifyIntervalLimit) + 1,
 			conduit.BatchSizeLimit + 1, int64(conduit.LeaseDurationLimit) + 1, int64(conduit.PollIntervalLimit) + 1, conduit.MaxAttemptsLimit + 1, 2,
-			int64(conduit.RetryBackoffLimit) + 1, int64(conduit.StalledRetryIntervalLimit) + 1, conduit.EntityMaxAttemptsLimit + 1},
-		{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
-		{math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64},
-		{math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64},
+			int64(conduit.RetryBackoffLimit) + 1, int64(conduit.StalledRetryIntervalLimit) + 1, conduit.EntityMaxAttemptsLimit + 1,
+			conduit.MaxAppendBatchLimit + 1},
+		{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
+		{math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64, math.MinInt64},
+		{math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64, math.MaxInt64},
 		{32 << 20},            // MaxEventSize above the default MaxAppendSize: that follows it
 		{100, 99},             // MaxAppendSize below MaxEventSize
 		{0, 1 << 20},          // MaxAppendSize at the default MaxEventSize
@@ -648,18 +651,18 @@ func FuzzConfig(f *testing.F) {
 		{0, 0, 0, 0, 0, 99e6}, // LeaseDuration under 100ms
 		{0, 0, 0, 0, 0, 0, 999_999},
 	} {
-		f.Add(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], "p1", "p2")
+		f.Add(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], "p1", "p2")
 	}
-	f.Add(int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), "same", "same")
-	f.Add(int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), "", "p")
+	f.Add(int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), "same", "same")
+	f.Add(int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), "", "p")
 
 	pool := offlinePool(f)
 	defaultStore, err := conduit.NewStore(pool, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity int64, proj1, proj2 string) {
-		c := newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity, proj1, proj2)
+	f.Fuzz(func(t *testing.T, maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity, appendBatch int64, proj1, proj2 string) {
+		c := newConfigInput(maxEvent, maxAppend, readPage, notify, batch, lease, poll, attempts, poison, backoff, stalled, entity, appendBatch, proj1, proj2)
 		store, err := conduit.NewStore(pool, &c.store)
 		checkConfigVerdict(t, "NewStore", err, c.invalidWithPrefix("Config."))
 		if store == nil {

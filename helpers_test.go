@@ -168,3 +168,18 @@ func asConflict(t testing.TB, err error) *conduit.VersionConflictError {
 	}
 	return vc
 }
+
+// forBatching runs test, in parallel subtests, with append batching on (the
+// default) and off (Config.DisableAppendBatching); test adds its own
+// settings to cfg.
+func forBatching(t *testing.T, test func(t *testing.T, cfg *conduit.Config)) {
+	for _, c := range []struct {
+		name string
+		off  bool
+	}{{"batching", false}, {"alone", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, &conduit.Config{DisableAppendBatching: c.off})
+		})
+	}
+}

@@ -20,11 +20,15 @@ import (
 // acknowledgement is lost: the second call stores nothing and says so.
 func TestAppendRetryWithNewEvent(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendRetryWithNewEvent)
+}
+
+func testAppendRetryWithNewEvent(t *testing.T, cfg *conduit.Config) {
 	for _, expected := range []conduit.ExpectedVersion{conduit.NoStream, conduit.Any, conduit.StreamExists, conduit.Exactly(0)} {
 		t.Run(expected.String(), func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
-			store, pool := newStore(t, nil)
+			store, pool := newStore(t, cfg)
 			if expected == conduit.StreamExists {
 				if _, err := store.Append(ctx, "s", conduit.NoStream, mustEvent(t, "opened", 0)); err != nil {
 					t.Fatal(err)
@@ -101,8 +105,12 @@ func TestAppendDoesNotWriteIntoArguments(t *testing.T) {
 // silent second copy.
 func TestAppendSharedSliceAcrossStreams(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendSharedSliceAcrossStreams)
+}
+
+func testAppendSharedSliceAcrossStreams(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, cfg)
 	shared := []conduit.EventData{mustEvent(t, "x", 1), mustEvent(t, "y", 2)}
 	hand := []conduit.EventData{{Type: "hand", Data: []byte(`{}`)}}
 

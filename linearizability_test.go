@@ -451,6 +451,10 @@ func killBackends(ctx context.Context, t *testing.T, admin *pgxpool.Pool, app st
 // it with porcupine (see the comment at the top of this file).
 func TestAppendLinearizable(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testAppendLinearizable)
+}
+
+func testAppendLinearizable(t *testing.T, cfg *conduit.Config) {
 	seconds := 3.0
 	if s := os.Getenv("CONDUIT_LINEARIZABILITY_SECONDS"); s != "" {
 		var err error
@@ -478,7 +482,7 @@ func TestAppendLinearizable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	store, err := conduit.NewStore(pool, &conduit.Config{DisableNotify: true})
+	store, err := conduit.NewStore(pool, &conduit.Config{DisableNotify: true, DisableAppendBatching: cfg.DisableAppendBatching})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,8 +29,12 @@ func checkGlobalOrder(t *testing.T, events []conduit.Event) {
 // from its last position gets it, then the later ones, each once.
 func TestReadAllLateCommit(t *testing.T) {
 	t.Parallel()
+	forBatching(t, testReadAllLateCommit)
+}
+
+func testReadAllLateCommit(t *testing.T, cfg *conduit.Config) {
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, cfg)
 
 	var before []uuid.UUID
 	for i := range 3 {

@@ -152,3 +152,21 @@ func classifyPg(e *pgconn.PgError) Kind {
 
 // IsTransient reports Classify(err) == Transient.
 func IsTransient(err error) bool { return Classify(err) == Transient }
+
+// RolledBack reports an error the server answered a statement with while
+// it stayed up, for a statement that ran in a transaction of its own
+// (implicit): that transaction rolled back, and nothing of the statement
+// committed, so what it wrote can be written again. A lost connection, a
+// cancelled statement or an operator's intervention (classes 08, 57, 58,
+// XX) may have come after the commit: their outcome is unknown.
+func RolledBack(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "08", "57", "58", "XX":
+		return false
+	}
+	return true
+}

@@ -50,6 +50,29 @@ func TestClassify(t *testing.T) {
 // The names and codes the Go code shares with the migrations exist in the
 // migrated schema, and each code is what the database really raises: a
 // migration that renames one fails here.
+func TestRolledBack(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{io.ErrUnexpectedEOF, false},            // the connection: maybe committed
+		{context.Canceled, false},               // the client stopped waiting
+		{&pgconn.PgError{Code: "57P01"}, false}, // terminated: maybe after the commit
+		{&pgconn.PgError{Code: "57014"}, false}, // cancelled: maybe after the commit
+		{&pgconn.PgError{Code: "08006"}, false}, // connection failure
+		{&pgconn.PgError{Code: "XX000"}, false}, // internal error
+		{&pgconn.PgError{Code: "23505"}, true},  // unique violation
+		{&pgconn.PgError{Code: "40P01"}, true},  // deadlock
+		{&pgconn.PgError{Code: "40001"}, true},  // serialization failure
+		{fmt.Errorf("x: %w", &pgconn.PgError{Code: "22P02"}), true},
+	} {
+		if got := dberr.RolledBack(c.err); got != c.want {
+			t.Errorf("RolledBack(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
 func TestNamesMatchCatalog(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -12,8 +12,16 @@ import (
 	"github.com/conduit-es/conduit"
 )
 
-// benchAppends: single-event appends, one per transaction, each writer on
-// its own stream with the expected version checked, at 1, 8 and 32 writers.
+// Baselines of the append rows: the same INSERT into two tables.
+const (
+	likeTable    = "bench.raw_events" // LIKE conduit.events INCLUDING ALL
+	minimalTable = "bench.min_events" // primary key and UNIQUE (stream_id, stream_version) only
+)
+
+// benchAppends: single-event appends, one per append call, each writer on
+// its own stream with the expected version checked, at 1, 8 and 32
+// writers, against both baselines. Conduit batches concurrent appends
+// (Config.MaxAppendBatch); the baselines are one INSERT per transaction.
 func benchAppends(ctx context.Context, srv *server) ([]row, error) {
 	db, err := srv.freshDB(ctx, "append")
 	if err != nil {
@@ -21,17 +29,24 @@ func benchAppends(ctx context.Context, srv *server) ([]row, error) {
 	}
 	defer db.drop()
 	var rows []row
-	for _, writers := range []int{1, 8, 32} {
-		r, err := appendRow(ctx, db, writers, 1, srv.opts.duration)
+	for _, c := range []struct {
+		writers int
+		target  float64
+	}{{1, 0.9}, {8, 1.0}, {32, 1.5}} {
+		rs, err := appendRows(ctx, db, c.writers, 1, srv.opts.duration)
 		if err != nil {
 			return nil, err
 		}
-		r.group, r.baseline, r.target = "Single-event appends", "raw single-row INSERT", 0.9
-		r.name = fmt.Sprintf("%d writers", writers)
-		if writers == 1 {
-			r.name = "1 writer"
+		for _, r := range rs {
+			r.group, r.target = "Single-event appends", c.target
+			r.baseline = "raw single-row INSERT into " + r.baseline
+			r.name = fmt.Sprintf("%d writers", c.writers)
+			if c.writers == 1 {
+				r.name = "1 writer"
+			}
+			r.name += r.baselineNote
+			rows = append(rows, r)
 		}
-		rows = append(rows, r)
 	}
 	return rows, nil
 }
@@ -43,36 +58,53 @@ func benchBatchAppends(ctx context.Context, srv *server) ([]row, error) {
 		return nil, err
 	}
 	defer db.drop()
-	r, err := appendRow(ctx, db, 1, 100, srv.opts.duration)
+	rs, err := appendRows(ctx, db, 1, 100, srv.opts.duration)
 	if err != nil {
 		return nil, err
 	}
-	r.group, r.baseline, r.target = "100-event appends", "raw 100-row INSERT … SELECT FROM unnest", 0.9
-	r.name = "1 writer, 100 events per append"
-	return []row{r}, nil
+	for i := range rs {
+		r := &rs[i]
+		r.group, r.target = "100-event appends", 0.9
+		r.baseline = "raw 100-row INSERT … SELECT FROM unnest into " + r.baseline
+		r.name = "1 writer, 100 events per append" + r.baselineNote
+	}
+	return rs, nil
 }
 
-// appendRow measures appends of batch events per transaction by writers
-// concurrent writers, on a pool of exactly writers connections.
-func appendRow(ctx context.Context, db *benchDB, writers, batch int, d time.Duration) (row, error) {
+// appendRows measures appends of batch events per call by writers
+// concurrent writers, on a pool of exactly writers connections: one row
+// against each baseline table (the Conduit figures are the same), the
+// diagnostics on the first. Conduit without batching is always measured
+// too (a diagnostic): the 1-writer latency must stay that of an append
+// alone.
+func appendRows(ctx context.Context, db *benchDB, writers, batch int, d time.Duration) ([]row, error) {
 	pool, err := db.pool(ctx, writers)
 	if err != nil {
-		return row{}, err
+		return nil, err
 	}
 	defer pool.Close()
 	store, err := conduit.NewStore(pool, nil)
 	if err != nil {
-		return row{}, err
+		return nil, err
 	}
-	vs := []variant{
-		appendVariant("conduit", batch, func(ctx context.Context, b *appendBatch) error {
+	alone, err := conduit.NewStore(pool, &conduit.Config{DisableAppendBatching: true})
+	if err != nil {
+		return nil, err
+	}
+	conduitVariant := func(name string, store *conduit.Store) variant {
+		return appendVariant(name, batch, func(ctx context.Context, b *appendBatch) error {
 			res, err := store.Append(ctx, b.stream, conduit.Exactly(b.version), b.events...)
 			if err == nil && res.Version != b.version+int64(batch) {
 				err = fmt.Errorf("append to %s at %d: now at %d", b.stream, b.version, res.Version)
 			}
 			return err
-		}),
-		rawAppendVariant(pool, batch),
+		})
+	}
+	vs := []variant{
+		conduitVariant("conduit", store),
+		rawAppendVariant(pool, batch, likeTable),
+		rawAppendVariant(pool, batch, minimalTable),
+		conduitVariant("conduit, batching off (Config.DisableAppendBatching)", alone),
 	}
 	if db.srv.opts.diagnose {
 		vs = append(vs, plainSQLVariant(pool, batch))
@@ -80,13 +112,17 @@ func appendRow(ctx context.Context, db *benchDB, writers, batch int, d time.Dura
 	label := fmt.Sprintf("%d-event appends, %d writers", batch, writers)
 	st, err := compare(ctx, db.srv.opts, label, writers, d, vs...)
 	if err != nil {
-		return row{}, err
+		return nil, err
 	}
-	r := row{conduit: st[0], raw: st[1], latency: true}
-	for i := 2; i < len(vs); i++ {
-		r.diagnostics = append(r.diagnostics, diagnostic{vs[i].name, st[i]})
+	like := row{conduit: st[0], raw: st[1], latency: true, baseline: "`" + likeTable + "` (LIKE conduit.events INCLUDING ALL)",
+		baselineNote: ", base LIKE conduit.events"}
+	minimal := row{conduit: st[0], raw: st[2], latency: true,
+		baseline:     "`" + minimalTable + "` (primary key, UNIQUE (stream_id, stream_version))",
+		baselineNote: ", base minimal table"}
+	for i := 3; i < len(vs); i++ {
+		like.diagnostics = append(like.diagnostics, diagnostic{vs[i].name, st[i]})
 	}
-	return r, nil
+	return []row{like, minimal}, nil
 }
 
 // appendBatch is one writer's next append: its stream, the version the
@@ -163,22 +199,20 @@ func appendVariant(name string, batch int, write func(context.Context, *appendBa
 // pgx encodes a uuid.UUID (which implements none of its UUID interfaces)
 // through driver.Valuer with an error built per element, which would slow
 // the baseline, not Conduit.
-func rawAppendVariant(pool *pgxpool.Pool, batch int) variant {
+func rawAppendVariant(pool *pgxpool.Pool, batch int, table string) variant {
 	if batch == 1 {
-		return appendVariant("raw", 1, func(ctx context.Context, b *appendBatch) error {
-			_, err := pool.Exec(ctx, `
-				INSERT INTO bench.raw_events (stream_id, stream_version, event_id, event_type, data)
-				VALUES ($1, $2, $3::text::uuid, $4, $5)`,
-				b.stream, b.version+1, b.idText[0], b.types[0], b.bufs[0])
+		sql := `INSERT INTO ` + table + ` (stream_id, stream_version, event_id, event_type, data)
+				VALUES ($1, $2, $3::text::uuid, $4, $5)`
+		return appendVariant("raw "+table, 1, func(ctx context.Context, b *appendBatch) error {
+			_, err := pool.Exec(ctx, sql, b.stream, b.version+1, b.idText[0], b.types[0], b.bufs[0])
 			return err
 		})
 	}
-	return appendVariant("raw", batch, func(ctx context.Context, b *appendBatch) error {
-		_, err := pool.Exec(ctx, `
-			INSERT INTO bench.raw_events (stream_id, stream_version, event_id, event_type, data)
+	sql := `INSERT INTO ` + table + ` (stream_id, stream_version, event_id, event_type, data)
 			SELECT $1, $2 + u.ord, u.id::uuid, u.typ, u.dat::jsonb
-			  FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(id, typ, dat, ord)`,
-			b.stream, b.version, b.idText, b.types, b.data)
+			  FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(id, typ, dat, ord)`
+	return appendVariant("raw "+table, batch, func(ctx context.Context, b *appendBatch) error {
+		_, err := pool.Exec(ctx, sql, b.stream, b.version, b.idText, b.types, b.data)
 		return err
 	})
 }

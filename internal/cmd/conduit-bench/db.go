@@ -85,10 +85,24 @@ type benchDB struct {
 // baselineTableDDL makes the raw baseline table: conduit.events' columns,
 // defaults, identity, CHECK constraints and indexes (primary key
 // (transaction_id, global_position), UNIQUE (stream_id, stream_version),
-// UNIQUE (event_id)), without Conduit's triggers and function.
+// UNIQUE (event_id)), without Conduit's triggers and function; and the
+// minimal baseline table: the same columns, an identity primary key and
+// UNIQUE (stream_id, stream_version) only (what a store needs at least to
+// check versions), no transaction id.
 const baselineTableDDL = `
 CREATE SCHEMA bench;
-CREATE TABLE bench.raw_events (LIKE conduit.events INCLUDING ALL);`
+CREATE TABLE bench.raw_events (LIKE conduit.events INCLUDING ALL);
+CREATE TABLE bench.min_events (
+    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stream_id       text NOT NULL,
+    stream_version  bigint NOT NULL,
+    event_id        uuid NOT NULL,
+    event_type      text NOT NULL,
+    data            jsonb NOT NULL,
+    metadata        jsonb,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (stream_id, stream_version)
+);`
 
 // freshDB creates database conduit_bench_<suffix> (dropping a leftover one),
 // migrates it and adds the baseline table.

@@ -88,11 +88,14 @@ type row struct {
 	group    string // the report's section, e.g. "Single-event appends"
 	name     string // e.g. "8 writers"
 	baseline string // what Conduit is compared with, e.g. "raw INSERT"
-	conduit  stats
-	raw      stats
-	target   float64 // the least acceptable conduit/raw throughput ratio
-	runs     int     // measured runs per variant, if not opts.runs
-	latency  bool    // p50/p99 per operation are meaningful
+	// baselineNote tells rows of one workload against different baselines
+	// apart in the row's name, e.g. ", base minimal table".
+	baselineNote string
+	conduit      stats
+	raw          stats
+	target       float64 // the least acceptable conduit/raw throughput ratio
+	runs         int     // measured runs per variant, if not opts.runs
+	latency      bool    // p50/p99 per operation are meaningful
 	// diagnostics are further variants that split Conduit's cost; each is
 	// reported against the baseline.
 	diagnostics []diagnostic
