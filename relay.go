@@ -122,7 +122,12 @@ func (c *RelayConfig) withDefaults(store *Store) (RelayConfig, error) {
 //     leaves the message to be published again, with the same ID: a
 //     publisher that hands the ID to the broker (the NATS publisher's
 //     Nats-Msg-Id) makes that copy disappear within the broker's
-//     de-duplication window.
+//     de-duplication window. A relay whose process was paused past its
+//     lease (SIGSTOP, a frozen VM) after reading a batch does not publish
+//     it when it resumes: it checks its lease by its own clock first, so
+//     a stale copy cannot reach the broker after its window, behind later
+//     messages of its keys (only a pause between that check and the send
+//     could still do that).
 //   - In order per key: messages are handed to the publisher in the order
 //     their transactions committed (enqueue order within one transaction),
 //     and a message is handed over only once every earlier message of its
@@ -309,6 +314,15 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 // publish hands msgs to the publisher under the lease keeper's watch, for
 // at most PublishTimeout.
 func (r *Relay) publish(ctx context.Context, msgs []Message) (int, error) {
+	if !r.lease.Held() {
+		// The process was paused (or starved) past the lease since it read
+		// msgs: another instance may have delivered them, and later ones of
+		// their keys. Sent now, once the broker's de-duplication window is
+		// over, they would be stored again, after those.
+		r.log.Warn("conduit: relay's lease ran out before publishing; the batch is left to the lease's holder",
+			slog.Int("messages", len(msgs)))
+		return 0, errLeaseLost
+	}
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,6 +54,10 @@ const (
 	// acknowledged whole, after logging it: the relay never records that
 	// delivery.
 	helperHang = "hang"
+	// helperPauseAfterRead stops its own process (SIGSTOP) once, right
+	// after the relay read a batch of messages from the outbox and before
+	// it publishes them, after logging msgPausing.
+	helperPauseAfterRead = "pause-after-read"
 )
 
 // Messages of a helper's log lines, besides the relay's own.
@@ -59,6 +65,7 @@ const (
 	msgReady        = "helper ready"
 	msgPublishStart = "publish start"
 	msgPublishEnd   = "publish end"
+	msgPausing      = "helper pausing"
 	msgAcquired     = "conduit: acquired lease" // the relay's
 )
 
@@ -87,7 +94,14 @@ func TestHelperRelayProcess(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s: %v", envLease, err)
 	}
-	pool, err := pgxpool.New(ctx, os.Getenv(envDatabase))
+	poolCfg, err := pgxpool.ParseConfig(os.Getenv(envDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode == helperPauseAfterRead {
+		poolCfg.ConnConfig.Tracer = &pauseAfterRead{log: log}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +139,37 @@ func TestHelperRelayProcess(t *testing.T) {
 	if err := relay.Run(ctx); err != nil { // until killed
 		t.Fatal(err)
 	}
+}
+
+// pauseAfterRead is a pgx tracer that stops its process (see
+// helperPauseAfterRead) the first time the relay's read of the outbox
+// returns messages.
+type pauseAfterRead struct {
+	log    *slog.Logger
+	paused atomic.Bool
+}
+
+type relayReadKey struct{}
+
+func (p *pauseAfterRead) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(data.SQL, "-- name: OutboxListForRelay ") {
+		return context.WithValue(ctx, relayReadKey{}, true)
+	}
+	return ctx
+}
+
+func (p *pauseAfterRead) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryEndData) {
+	if ctx.Value(relayReadKey{}) == nil || data.Err != nil || data.CommandTag.RowsAffected() == 0 || p.paused.Swap(true) {
+		return
+	}
+	// The stop reaches every thread soon but not at once: this goroutine
+	// goes on only once the process is continued.
+	continued := make(chan os.Signal, 1)
+	signal.Notify(continued, syscall.SIGCONT)
+	defer signal.Stop(continued)
+	p.log.Info(msgPausing, slog.Int64("n", data.CommandTag.RowsAffected()))
+	_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+	<-continued
 }
 
 // loggingPublisher logs each Publish call (helperLine) around pub's.
@@ -760,4 +805,60 @@ func TestRelayFailoverPausedProcess(t *testing.T) {
 
 	enq.checkStream(t, stream)
 	checkDelivered(t, store, total)
+}
+
+// A relay process stopped (SIGSTOP, as a VM freeze or a long stall would)
+// right after reading a batch and before publishing it, then resumed
+// after another relay took over, delivered that batch and released the
+// lease, and after the stream's duplicate window: the resumed relay must
+// not publish its stale batch, which JetStream would store again (no
+// longer a duplicate by its ID), after the messages the other relay
+// delivered. It sees that its lease ran out by its own clock, drops it,
+// and takes it again to find nothing left to deliver.
+func TestRelayPausedBeforePublishing(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	js := natstest.JetStream(t)
+	const window = time.Second // the stream's duplicate window
+	stream := natstest.NewStream(t, js, jetstream.StreamConfig{Duplicates: window})
+	prefix := stream.CachedInfo().Config.Name + "."
+	dbURL, store := outboxDatabase(t)
+
+	const lease = 500 * time.Millisecond
+	stale := startRelayProcess(t, helperPauseAfterRead, "stale", dbURL, natstest.URL(t), prefix, lease)
+	stale.waitFor(30*time.Second, "the lease", func(l helperLine) bool { return l.Msg == msgAcquired })
+	enq := newEnqueuer(store, 2)
+	if err := enq.enqueue(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	stale.waitFor(30*time.Second, "the pause", func(l helperLine) bool { return l.Msg == msgPausing })
+	defer stale.signal(syscall.SIGCONT)
+
+	relay, err := conduit.NewRelay(store, newPublisher(t, js, &conduitnats.Config{SubjectPrefix: prefix}), &conduit.RelayConfig{
+		InstanceID: "rescuer", LeaseDuration: lease, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := relay.Drain(dctx); err != nil { // takes over once the stale relay's lease expires
+		t.Fatalf("Drain: %v", err)
+	}
+	enq.checkStream(t, stream)
+	time.Sleep(2 * window) // JetStream forgets the IDs: a bounded wait, not synchronization
+
+	if err := stale.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// It takes the lease again (the rescuer released it) only after it
+	// failed to save its batch, or gave it up before publishing.
+	stale.waitFor(30*time.Second, "the stale relay's second acquisition", func(l helperLine) bool {
+		return l.Msg == msgAcquired && l.Epoch > 1
+	})
+	if calls := stale.logged(func(l helperLine) bool { return l.Msg == msgPublishStart }); len(calls) > 0 {
+		t.Errorf("the resumed relay published its stale batch of %d messages", len(calls[0].IDs))
+	}
+	enq.checkStream(t, stream)
+	checkDelivered(t, store, 10)
 }
