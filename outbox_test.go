@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -533,3 +534,42 @@ func TestOutboxGenerationsRetire(t *testing.T) {
 }
 
 const relayRetireWait = 1100 * time.Millisecond
+
+// A generation left by a switch is truncated once delivered, even if no
+// message follows: a burst that fills a generation, then quiet, leaves an
+// empty outbox (the relay used to retire again only after its next
+// delivery, so the burst stayed on disk until more messages came).
+func TestOutboxGenerationTruncatedWhenIdle(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	rec := &recorder{}
+	relay := newRelay(t, store, rec, &conduit.RelayConfig{RowsPerGeneration: 1000, PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+	msgs := make([]conduit.Message, 1000)
+	for i := range msgs {
+		msgs[i] = conduit.NewMessage("t", fmt.Sprintf("k%d", i%7), []byte(strconv.Itoa(i)))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := store.OutboxStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if st.Pending == 0 && st.Generation == 1 && rows == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after a 1,000-message burst: pending %d, generation %d, %d rows in the outbox; want 0, 1, 0",
+				st.Pending, st.Generation, rows)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -151,7 +151,8 @@ type Relay struct {
 	// Owned by the goroutine in Run or Drain.
 	deadDue    time.Time // when to look at the dead-letter table again after a failure there
 	lastRetire time.Time
-	retireDue  bool // something was delivered since the last retire
+	retireDue  bool  // something was delivered, or generations switched, since the last retire
+	generation int16 // the current generation at the last retire, -1 before
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -164,7 +165,7 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true,
+	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true, generation: -1,
 		log: c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
 	q := store.queries
 	r.lease = engine.NewLease(engine.LeaseConfig{
@@ -516,7 +517,11 @@ func (r *Relay) retire(ctx context.Context) {
 		r.log.Warn("conduit: retiring outbox generations failed; tried again later", slog.Any("error", err))
 		return
 	}
-	r.retireDue = false
+	// A switch leaves the previous generation to truncate at the next call,
+	// once delivered: due even if nothing more is delivered meanwhile. (The
+	// first call, not knowing the generation before, is followed by one more.)
+	r.retireDue = out.Current != r.generation
+	r.generation = out.Current
 	if len(out.Truncated) > 0 {
 		r.log.Debug("conduit: outbox generations truncated", slog.Any("generations", out.Truncated), slog.Int("current", int(out.Current)))
 	}
