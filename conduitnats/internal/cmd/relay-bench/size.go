@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/conduit-es/conduit"
+)
+
+// Size run settings.
+const (
+	sizeWriters     = 4
+	sizeTxMessages  = 100    // messages per enqueue (one transaction)
+	sizeMaxBacklog  = 50_000 // writers wait while more are pending
+	sizeSampleEvery = 200 * time.Millisecond
+	sizeSettle      = 3 * time.Second // after catching up, for the relay's next retire
+)
+
+// outboxSize is the outbox's size at one moment.
+type outboxSize struct {
+	total      int64    // conduit.outbox_status().table_bytes
+	partitions [3]int64 // pg_total_relation_size of conduit.outbox_g0..g2 (heap, indexes, TOAST)
+	indexes    [3]int64 // pg_indexes_size of each
+	rows       int64    // rows in conduit.outbox
+}
+
+// sizeResult holds the size run's figures.
+type sizeResult struct {
+	messages                int
+	elapsed                 time.Duration // enqueueing
+	before, after, settled  outboxSize
+	peak                    int64 // largest total sampled
+	maxPending              int64 // largest backlog sampled
+	switches                int   // generation switches sampled
+	generations             int   // current generation at the end
+	caughtUp                time.Duration
+	rowsPerGeneration       int
+	pendingAfter, delivered int64
+}
+
+// benchSize enqueues opts.sizeMessages messages from sizeWriters writers
+// while a relay delivers them into JetStream, the writers held back while
+// the backlog exceeds sizeMaxBacklog (the relay keeps up), and reports the
+// outbox's size on disk before, at its sampled peak, once the relay caught
+// up, and sizeSettle later.
+func benchSize(ctx context.Context, e *env) (sizeResult, error) {
+	res := sizeResult{messages: e.opts.sizeMessages, rowsPerGeneration: conduit.RowsPerGenerationDefault}
+	db, err := e.freshDB(ctx, "size")
+	if err != nil {
+		return res, err
+	}
+	defer db.drop()
+	writers, closeWriters, err := db.store(ctx, sizeWriters+1, nil, &conduit.Config{Logger: quietLogger()})
+	if err != nil {
+		return res, err
+	}
+	defer closeWriters()
+	relayStore, closeRelayStore, err := db.store(ctx, 4, nil, &conduit.Config{Logger: quietLogger()})
+	if err != nil {
+		return res, err
+	}
+	defer closeRelayStore()
+	s, err := e.newStream(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer e.deleteStream(s)
+	pub, err := e.publisher(s)
+	if err != nil {
+		return res, err
+	}
+	relay, err := conduit.NewRelay(relayStore, pub, &conduit.RelayConfig{InstanceID: "relay-bench"})
+	if err != nil {
+		return res, err
+	}
+	if res.before, err = measureSize(ctx, writers.Pool()); err != nil {
+		return res, err
+	}
+
+	rctx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(rctx) }()
+	defer func() { stopRelay(); <-relayDone }()
+
+	// The sampler: the backlog the writers look at, the peak size, the
+	// generation switches.
+	var pending atomic.Int64
+	sctx, stopSampler := context.WithCancel(ctx)
+	var samplerErr error
+	samplerDone := make(chan struct{})
+	stopSampling := func() error { stopSampler(); <-samplerDone; return samplerErr }
+	defer func() { _ = stopSampling() }()
+	go func() {
+		defer close(samplerDone)
+		gen := -1
+		for {
+			st, err := writers.OutboxStatus(sctx)
+			if sctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				samplerErr = err
+				return
+			}
+			pending.Store(st.Pending)
+			res.peak = max(res.peak, st.TableBytes)
+			res.maxPending = max(res.maxPending, st.Pending)
+			if gen >= 0 && st.Generation != gen {
+				res.switches++
+			}
+			gen = st.Generation
+			res.generations = gen
+			select {
+			case <-sctx.Done():
+			case <-time.After(sizeSampleEvery):
+			}
+		}
+	}()
+
+	var (
+		next  atomic.Int64 // messages claimed by the writers
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		werr  error
+	)
+	start := time.Now()
+	for range sizeWriters {
+		wg.Go(func() {
+			for next.Add(sizeTxMessages) <= int64(res.messages) {
+				for pending.Load() > sizeMaxBacklog && ctx.Err() == nil {
+					time.Sleep(5 * time.Millisecond)
+				}
+				if err := writers.Enqueue(ctx, e.messages(sizeTxMessages)...); err != nil {
+					errMu.Lock()
+					werr = err
+					errMu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	if werr != nil {
+		return res, werr
+	}
+	res.messages = res.messages / sizeTxMessages * sizeTxMessages
+	log.Printf("  enqueued %d messages in %s", res.messages, res.elapsed.Round(time.Millisecond))
+
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		st, err := writers.OutboxStatus(ctx)
+		if err != nil {
+			return res, err
+		}
+		if st.Pending == 0 {
+			res.caughtUp = time.Since(start)
+			break
+		}
+		if time.Now().After(deadline) {
+			return res, fmt.Errorf("the relay has %d messages pending 5 minutes after the writers stopped: %w", st.Pending, errTimeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if res.after, err = measureSize(ctx, writers.Pool()); err != nil {
+		return res, err
+	}
+	time.Sleep(sizeSettle) // the relay retires at most once a second, after deliveries
+	if res.settled, err = measureSize(ctx, writers.Pool()); err != nil {
+		return res, err
+	}
+	if err := stopSampling(); err != nil {
+		return res, err
+	}
+	st, err := writers.OutboxStatus(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.pendingAfter, res.delivered = st.Pending, st.Delivered
+	if err := checkStored(ctx, s, res.messages); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// measureSize reads the outbox's size.
+func measureSize(ctx context.Context, pool *pgxpool.Pool) (outboxSize, error) {
+	var sz outboxSize
+	if err := pool.QueryRow(ctx, "SELECT table_bytes FROM conduit.outbox_status()").Scan(&sz.total); err != nil {
+		return sz, err
+	}
+	for g := range 3 {
+		rel := fmt.Sprintf("conduit.outbox_g%d", g)
+		if err := pool.QueryRow(ctx, "SELECT pg_total_relation_size($1::regclass), pg_indexes_size($1::regclass)", rel).
+			Scan(&sz.partitions[g], &sz.indexes[g]); err != nil {
+			return sz, err
+		}
+	}
+	err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&sz.rows)
+	return sz, err
+}
