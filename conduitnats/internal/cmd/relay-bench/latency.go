@@ -68,10 +68,12 @@ func benchLatency(ctx context.Context, e *env) (res latencyResult, err error) {
 	// One relay and one consumer for every run, as in production: a relay
 	// that has just started may miss wake-ups until it LISTENs, and then
 	// finds messages at its next poll.
-	rctx, stopRelay := context.WithCancel(ctx)
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- relay.Run(rctx) }()
-	defer func() { stopRelay(); <-relayDone }()
+	stopRelay := runRelay(ctx, relay)
+	defer func() {
+		if err := stopRelay(); err != nil {
+			log.Printf("relay: %v", err)
+		}
+	}()
 	arrivals := &arrivals{by: map[int][]time.Duration{}, arrived: make(chan struct{}, 1)}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {

@@ -32,6 +32,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"time"
+
+	"github.com/conduit-es/conduit"
 )
 
 const (
@@ -97,24 +99,36 @@ func pick[T any](quick bool, ifQuick, otherwise T) T {
 
 func main() {
 	log.SetFlags(log.Ltime)
-	o := parseFlags()
+	if err := profiled(parseFlags()); err != nil {
+		log.Fatalf("relay-bench: %v", err)
+	}
+}
+
+// profiled runs the benchmark, under the CPU profiler if asked.
+func profiled(o options) error {
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
-			log.Fatal(err)
+			return err
 		}
+		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			log.Fatal(err)
+			return err
 		}
 		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, o); err != nil {
-		stop()
-		pprof.StopCPUProfile()
-		log.Fatalf("relay-bench: %v", err)
-	}
+	return run(ctx, o)
+}
+
+// runRelay runs relay until the function it returns is called, which
+// returns Run's error.
+func runRelay(ctx context.Context, relay *conduit.Relay) (stop func() error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	return func() error { cancel(); return <-done }
 }
 
 func run(ctx context.Context, o options) error {

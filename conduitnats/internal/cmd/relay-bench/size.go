@@ -83,10 +83,12 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 		return res, err
 	}
 
-	rctx, stopRelay := context.WithCancel(ctx)
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- relay.Run(rctx) }()
-	defer func() { stopRelay(); <-relayDone }()
+	stopRelay := runRelay(ctx, relay)
+	defer func() {
+		if err := stopRelay(); err != nil {
+			log.Printf("relay: %v", err)
+		}
+	}()
 
 	// The sampler: the backlog the writers look at, the peak size, the
 	// generation switches.
