@@ -529,8 +529,10 @@ func TestRelayKilledAfterPublishing(t *testing.T) {
 		return l.Msg == msgPublishEnd && l.N > 0
 	})
 	doomed.kill()
-	if !slices.Equal(acked.IDs, enq.ids) {
-		t.Fatalf("the killed relay's batch: %v, want all 6 messages %v", acked.IDs, enq.ids)
+	// Most often the batch is all six; fewer when a transaction open
+	// elsewhere on the server held some behind the relay's horizon.
+	if len(acked.IDs) == 0 || !slices.Equal(acked.IDs, enq.ids[:len(acked.IDs)]) {
+		t.Fatalf("the killed relay's batch: %v, want the first of %v", acked.IDs, enq.ids)
 	}
 	if st := outboxStatus(t, store); st.Pending != 6 || st.Delivered != 0 {
 		t.Fatalf("after the kill: pending %d, delivered %d; want 6, 0 (the delivery was never recorded)", st.Pending, st.Delivered)
@@ -555,7 +557,7 @@ func TestRelayKilledAfterPublishing(t *testing.T) {
 	}
 	for _, id := range enq.ids {
 		if n := counter.timesAcked(id); n != 1 {
-			t.Errorf("message %s published %d times by the second relay, want once more", id, n)
+			t.Errorf("message %s published %d times by the second relay, want once (again, for the killed batch's %d)", id, n, len(acked.IDs))
 		}
 	}
 	enq.checkStream(t, stream)
@@ -606,7 +608,13 @@ func TestRelayNATSOutage(t *testing.T) {
 
 	srv.Stop()
 	outage := time.Now()
-	for time.Since(outage) < 1500*time.Millisecond { // a bounded outage, messages enqueued throughout
+	// At least 1.5s, messages enqueued throughout, and until the relay
+	// failed to publish (a transaction open elsewhere on the server may hold
+	// the messages behind its horizon for a while).
+	for time.Since(outage) < 1500*time.Millisecond || counter.failures.Load() == 0 {
+		if time.Since(outage) > 60*time.Second {
+			t.Fatal("the relay tried no publish during a minute without NATS")
+		}
 		if err := enq.enqueue(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
@@ -621,9 +629,6 @@ func TestRelayNATSOutage(t *testing.T) {
 	waitForStatus(t, store, 60*time.Second, "every message delivered", func(st conduit.OutboxStatus) bool {
 		return st.Pending == 0 && st.Delivered == int64(total)
 	})
-	if counter.failures.Load() == 0 {
-		t.Error("no publish failed: the relay never met the outage")
-	}
 	t.Logf("%d messages, %d failed publish calls during the outage", total, counter.failures.Load())
 	enq.checkStream(t, stream)
 	checkDelivered(t, store, total)
