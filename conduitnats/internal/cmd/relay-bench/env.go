@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log"
 	"os"
 	"strconv"
 	"strings"
@@ -112,6 +113,10 @@ func (db *benchDB) store(ctx context.Context, conns int, tracer pgx.QueryTracer,
 }
 
 func (db *benchDB) drop() {
+	if db.env.opts.keep {
+		log.Printf("kept database %s", db.name)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, _ = db.env.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{db.name}.Sanitize()+" WITH (FORCE)")

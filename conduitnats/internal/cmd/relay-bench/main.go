@@ -57,6 +57,7 @@ type options struct {
 	cpuProfile     string
 	verbose        bool
 	only           string // one workload: throughput, latency or size
+	keep           bool   // keep the databases
 }
 
 func parseFlags() options {
@@ -64,18 +65,19 @@ func parseFlags() options {
 	flag.StringVar(&o.dbURL, "db", cmp.Or(os.Getenv("DATABASE_URL"), defaultDatabaseURL), "PostgreSQL server URL (defaults to DATABASE_URL); the benchmark creates and drops its own databases there")
 	flag.StringVar(&o.natsURL, "nats", cmp.Or(os.Getenv("NATS_URL"), defaultNATSURL), "NATS server URL with JetStream (defaults to NATS_URL); the benchmark creates and deletes its own streams")
 	flag.StringVar(&o.appendTo, "append", "", "append the report's section to this markdown file, replacing the section if the file has it (default: print it)")
-	flag.BoolVar(&o.quick, "quick", false, "short run: smaller backlogs, shorter latency runs, 100,000 messages for the size run")
+	flag.BoolVar(&o.quick, "quick", false, "short run: smaller backlogs, shorter latency runs, 250,000 messages for the size run")
 	flag.IntVar(&o.runs, "runs", 3, "measured runs per variant (at least 3)")
 	flag.IntVar(&o.messages, "messages", 0, "messages in the backlog of one throughput run (default 200,000; 50,000 with -quick)")
 	flag.IntVar(&o.batchSize, "batch", 1000, "the relay's BatchSize, and the size of the plain loop's batches")
 	flag.IntVar(&o.latencyRate, "latency-rate", 100, "appends per second in the latency runs")
 	flag.DurationVar(&o.latencyRun, "latency-run", 0, "length of one latency run (default 10s; 3s with -quick)")
-	flag.IntVar(&o.sizeMessages, "size-messages", 0, "messages of the size run (default 1,000,000; 100,000 with -quick)")
+	flag.IntVar(&o.sizeMessages, "size-messages", 0, "messages of the size run (default 1,000,000; 250,000 with -quick)")
 	flag.IntVar(&o.payloadBytes, "payload", 128, "payload bytes per message")
 	flag.IntVar(&o.keys, "keys", 100, "distinct keys the messages are spread over")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file")
 	flag.BoolVar(&o.verbose, "v", false, "log where the relay's time goes in each throughput run (time per statement and in Publish, per batch)")
 	flag.StringVar(&o.only, "only", "", "run one workload only: throughput, latency or size (the report then lacks the others)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the databases for inspection (they are dropped by default)")
 	flag.Parse()
 	o.runs = max(o.runs, 3)
 	if o.messages == 0 {
@@ -85,7 +87,7 @@ func parseFlags() options {
 		o.latencyRun = pick(o.quick, 3*time.Second, 10*time.Second)
 	}
 	if o.sizeMessages == 0 {
-		o.sizeMessages = pick(o.quick, 100_000, 1_000_000)
+		o.sizeMessages = pick(o.quick, 250_000, 1_000_000)
 	}
 	return o
 }

@@ -90,14 +90,16 @@ func (r report) sizeSection(p func(string, ...any)) {
 	row("Before", s.before)
 	p("| Peak (sampled) | | %s | | | | |\n", bytes(s.peak))
 	row("Relay caught up", s.after)
-	row(fmt.Sprintf("%s later", sizeSettle), s.settled)
+	row(fmt.Sprintf("%s later (retired)", s.settleTime.Round(100*time.Millisecond)), s.settled)
 	p("\n%s messages enqueued by %d writers (%d per transaction) in %s (%s msg/s), while the relay delivered them into\n",
 		count(s.messages), sizeWriters, sizeTxMessages, s.elapsed.Round(time.Millisecond), count(int(float64(s.messages)/s.elapsed.Seconds())))
 	p("JetStream; the writers wait while more than %s are pending (the largest backlog sampled: %s), so the relay\n", count(sizeMaxBacklog), count(int(s.maxPending)))
 	p("keeps up. It caught up %s after the first enqueue. RowsPerGeneration %s: %d generation switches sampled\n",
 		s.caughtUp.Round(time.Millisecond), count(s.rowsPerGeneration), s.switches)
-	p("(every %s); delivered generations are truncated whole, so the table holds at most three generations and\n", sizeSampleEvery)
-	p("its size does not grow with the messages it has carried. Pending at the end: %d; delivered: %s.\n\n", s.pendingAfter, count(int(s.delivered)))
+	p("(every %s). A delivered generation is truncated whole once the relay has switched away from it, so the\n", sizeSampleEvery)
+	p("table holds at most three generations, and its size does not grow with the messages it has carried; the\n")
+	p("current generation keeps its delivered rows until it is full (the last row). Pending at the end: %d;\n", s.pendingAfter)
+	p("delivered: %s.\n\n", count(int(s.delivered)))
 }
 
 func yesNo(met bool) string {

@@ -15,19 +15,21 @@ import (
 
 // Size run settings.
 const (
-	sizeWriters     = 4
-	sizeTxMessages  = 100    // messages per enqueue (one transaction)
-	sizeMaxBacklog  = 50_000 // writers wait while more are pending
-	sizeSampleEvery = 200 * time.Millisecond
-	sizeSettle      = 3 * time.Second // after catching up, for the relay's next retire
+	sizeWriters       = 4
+	sizeTxMessages    = 100    // messages per enqueue (one transaction)
+	sizeMaxBacklog    = 50_000 // writers wait while more are pending
+	sizeSampleEvery   = 200 * time.Millisecond
+	sizeSettleAtLeast = 2 * time.Second  // after catching up, for the relay's next retires,
+	sizeSettleAtMost  = 15 * time.Second // until only the current generation has rows
 )
 
 // outboxSize is the outbox's size at one moment.
 type outboxSize struct {
-	total      int64    // conduit.outbox_status().table_bytes
-	partitions [3]int64 // pg_total_relation_size of conduit.outbox_g0..g2 (heap, indexes, TOAST)
-	indexes    [3]int64 // pg_indexes_size of each
-	rows       int64    // rows in conduit.outbox
+	total       int64    // conduit.outbox_status().table_bytes
+	partitions  [3]int64 // pg_total_relation_size of conduit.outbox_g0..g2 (heap, indexes, TOAST)
+	indexes     [3]int64 // pg_indexes_size of each
+	rows        int64    // rows in conduit.outbox
+	currentRows int64    // of which in the current generation
 }
 
 // sizeResult holds the size run's figures.
@@ -40,6 +42,7 @@ type sizeResult struct {
 	switches                int   // generation switches sampled
 	generations             int   // current generation at the end
 	caughtUp                time.Duration
+	settleTime              time.Duration // from catching up to the "settled" measure
 	rowsPerGeneration       int
 	pendingAfter, delivered int64
 }
@@ -48,7 +51,7 @@ type sizeResult struct {
 // while a relay delivers them into JetStream, the writers held back while
 // the backlog exceeds sizeMaxBacklog (the relay keeps up), and reports the
 // outbox's size on disk before, at its sampled peak, once the relay caught
-// up, and sizeSettle later.
+// up, and once it has retired what it delivered.
 func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 	res := sizeResult{messages: e.opts.sizeMessages, rowsPerGeneration: conduit.RowsPerGenerationDefault}
 	db, err := e.freshDB(ctx, "size")
@@ -173,10 +176,20 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 	if res.after, err = measureSize(ctx, writers.Pool()); err != nil {
 		return res, err
 	}
-	time.Sleep(sizeSettle) // the relay retires at most once a second, after deliveries
-	if res.settled, err = measureSize(ctx, writers.Pool()); err != nil {
-		return res, err
+	// The relay retires at most once a second: wait for it to have switched
+	// away from a full generation and truncated every delivered one.
+	settle := time.Now()
+	for {
+		if res.settled, err = measureSize(ctx, writers.Pool()); err != nil {
+			return res, err
+		}
+		retired := res.settled.rows == res.settled.currentRows && res.settled.currentRows < int64(res.rowsPerGeneration)
+		if (retired && time.Since(settle) >= sizeSettleAtLeast) || time.Since(settle) > sizeSettleAtMost {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	res.settleTime = time.Since(settle)
 	if err := stopSampling(); err != nil {
 		return res, err
 	}
@@ -204,6 +217,8 @@ func measureSize(ctx context.Context, pool *pgxpool.Pool) (outboxSize, error) {
 			return sz, err
 		}
 	}
-	err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&sz.rows)
+	err := pool.QueryRow(ctx, `
+		SELECT count(*), count(*) FILTER (WHERE o.generation = g.current)
+		  FROM conduit.outbox o, conduit.outbox_generation g`).Scan(&sz.rows, &sz.currentRows)
 	return sz, err
 }
