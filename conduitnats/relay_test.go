@@ -688,10 +688,12 @@ func watchLease(t *testing.T, store *conduit.Store) func() []leaseHolder {
 //     holders seen in conduit.outbox_relay go from it to the other with a
 //     higher epoch, and never back; it logs no second acquisition.
 //   - Never both delivering: at most one Publish call of the paused relay
-//     ends after the other's first one starts, namely its batch in flight
-//     (read from the outbox before the pause, published after it): that
-//     copy JetStream drops by its Nats-Msg-Id, and its save is refused by
-//     the epoch.
+//     ends after the other's first one starts, namely the call it was in
+//     when paused (a batch read before the pause but not yet handed over
+//     is not published: the relay checks its lease by its own clock first,
+//     see TestRelayPausedBeforePublishing). What that call sends after the
+//     resume, until the keeper finds the lease lost and cancels it,
+//     JetStream drops by Nats-Msg-Id, and its save is refused by the epoch.
 //   - Each message's delivery is recorded once (OutboxStatus.Delivered
 //     equals the messages enqueued): no save of the paused relay, fenced by
 //     its old epoch, went through after the other took over.
@@ -803,7 +805,7 @@ func TestRelayFailoverPausedProcess(t *testing.T) {
 		t.Errorf("%d Publish calls of relay-a end after relay-b's first started, want at most its batch in flight: %+v", len(overlapping), overlapping)
 	}
 	for _, c := range overlapping {
-		t.Logf("relay-a's batch in flight across the pause: %d messages acknowledged, started %s before the resume, error %q",
+		t.Logf("relay-a's call in flight across the pause: %d messages acknowledged, started %s before the resume, error %q",
 			c.N, cont.Sub(time.Unix(0, c.Start)).Round(time.Millisecond), c.Error)
 	}
 	t.Logf("%d messages; lease holders %+v", total, owners)
