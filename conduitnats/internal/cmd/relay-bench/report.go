@@ -99,7 +99,8 @@ func (r report) sizeSection(p func(string, ...any)) {
 	p("(every %s). A delivered generation is truncated whole once the relay has switched away from it, so the\n", sizeSampleEvery)
 	p("table holds at most three generations, and its size does not grow with the messages it has carried; the\n")
 	p("current generation keeps its delivered rows until it is full (the last row). Pending at the end: %d;\n", s.pendingAfter)
-	p("delivered: %s.\n\n", count(int(s.delivered)))
+	p("delivered: %s. The longest transaction seen open on the server during the run (the relay waits behind it,\n", count(int(s.delivered)))
+	p("and a generation fills past RowsPerGeneration meanwhile): %s.\n\n", s.longestTx.Round(time.Millisecond))
 }
 
 func yesNo(met bool) string {

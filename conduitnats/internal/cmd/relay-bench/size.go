@@ -45,6 +45,7 @@ type sizeResult struct {
 	settleTime              time.Duration // from catching up to the "settled" measure
 	rowsPerGeneration       int
 	pendingAfter, delivered int64
+	longestTx               time.Duration // see latencyResult.longestTx
 }
 
 // benchSize enqueues opts.sizeMessages messages from sizeWriters writers
@@ -64,7 +65,8 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 		return res, err
 	}
 	defer closeWriters()
-	relayStore, closeRelayStore, err := db.store(ctx, 4, nil, &conduit.Config{Logger: quietLogger()})
+	counter := &statementCounter{}
+	relayStore, closeRelayStore, err := db.store(ctx, 4, counter, &conduit.Config{Logger: quietLogger()})
 	if err != nil {
 		return res, err
 	}
@@ -90,6 +92,16 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 	defer func() {
 		if err := stopRelay(); err != nil {
 			log.Printf("relay: %v", err)
+		}
+	}()
+
+	tctx, stopTxSampling := context.WithCancel(ctx)
+	longest := make(chan time.Duration, 1)
+	go func() { longest <- sampleLongestTransaction(tctx, relayStore) }()
+	defer func() {
+		if stopTxSampling != nil {
+			stopTxSampling()
+			<-longest
 		}
 	}()
 
@@ -190,9 +202,14 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res.settleTime = time.Since(settle)
+	if e.opts.verbose {
+		log.Printf("  the relay's statements, time by name: %v", counter.reset())
+	}
 	if err := stopSampling(); err != nil {
 		return res, err
 	}
+	stopTxSampling()
+	res.longestTx, stopTxSampling = <-longest, nil
 	st, err := writers.OutboxStatus(ctx)
 	if err != nil {
 		return res, err
