@@ -573,3 +573,55 @@ func TestOutboxGenerationTruncatedWhenIdle(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A generation a reader keeps locked when the relay would truncate it (the
+// truncation never waits for a lock) is truncated later even if no message
+// follows: while idle the relay retires every few seconds.
+func TestOutboxGenerationTruncatedAfterLockConflict(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	reader, err := pool.Begin(ctx) // holds a lock on generation 0 until it ends
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reader.Rollback(ctx) }()
+	if _, err := reader.Exec(ctx, "SELECT count(*) FROM conduit.outbox_g0"); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	relay := newRelay(t, store, rec, &conduit.RelayConfig{RowsPerGeneration: 1000, PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+	msgs := make([]conduit.Message, 1000)
+	for i := range msgs {
+		msgs[i] = conduit.NewMessage("t", fmt.Sprintf("k%d", i%7), []byte(strconv.Itoa(i)))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st, err := store.OutboxStatus(ctx); err != nil || st.Pending != 0 || st.Generation != 1; st, err = store.OutboxStatus(ctx) {
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("30s after the burst: %+v, %v; want nothing pending and generation 1", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(2 * relayRetireWait) // the retires after the switch find generation 0 locked
+	if err := reader.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		var rows int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after the lock on generation 0 went: %d rows still in the outbox", rows)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

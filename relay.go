@@ -26,6 +26,10 @@ const (
 	RowsPerGenerationDefault = 100_000
 	RowsPerGenerationLimit   = 100_000_000
 	relayRetireEvery         = time.Second
+	// relayRetireIdle: how often an idle relay retires all the same. A
+	// generation it could not lock (a reader in the way: retiring never
+	// waits) stays until a later retire; without deliveries, this one.
+	relayRetireIdle = 5 * time.Second
 )
 
 // RelayConfig configures a Relay. The zero value means defaults.
@@ -306,7 +310,7 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if r.retireDue && time.Since(r.lastRetire) >= relayRetireEvery {
+	if since := time.Since(r.lastRetire); since >= relayRetireIdle || (r.retireDue && since >= relayRetireEvery) {
 		r.retire(ctx)
 	}
 	return res, nil
