@@ -199,7 +199,7 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 		if (retired && time.Since(settle) >= sizeSettleAtLeast) || time.Since(settle) > sizeSettleAtMost {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // seldom: the relay's retire never waits for these reads' locks
 	}
 	res.settleTime = time.Since(settle)
 	if e.opts.verbose {
