@@ -18,7 +18,7 @@ const (
 	sizeWriters       = 4
 	sizeTxMessages    = 100    // messages per enqueue (one transaction)
 	sizeMaxBacklog    = 50_000 // writers wait while more are pending
-	sizeSampleEvery   = 200 * time.Millisecond
+	sizeSampleEvery   = 500 * time.Millisecond
 	sizeSettleAtLeast = 2 * time.Second  // after catching up, for the relay's next retires,
 	sizeSettleAtMost  = 15 * time.Second // until only the current generation has rows
 )
@@ -188,18 +188,24 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 	if res.after, err = measureSize(ctx, writers.Pool()); err != nil {
 		return res, err
 	}
-	// The relay retires at most once a second: wait for it to have switched
-	// away from a full generation and truncated every delivered one.
+	// The relay retires at most once a second, and idle every few seconds:
+	// wait for it to have switched away from a full generation and
+	// truncated every delivered one. Polled by sizes, not by counting rows:
+	// a long read of the outbox keeps the relay's retire (which never waits
+	// for a lock) from truncating.
 	settle := time.Now()
-	for {
-		if res.settled, err = measureSize(ctx, writers.Pool()); err != nil {
+	for time.Since(settle) < sizeSettleAtMost {
+		time.Sleep(500 * time.Millisecond)
+		retired, err := isRetired(ctx, writers.Pool(), res.before, int64(res.rowsPerGeneration))
+		if err != nil {
 			return res, err
 		}
-		retired := res.settled.rows == res.settled.currentRows && res.settled.currentRows < int64(res.rowsPerGeneration)
-		if (retired && time.Since(settle) >= sizeSettleAtLeast) || time.Since(settle) > sizeSettleAtMost {
+		if retired && time.Since(settle) >= sizeSettleAtLeast {
 			break
 		}
-		time.Sleep(500 * time.Millisecond) // seldom: the relay's retire never waits for these reads' locks
+	}
+	if res.settled, err = measureSize(ctx, writers.Pool()); err != nil {
+		return res, err
 	}
 	res.settleTime = time.Since(settle)
 	if e.opts.verbose {
@@ -219,6 +225,35 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// isRetired reports whether every generation but the current one is as
+// small as when empty (before) and the current one holds fewer rows than
+// rowsPerGeneration (by the position sequence: no switch is due).
+func isRetired(ctx context.Context, pool *pgxpool.Pool, before outboxSize, rowsPerGeneration int64) (bool, error) {
+	var current int
+	var sinceSwitch int64
+	if err := pool.QueryRow(ctx, `
+		SELECT g.current, s.last_value - g.switched_position
+		  FROM conduit.outbox_generation g, conduit.outbox_position_seq s`).Scan(&current, &sinceSwitch); err != nil {
+		return false, err
+	}
+	if sinceSwitch >= rowsPerGeneration {
+		return false, nil
+	}
+	for g := range 3 {
+		if g == current {
+			continue
+		}
+		var size int64
+		if err := pool.QueryRow(ctx, "SELECT pg_total_relation_size($1::regclass)", fmt.Sprintf("conduit.outbox_g%d", g)).Scan(&size); err != nil {
+			return false, err
+		}
+		if size > before.partitions[g] {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // measureSize reads the outbox's size.
