@@ -82,5 +82,6 @@ soak-report: ## Run the soak for SOAK_DURATION and put its figures into RELIABIL
 	go run ./internal/cmd/conduit-soak -duration $(SOAK_DURATION) -restart=$(SOAK_RESTART) -doc RELIABILITY.md $(SOAK_FLAGS)
 
 .PHONY: bench
-bench: ## Run the benchmarks against DATABASE_URL and write BENCHMARKS.md.
+bench: ## Run the benchmarks against DATABASE_URL (and NATS) and write BENCHMARKS.md.
 	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md
+	go -C conduitnats run ./internal/cmd/relay-bench -append ../BENCHMARKS.md

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -566,3 +567,94 @@ func TestOutboxGenerationsRetire(t *testing.T) {
 }
 
 const relayRetireWait = 1100 * time.Millisecond
+
+// A generation left by a switch is truncated once delivered, even if no
+// message follows: a burst that fills a generation, then quiet, leaves an
+// empty outbox (the relay used to retire again only after its next
+// delivery, so the burst stayed on disk until more messages came).
+func TestOutboxGenerationTruncatedWhenIdle(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	rec := &recorder{}
+	relay := newRelay(t, store, rec, &conduit.RelayConfig{RowsPerGeneration: 1000, PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+	msgs := make([]conduit.Message, 1000)
+	for i := range msgs {
+		msgs[i] = conduit.NewMessage("t", fmt.Sprintf("k%d", i%7), []byte(strconv.Itoa(i)))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := store.OutboxStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if st.Pending == 0 && st.Generation == 1 && rows == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after a 1,000-message burst: pending %d, generation %d, %d rows in the outbox; want 0, 1, 0",
+				st.Pending, st.Generation, rows)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A generation a reader keeps locked when the relay would truncate it (the
+// truncation never waits for a lock) is truncated later even if no message
+// follows: while idle the relay retires every few seconds.
+func TestOutboxGenerationTruncatedAfterLockConflict(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	reader, err := pool.Begin(ctx) // holds a lock on generation 0 until it ends
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reader.Rollback(ctx) }()
+	if _, err := reader.Exec(ctx, "SELECT count(*) FROM conduit.outbox_g0"); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	relay := newRelay(t, store, rec, &conduit.RelayConfig{RowsPerGeneration: 1000, PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+	msgs := make([]conduit.Message, 1000)
+	for i := range msgs {
+		msgs[i] = conduit.NewMessage("t", fmt.Sprintf("k%d", i%7), []byte(strconv.Itoa(i)))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st, err := store.OutboxStatus(ctx); err != nil || st.Pending != 0 || st.Generation != 1; st, err = store.OutboxStatus(ctx) {
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("30s after the burst: %+v, %v; want nothing pending and generation 1", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(2 * relayRetireWait) // the retires after the switch find generation 0 locked
+	if err := reader.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		var rows int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM conduit.outbox").Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after the lock on generation 0 went: %d rows still in the outbox", rows)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -27,6 +27,10 @@ const (
 	RowsPerGenerationDefault = 100_000
 	RowsPerGenerationLimit   = 100_000_000
 	relayRetireEvery         = time.Second
+	// relayRetireIdle: how often an idle relay retires all the same. A
+	// generation it could not lock (a reader in the way: retiring never
+	// waits) stays until a later retire; without deliveries, this one.
+	relayRetireIdle = 5 * time.Second
 )
 
 // RelayConfig configures a Relay. The zero value means defaults.
@@ -123,7 +127,12 @@ func (c *RelayConfig) withDefaults(store *Store) (RelayConfig, error) {
 //     leaves the message to be published again, with the same ID: a
 //     publisher that hands the ID to the broker (the NATS publisher's
 //     Nats-Msg-Id) makes that copy disappear within the broker's
-//     de-duplication window.
+//     de-duplication window. A relay whose process was paused past its
+//     lease (SIGSTOP, a frozen VM) after reading a batch does not publish
+//     it when it resumes: it checks its lease by its own clock first, so
+//     a stale copy cannot reach the broker after its window, behind later
+//     messages of its keys (only a pause between that check and the send
+//     could still do that).
 //   - In order per key: messages are handed to the publisher in the order
 //     their transactions committed (enqueue order within one transaction),
 //     and a message is handed over only once every earlier message of its
@@ -152,7 +161,8 @@ type Relay struct {
 	// (ErrBrokerUnavailable): reset by a successful publish.
 	unavailable *engine.Backoff
 	lastRetire  time.Time
-	retireDue   bool // something was delivered since the last retire
+	retireDue   bool  // something was delivered, or generations switched, since the last retire
+	generation  int16 // the current generation at the last retire, -1 before
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -165,7 +175,7 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true,
+	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true, generation: -1,
 		unavailable: engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff),
 		log:         c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
 	q := store.queries
@@ -326,7 +336,7 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if r.retireDue && time.Since(r.lastRetire) >= relayRetireEvery {
+	if since := time.Since(r.lastRetire); since >= relayRetireIdle || (r.retireDue && since >= relayRetireEvery) {
 		r.retire(ctx)
 	}
 	return res, nil
@@ -335,6 +345,15 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 // publish hands msgs to the publisher under the lease keeper's watch, for
 // at most PublishTimeout.
 func (r *Relay) publish(ctx context.Context, msgs []Message) (int, error) {
+	if !r.lease.Held() {
+		// The process was paused (or starved) past the lease since it read
+		// msgs: another instance may have delivered them, and later ones of
+		// their keys. Sent now, once the broker's de-duplication window is
+		// over, they would be stored again, after those.
+		r.log.Warn("conduit: relay's lease ran out before publishing; the batch is left to the lease's holder",
+			slog.Int("messages", len(msgs)))
+		return 0, errLeaseLost
+	}
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -567,7 +586,11 @@ func (r *Relay) retire(ctx context.Context) {
 		r.log.Warn("conduit: retiring outbox generations failed; tried again later", slog.Any("error", err))
 		return
 	}
-	r.retireDue = false
+	// A switch leaves the previous generation to truncate at the next call,
+	// once delivered: due even if nothing more is delivered meanwhile. (The
+	// first call, not knowing the generation before, is followed by one more.)
+	r.retireDue = out.Current != r.generation
+	r.generation = out.Current
 	if len(out.Truncated) > 0 {
 		r.log.Debug("conduit: outbox generations truncated", slog.Any("generations", out.Truncated), slog.Int("current", int(out.Current)))
 	}

@@ -167,8 +167,13 @@ WITH relay AS (
 )
 SELECT EXISTS (SELECT 1 FROM relay) AS ok,
        (SELECT count(*) FROM moved) AS moved,
-       EXISTS (SELECT 1 FROM conduit.outbox o
-                WHERE (o.transaction_id, o.position) > (sqlc.arg(checkpoint_tx)::xid8, sqlc.arg(checkpoint_position)::bigint)) AS more;
+       -- The first message after the checkpoint, by the index, not EXISTS:
+       -- the generic plan of an EXISTS over this row comparison is a bitmap
+       -- scan of every index entry after the checkpoint (see OutboxAfter).
+       ((SELECT true FROM conduit.outbox o
+          WHERE (o.transaction_id, o.position) > (sqlc.arg(checkpoint_tx)::xid8, sqlc.arg(checkpoint_position)::bigint)
+          ORDER BY o.transaction_id, o.position
+          LIMIT 1) IS NOT NULL)::boolean AS more;
 
 -- name: OutboxDeadDeliverable :many
 -- Messages in conduit.outbox_dead that may go now: held ones whose key has
@@ -260,8 +265,15 @@ SELECT o.transaction_id, o.position
 
 -- name: OutboxAfter :one
 -- Whether messages follow the checkpoint (readable, or behind the horizon).
-SELECT EXISTS (SELECT 1 FROM conduit.outbox o
-                WHERE (o.transaction_id, o.position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint))::boolean AS more;
+-- It looks for the first one in index order and stops there. (Written as
+-- EXISTS, PostgreSQL's generic plan, the one it caches for a prepared
+-- statement, was a bitmap scan reading the index entry of every message
+-- after the checkpoint: each batch of a backlog cost time in proportion to
+-- the backlog.)
+SELECT ((SELECT true FROM conduit.outbox o
+          WHERE (o.transaction_id, o.position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
+          ORDER BY o.transaction_id, o.position
+          LIMIT 1) IS NOT NULL)::boolean AS more;
 
 -- name: OutboxTransactionIDsCheck :one
 SELECT ok::boolean AS ok, COALESCE(max_stored, 0)::bigint AS max_stored, next_xid::bigint AS next_xid

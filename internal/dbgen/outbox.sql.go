@@ -188,8 +188,10 @@ func (q *Queries) HorizonAge(ctx context.Context) (float64, error) {
 }
 
 const outboxAfter = `-- name: OutboxAfter :one
-SELECT EXISTS (SELECT 1 FROM conduit.outbox o
-                WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint))::boolean AS more
+SELECT ((SELECT true FROM conduit.outbox o
+          WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint)
+          ORDER BY o.transaction_id, o.position
+          LIMIT 1) IS NOT NULL)::boolean AS more
 `
 
 type OutboxAfterParams struct {
@@ -198,6 +200,11 @@ type OutboxAfterParams struct {
 }
 
 // Whether messages follow the checkpoint (readable, or behind the horizon).
+// It looks for the first one in index order and stops there. (Written as
+// EXISTS, PostgreSQL's generic plan, the one it caches for a prepared
+// statement, was a bitmap scan reading the index entry of every message
+// after the checkpoint: each batch of a backlog cost time in proportion to
+// the backlog.)
 func (q *Queries) OutboxAfter(ctx context.Context, arg OutboxAfterParams) (bool, error) {
 	row := q.db.QueryRow(ctx, outboxAfter, arg.AfterTx, arg.AfterPosition)
 	var more bool
@@ -630,8 +637,13 @@ WITH relay AS (
 )
 SELECT EXISTS (SELECT 1 FROM relay) AS ok,
        (SELECT count(*) FROM moved) AS moved,
-       EXISTS (SELECT 1 FROM conduit.outbox o
-                WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint)) AS more
+       -- The first message after the checkpoint, by the index, not EXISTS:
+       -- the generic plan of an EXISTS over this row comparison is a bitmap
+       -- scan of every index entry after the checkpoint (see OutboxAfter).
+       ((SELECT true FROM conduit.outbox o
+          WHERE (o.transaction_id, o.position) > ($1::xid8, $2::bigint)
+          ORDER BY o.transaction_id, o.position
+          LIMIT 1) IS NOT NULL)::boolean AS more
 `
 
 type OutboxRelaySaveParams struct {

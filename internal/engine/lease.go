@@ -92,6 +92,7 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	if l.epoch != 0 {
 		return false, nil
 	}
+	start := time.Now()
 	epoch, err := l.cfg.Acquire(ctx)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = ErrStandby
@@ -100,10 +101,22 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	l.epoch = epoch
-	l.keeper = l.startKeeper(ctx, epoch)
+	l.keeper = l.startKeeper(ctx, epoch, start.Add(l.cfg.Duration))
 	l.cfg.Log.Info("conduit: acquired lease", slog.Int64("epoch", epoch))
 	l.cfg.changed("acquired")
 	return true, nil
+}
+
+// Held reports whether the lease is held and has not run out by this
+// process's clock (Duration after the start of the last acquisition or
+// renewal that succeeded). The keeper renews it long before that, unless
+// the whole process was paused (SIGSTOP, a frozen VM) or starved for about
+// Duration: then another instance may have taken over before the keeper
+// could notice, so a call a former holder must not make (a publish) checks
+// Held first.
+func (l *Lease) Held() bool {
+	k := l.keeper
+	return l.epoch != 0 && k != nil && !k.lost.Load() && time.Now().Before(*k.until.Load())
 }
 
 // Drop stops keeping the lease, which is lost.
@@ -194,14 +207,16 @@ type keeper struct {
 	epoch   int64
 	cancel  context.CancelFunc
 	done    chan struct{}
-	lost    atomic.Bool          // a renewal found the lease gone
-	call    atomic.Pointer[Call] // the call in flight, if any
-	overran chan struct{}        // the call in flight overran, and its failure is recorded
+	lost    atomic.Bool               // a renewal found the lease gone
+	until   atomic.Pointer[time.Time] // when the lease runs out, by this process's clock
+	call    atomic.Pointer[Call]      // the call in flight, if any
+	overran chan struct{}             // the call in flight overran, and its failure is recorded
 }
 
-func (l *Lease) startKeeper(ctx context.Context, epoch int64) *keeper {
+func (l *Lease) startKeeper(ctx context.Context, epoch int64, until time.Time) *keeper {
 	ctx, cancel := context.WithCancel(ctx)
 	k := &keeper{cfg: &l.cfg, epoch: epoch, cancel: cancel, done: make(chan struct{}), overran: make(chan struct{}, 1)}
+	k.until.Store(&until)
 	go k.run(ctx)
 	return k
 }
@@ -268,7 +283,13 @@ func (k *keeper) renew(ctx context.Context, c *Call) error {
 	// batch) must not keep the keeper from watching the call.
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.Duration/3)
 	defer cancel()
-	return k.cfg.Renew(ctx, k.epoch, c)
+	start := time.Now()
+	err := k.cfg.Renew(ctx, k.epoch, c)
+	if err == nil {
+		until := start.Add(k.cfg.Duration)
+		k.until.Store(&until)
+	}
+	return err
 }
 
 // overrun fails c through the client, bounded like a renewal, then tells
