@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -163,6 +164,19 @@ type Relay struct {
 	lastRetire  time.Time
 	retireDue   bool  // something was delivered, or generations switched, since the last retire
 	generation  int16 // the current generation at the last retire, -1 before
+	// state is the relay row as this instance last wrote it under its
+	// lease (only the lease holder writes it), nil when unknown: read
+	// again after acquiring, or after any error.
+	state      *dbgen.OutboxRelayStateRow
+	stateEpoch int64
+	// next is the batch after the current one, read while the current one
+	// is published (nil: none).
+	next *prefetch
+	// heldDue is when to look at the dead-letter table for held messages
+	// to deliver again (see deliverHeld).
+	heldDue time.Time
+	// reading counts the reads ahead in flight, waited for when Run ends.
+	reading sync.WaitGroup
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -248,6 +262,7 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 		return errors.New("conduit: Relay already running (Run or Drain); make one Relay per concurrent instance")
 	}
 	defer r.running.Store(false)
+	defer func() { r.next = nil; r.reading.Wait() }()
 	horizonWaitMax := r.cfg.PollInterval
 	if head != nil {
 		horizonWaitMax = min(horizonWaitMax, waitPollMax)
@@ -327,13 +342,18 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 			return relayResult{}, err
 		}
 	}
-	if !time.Now().Before(r.deadDue) {
+	if acquired {
+		r.heldDue = time.Time{}
+	}
+	if now := time.Now(); !now.Before(r.deadDue) && !now.Before(r.heldDue) {
 		if err := r.deliverHeld(ctx); err != nil {
+			r.state = nil
 			return relayResult{}, err
 		}
 	}
 	res, err := r.batch(ctx)
 	if err != nil {
+		r.state, r.next = nil, nil
 		return res, err
 	}
 	if since := time.Since(r.lastRetire); since >= relayRetireIdle || (r.retireDue && since >= relayRetireEvery) {
@@ -386,21 +406,27 @@ func (r *Relay) publish(ctx context.Context, msgs []Message) (int, error) {
 func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	q := r.store.queries
 	epoch := r.lease.Epoch()
-	st, err := q.OutboxRelayState(ctx, dbgen.OutboxRelayStateParams{Owner: r.cfg.InstanceID, Epoch: epoch})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return relayResult{}, errLeaseLost
+	if r.state == nil || r.stateEpoch != epoch {
+		st, err := q.OutboxRelayState(ctx, dbgen.OutboxRelayStateParams{Owner: r.cfg.InstanceID, Epoch: epoch})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return relayResult{}, errLeaseLost
+		}
+		if err != nil {
+			return relayResult{}, err
+		}
+		r.state, r.stateEpoch, r.next = &st, epoch, nil
 	}
-	if err != nil {
-		return relayResult{}, err
-	}
+	st := *r.state
 	res := relayResult{checkpoint: Position{TransactionID: st.CheckpointTx, GlobalPosition: st.CheckpointPosition}}
-	rows, err := q.OutboxListForRelay(ctx, dbgen.OutboxListForRelayParams{
-		AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition, MaxCount: int32(r.cfg.BatchSize),
-	})
+	rows, err := r.read(ctx, res.checkpoint)
 	if err != nil {
 		return res, err
 	}
 	res.caughtUp = len(rows) < r.cfg.BatchSize
+	if !res.caughtUp {
+		// Read the batch after this one while this one is published.
+		r.next = r.prefetch(ctx, Position{TransactionID: rows[len(rows)-1].TransactionID, GlobalPosition: rows[len(rows)-1].Position})
+	}
 	if len(rows) == 0 {
 		res.more, err = q.OutboxAfter(ctx, dbgen.OutboxAfterParams{AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition})
 		return res, err
@@ -504,6 +530,14 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if save.MoveTx == nil {
 		save.MoveTx, save.MovePosition = []string{}, []int64{}
 	}
+	if perr != nil || len(save.MoveTx) > 0 {
+		// The batch read ahead may start elsewhere, or see a key as free
+		// that this save is about to hold back: read again.
+		r.next = nil
+	}
+	if len(save.MoveTx) > 0 {
+		r.heldDue = time.Time{}
+	}
 	out, err := q.OutboxRelaySave(ctx, save)
 	if err != nil {
 		return res, err
@@ -511,6 +545,8 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if !out.Ok {
 		return res, errLeaseLost
 	}
+	r.state = &dbgen.OutboxRelayStateRow{CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
+		FailingMessageID: save.FailingMessageID.UUID, FailedAttempts: save.FailedAttempts}
 	res.checkpoint, res.more = cp, out.More
 	if delivered > 0 || end > 0 {
 		r.retireDue = true
@@ -523,8 +559,14 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 func (r *Relay) deliverHeld(ctx context.Context) error {
 	q := r.store.queries
 	rows, err := q.OutboxDeadDeliverable(ctx, int32(r.cfg.BatchSize))
-	if err != nil || len(rows) == 0 {
+	if err != nil {
 		return err
+	}
+	if len(rows) == 0 {
+		// Nothing to deliver again: look once a PollInterval (a retry or a
+		// discard from elsewhere), or after this relay holds messages back.
+		r.heldDue = time.Now().Add(r.cfg.PollInterval)
+		return nil
 	}
 	msgs := make([]Message, len(rows))
 	for i, row := range rows {
@@ -594,4 +636,48 @@ func (r *Relay) retire(ctx context.Context) {
 	if len(out.Truncated) > 0 {
 		r.log.Debug("conduit: outbox generations truncated", slog.Any("generations", out.Truncated), slog.Int("current", int(out.Current)))
 	}
+}
+
+// prefetch is a batch being read ahead, after from.
+type prefetch struct {
+	from Position
+	done chan prefetched
+}
+
+type prefetched struct {
+	rows []dbgen.OutboxListForRelayRow
+	err  error
+}
+
+// prefetch starts reading the batch after from, on a connection of its
+// own, while the current batch is published.
+func (r *Relay) prefetch(ctx context.Context, from Position) *prefetch {
+	p := &prefetch{from: from, done: make(chan prefetched, 1)}
+	r.reading.Add(1)
+	go func() {
+		defer r.reading.Done()
+		rows, err := r.list(ctx, from)
+		p.done <- prefetched{rows, err}
+	}()
+	return p
+}
+
+// read returns the batch after cp: the one read ahead if it starts there,
+// else one read now.
+func (r *Relay) read(ctx context.Context, cp Position) ([]dbgen.OutboxListForRelayRow, error) {
+	if next := r.next; next != nil {
+		r.next = nil
+		if next.from == cp {
+			if got := <-next.done; got.err == nil {
+				return got.rows, nil
+			}
+		}
+	}
+	return r.list(ctx, cp)
+}
+
+func (r *Relay) list(ctx context.Context, after Position) ([]dbgen.OutboxListForRelayRow, error) {
+	return r.store.queries.OutboxListForRelay(ctx, dbgen.OutboxListForRelayParams{
+		AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(r.cfg.BatchSize),
+	})
 }

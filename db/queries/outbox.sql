@@ -122,7 +122,8 @@ SELECT checkpoint_tx, checkpoint_position,
 -- held messages, which go first.
 SELECT o.transaction_id, o.position, o.message_id, o.topic, o.key, o.payload,
        COALESCE(o.headers::text, '')::text AS headers, o.created_at,
-       (o.key <> '' AND EXISTS (SELECT 1 FROM conduit.outbox_dead d WHERE d.key = o.key))::boolean AS blocked
+       (o.key <> '' AND (SELECT EXISTS (SELECT 1 FROM conduit.outbox_dead)) -- once per statement: usually empty
+                    AND EXISTS (SELECT 1 FROM conduit.outbox_dead d WHERE d.key = o.key))::boolean AS blocked
   FROM conduit.outbox o
  WHERE (o.transaction_id, o.position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
    AND o.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
