@@ -377,7 +377,8 @@ func (s *Store) DeadLetters(ctx context.Context, withHeld bool) ([]DeadLetter, e
 
 // RetryDeadLetter asks the relay to deliver a dead letter again, with its
 // attempts starting over, followed by the messages of its key it held back
-// (SQL: SELECT conduit.retry_dead_letter(id)). ErrNoDeadLetter if id names
+// (SQL: SELECT conduit.retry_dead_letter(id)). The running relay picks it
+// up within about its RelayConfig.PollInterval. ErrNoDeadLetter if id names
 // none.
 func (s *Store) RetryDeadLetter(ctx context.Context, id uuid.UUID) error {
 	found, err := s.queries.OutboxDeadRetry(ctx, id)
@@ -393,7 +394,8 @@ func (s *Store) RetryDeadLetter(ctx context.Context, id uuid.UUID) error {
 
 // DiscardDeadLetter gives up on a dead letter: it is deleted, and the
 // messages of its key it held back are delivered next (SQL: SELECT
-// conduit.discard_dead_letter(id)). ErrNoDeadLetter if id names none.
+// conduit.discard_dead_letter(id)), within about the relay's PollInterval.
+// ErrNoDeadLetter if id names none.
 func (s *Store) DiscardDeadLetter(ctx context.Context, id uuid.UUID) error {
 	found, err := s.queries.OutboxDeadDiscard(ctx, id)
 	if err != nil {
