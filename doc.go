@@ -170,7 +170,9 @@
 //
 // Status, from Go ([Store.ProjectionStatus]) and from SQL
 // (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
-// in time, last progress, state (running, caught_up, stalled, stopped,
+// in time (counted exactly up to 10,000 events behind, estimated beyond, as
+// lag_exact and ProjectionStatus.LagEstimated say, so that status costs
+// milliseconds at any lag), last progress, state (running, caught_up, stalled, stopped,
 // rebuilding), the stall reason, the number of parked events, and the
 // backend holding back the safe horizon when a long transaction does.
 //

@@ -476,6 +476,7 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
        COALESCE(s.horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
        COALESCE(s.horizon_application, '')::text AS horizon_application,
        COALESCE(s.horizon_query, '')::text AS horizon_query,
+       (NOT s.lag_exact)::boolean AS lag_estimated,
        COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
        COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
        COALESCE(p.last_error, '')::text AS last_error
@@ -506,6 +507,7 @@ type ProjectionStatusListRow struct {
 	HorizonSince       time.Time
 	HorizonApplication string
 	HorizonQuery       string
+	LagEstimated       bool
 	FailingEventID     uuid.UUID
 	FailedAttempts     int32
 	LastError          string
@@ -543,6 +545,7 @@ func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([
 			&i.HorizonSince,
 			&i.HorizonApplication,
 			&i.HorizonQuery,
+			&i.LagEstimated,
 			&i.FailingEventID,
 			&i.FailedAttempts,
 			&i.LastError,

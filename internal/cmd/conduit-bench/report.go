@@ -78,6 +78,18 @@ func (r report) markdown() string {
 		p("\n")
 	}
 
+	if len(r.status) > 0 {
+		p("## Status at a large lag\n\n| Query | Runs | Time (median) | Target | Met |\n|---|---:|---:|---:|:-:|\n")
+		for _, s := range r.status {
+			target, met := "–", "–"
+			if s.target > 0 {
+				target, met = "≤ "+ms(s.target), yesNo(s.met())
+			}
+			p("| %s | %d | %s | %s | %s |\n", s.name, len(s.elapsed), ms(s.median()), target, met)
+		}
+		p("\n")
+	}
+
 	if r.hasDiagnostics() {
 		p("## Diagnostic variants\n\n")
 		p("Further variants measured in the same rotation, to split Conduit's cost between the database and the\n")
@@ -146,6 +158,11 @@ func (r report) missed() []string {
 			out = append(out, fmt.Sprintf("end-to-end latency, %s, %s (p99 %s against ≤ %s)", l.load, l.mode, ms(l.visible.p99), ms(l.target)))
 		}
 	}
+	for _, s := range r.status {
+		if !s.met() {
+			out = append(out, fmt.Sprintf("%s (%s against ≤ %s)", s.name, ms(s.median()), ms(s.target)))
+		}
+	}
 	return out
 }
 
@@ -197,6 +214,9 @@ func (r report) summary() string {
 	for _, t := range r.timings {
 		d := t.median()
 		fmt.Fprintf(&b, "%s: %s, %s events/s\n", t.name, d.Round(time.Millisecond), rate(float64(t.events)/d.Seconds()))
+	}
+	for _, s := range r.status {
+		fmt.Fprintf(&b, "%s: %s (median of %d)\n", s.name, ms(s.median()), len(s.elapsed))
 	}
 	return b.String()
 }

@@ -24,6 +24,7 @@ var workloads = []workload{
 	{"notify", "single-event appends with the post-commit NOTIFY against none, a listener connected", benchNotify},
 	{"latency", "end-to-end latency to a projector in another process", benchLatency},
 	{"read", "reading one 10,000-event stream and the whole global log", rowsOf(benchReads)},
+	{"status", "conduit.projection_status() with 10,000,000 events of lag", benchStatus},
 	{"catchup", "projector catch-up of the global log (upsert and no-op handlers), and its rebuild", benchCatchUp},
 }
 
@@ -41,6 +42,7 @@ type results struct {
 	rows     []row        // Conduit against a baseline, with a ratio target
 	latency  []latencyRow // end-to-end latency
 	timings  []timingRow  // one-off operations (rebuild)
+	status   []statusRow  // projection_status at a large lag
 	findings []string     // measured facts for the analysis (notification counts, ...)
 }
 
