@@ -24,6 +24,29 @@ type Projection interface {
 	Apply(ctx context.Context, tx pgx.Tx, e Event) error
 }
 
+// BatchProjection is a Projection that takes a projector's whole batch of
+// events at once, so that its writes can go to the database in one round
+// trip (a multi-row upsert from arrays through unnest, a pgx.Batch sent
+// once, COPY into a staging table) instead of one per event. A Projector
+// calls ApplyBatch, never Apply: with the events of a batch it handles (see
+// EventTypeFilter), in log order, within the batch's transaction, which
+// also moves the checkpoint past them.
+//
+// When ApplyBatch fails, the projector rolls the batch back and applies its
+// events again one at a time, each by ApplyBatch with a single event, to
+// find the one that fails: that event alone then meets the poison policy
+// (ProjectorConfig.Poison), and the events before it commit. The batch as a
+// whole counts no attempt, so a batch that fails only as a whole (two
+// events upserting one key in one statement, say) goes through event by
+// event. ProjectorConfig.HandlerTimeout bounds each call, batch or single.
+//
+// Apply serves synchronous use (Config.Projections); it may simply be
+// ApplyBatch(ctx, tx, []Event{e}).
+type BatchProjection interface {
+	Projection
+	ApplyBatch(ctx context.Context, tx pgx.Tx, events []Event) error
+}
+
 // EventTypeFilter is implemented by projections that handle only some event
 // types. An async projector then fetches the data of only those, and applies
 // only those, while still advancing its checkpoint past the others. An empty

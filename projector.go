@@ -202,7 +202,15 @@ type Projector struct {
 	// is stalled at: once on taking the lease, then every
 	// StalledRetryInterval.
 	retryStalled bool
+	// isolate, set after a BatchProjection failed on a batch, makes the
+	// batches apply that batch's events one at a time, to find the failing
+	// one; nil: batches are applied whole.
+	isolate *isolation
 }
+
+// isolation is the span of a batch whose ApplyBatch failed: the events
+// after from, up to and including through.
+type isolation struct{ from, through Position }
 
 // NewProjector returns a projector for p on store's database. It does not
 // touch the database. A nil cfg means defaults.
@@ -376,10 +384,21 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 	}
 
 	res, err := p.batch(ctx)
-	var fail *applyFailure
+	var (
+		fail      *applyFailure
+		batchFail *batchFailure
+	)
 	switch {
 	case errors.As(err, &fail):
 		return nil, p.handleFailure(ctx, fail)
+	case errors.As(err, &batchFail) && !databaseFault(batchFail.err):
+		// Not the database's fault: find the event at fault, next.
+		p.isolate = &batchFail.span
+		p.log.Warn("conduit: batch failed; applying its events one at a time to find the failing one",
+			slog.String("through", batchFail.span.through.String()), slog.Any("error", batchFail.err))
+		return nil, nil
+	case errors.As(err, &batchFail):
+		return nil, batchFail.err
 	case err != nil:
 		return nil, err
 	}
@@ -415,6 +434,15 @@ type applyFailure struct {
 
 func (f *applyFailure) Error() string { return f.err.Error() }
 func (f *applyFailure) Unwrap() error { return f.err }
+
+// batchFailure is a BatchProjection's error on a whole batch.
+type batchFailure struct {
+	span isolation
+	err  error
+}
+
+func (f *batchFailure) Error() string { return f.err.Error() }
+func (f *batchFailure) Unwrap() error { return f.err }
 
 type batchResult struct {
 	checkpoint Position // committed by the batch
@@ -503,6 +531,17 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			p.retryStalled = false // this batch tries it once more
 		}
 
+		if iso := p.isolate; iso != nil && (checkpoint.Before(iso.from) || !checkpoint.Before(iso.through)) {
+			p.isolate = nil // passed, or the checkpoint went back (a rebuild)
+		}
+		bp, batched := p.projection.(BatchProjection)
+		if batched && failing != 0 && p.isolate == nil {
+			return p.applyWhole(ctx, tx, q, bp, events, checkpoint, run, &res)
+		}
+		if iso := p.isolate; iso != nil {
+			events = events[:countThrough(events, iso.through)]
+			res.caughtUp = false
+		}
 		applied := int64(0)
 		for i, e := range events {
 			if !p.handles(e.Type) {
@@ -529,6 +568,44 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		err = errLeaseLost // the keeper found the lease lost, and cancelled the batch
 	}
 	return res, err
+}
+
+// applyWhole applies events, the batch's, with one call of bp.ApplyBatch
+// (the types it handles), and moves the checkpoint past them. A failure is
+// a *batchFailure: the batch is then isolated event by event. (It never
+// holds the event the projection is failing on: that one goes alone.)
+func (p *Projector) applyWhole(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, bp BatchProjection, events []Event,
+	from Position, run *engine.Batch, res *batchResult) error {
+	handled := events
+	if p.types != nil {
+		handled = make([]Event, 0, len(events))
+		for _, e := range events {
+			if p.handles(e.Type) {
+				handled = append(handled, e)
+			}
+		}
+	}
+	if len(handled) > 0 {
+		if err := p.applyBatch(ctx, tx, bp, handled, run); err != nil {
+			return &batchFailure{span: isolation{from: from, through: events[len(events)-1].Position}, err: err}
+		}
+	}
+	res.checkpoint = from
+	if len(events) > 0 {
+		res.checkpoint = events[len(events)-1].Position
+	}
+	var err error
+	res.held, err = p.saveCheckpoint(ctx, q, res.checkpoint, int64(len(handled)), res.caughtUp, false)
+	return err
+}
+
+// countThrough counts the events up to and including position through.
+func countThrough(events []Event, through Position) int {
+	n := 0
+	for n < len(events) && !through.Before(events[n].Position) {
+		n++
+	}
+	return n
 }
 
 // park parks e, the poison event at the head of the batch, and moves the
