@@ -648,17 +648,17 @@ func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Posit
 	if types == nil {
 		types = []string{} // all
 	}
-	rows, err := q.EventListForProjection(ctx, dbgen.EventListForProjectionParams{
+	// Into the batch straight from the wire: its handlers use the
+	// connection, so the batch is read whole first, but no page of rows is
+	// built to be copied.
+	events := make([]Event, 0, min(limit, 256))
+	err := q.EventListForProjectionEach(ctx, dbgen.EventListForProjectionParams{
 		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	}, func(r dbgen.ConduitEvent) error {
+		events = append(events, eventFromRow(r))
+		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	events := make([]Event, len(rows))
-	for i, r := range rows {
-		events[i] = eventFromRow(dbgen.ConduitEvent(r))
-	}
-	return events, nil
+	return events, err
 }
 
 func (p *Projector) handles(eventType string) bool {

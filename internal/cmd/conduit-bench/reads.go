@@ -59,7 +59,10 @@ func benchReads(ctx context.Context, srv *server) ([]row, error) {
 			func(ctx context.Context) iter.Seq2[conduit.Event, error] {
 				return bigPages.ReadStream(ctx, longStream, 1)
 			}))
-		allVs = append(allVs, pagedRawReadVariant(pool, o.readEvents))
+		allVs = append(allVs, pagedRawReadVariant(pool, o.readEvents),
+			readVariant("conduit, ReadPageSize 10000", o.readEvents, func(ctx context.Context) iter.Seq2[conduit.Event, error] {
+				return bigPages.ReadAll(ctx, conduit.Position{})
+			}))
 	}
 
 	st, err := compare(ctx, o, "read stream", 1, o.duration, streamVs...)
