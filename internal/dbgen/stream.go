@@ -1,12 +1,14 @@
+// Package dbgen is the database access code sqlc generates from db/queries
+// and db/migrations (make generate; never edit the generated files). This
+// file is not generated: it adds row-by-row twins of the :many queries that
+// read events, for the read paths that stream. sqlc's :many methods build a
+// page's slice before they return it; these run the same generated query
+// text, scan each row as the generated method does, and hand it to fn as it
+// comes off the wire, so a reader converts each row once and holds no page.
+// The connection is busy until they return: fn must not use it. An error
+// from fn ends the read (the rest of the result is discarded) and is
+// returned.
 package dbgen
-
-// Not generated: row-by-row twins of the :many queries that read events, for
-// the read paths that stream. sqlc's :many methods build a page's slice before
-// they return it; these run the same generated query text, scan each row as
-// the generated method does, and hand it to fn as it comes off the wire, so
-// a reader converts each row once and holds no page. The connection is busy
-// until they return: fn must not use it. An error from fn ends the read
-// (the rest of the result is discarded) and is returned.
 
 import (
 	"context"

@@ -60,8 +60,8 @@ func (r report) markdown() string {
 		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|\n")
 		for _, l := range r.latency {
 			target, met := "–", "–"
-			if l.target > 0 {
-				target, met = "p99 ≤ "+ms(l.target), yesNo(l.met())
+			if t := l.targetText(); t != "" {
+				target, met = t, yesNo(l.met())
 			}
 			p("| %s | %s | %s | %d | %s | %s | %s | %s / %s | %s | %s | %s |\n", l.load, l.mode, rate(l.rate), l.samples,
 				ms(l.visible.p50), ms(l.visible.p99), ms(l.max), ms(l.applied.p50), ms(l.applied.p99), ms(l.drain), target, met)
@@ -155,7 +155,8 @@ func (r report) missed() []string {
 	}
 	for _, l := range r.latency {
 		if !l.met() {
-			out = append(out, fmt.Sprintf("end-to-end latency, %s, %s (p99 %s against ≤ %s)", l.load, l.mode, ms(l.visible.p99), ms(l.target)))
+			out = append(out, fmt.Sprintf("end-to-end latency, %s, %s (p50 %s, p99 %s against %s)", l.load, l.mode,
+				ms(l.visible.p50), ms(l.visible.p99), l.targetText()))
 		}
 	}
 	for _, s := range r.status {
@@ -202,10 +203,10 @@ func (r report) summary() string {
 	}
 	for _, l := range r.latency {
 		met := ""
-		if l.target > 0 {
-			met = "target p99 <= " + ms(l.target) + ": met"
+		if t := l.targetText(); t != "" {
+			met = "target " + t + ": met"
 			if !l.met() {
-				met = "target p99 <= " + ms(l.target) + ": NOT MET"
+				met = "target " + t + ": NOT MET"
 			}
 		}
 		mode, _, _ := strings.Cut(l.mode, " (")

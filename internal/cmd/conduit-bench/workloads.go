@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -57,9 +58,25 @@ type latencyRow struct {
 	max     time.Duration // the largest visible latency seen in any run
 	drain   time.Duration // median time from the last append to the projector's last commit
 	target  time.Duration // p99 target for visible; 0: none (a contrast)
+	// p50Target is a p50 target for visible; 0: none.
+	p50Target time.Duration
 }
 
-func (r latencyRow) met() bool { return r.target == 0 || r.visible.p99 <= r.target }
+func (r latencyRow) met() bool {
+	return (r.target == 0 || r.visible.p99 <= r.target) && (r.p50Target == 0 || r.visible.p50 <= r.p50Target)
+}
+
+// targetText says the row's targets, "" if none.
+func (r latencyRow) targetText() string {
+	var t []string
+	if r.p50Target > 0 {
+		t = append(t, "p50 ≤ "+ms(r.p50Target))
+	}
+	if r.target > 0 {
+		t = append(t, "p99 ≤ "+ms(r.target))
+	}
+	return strings.Join(t, ", ")
+}
 
 // timingRow is a one-off operation measured end to end.
 type timingRow struct {
