@@ -67,7 +67,10 @@ type ProjectorConfig struct {
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
 	// (see BENCHMARKS.md). A batch also stops taking events after
-	// HandlerTimeout/10 (1s by default). Defaults to BatchSizeDefault.
+	// HandlerTimeout/10 (1s by default), which bounds the latency a large
+	// batch adds under load; a BatchProjection's batch goes to ApplyBatch
+	// whole, in one call that HandlerTimeout bounds. Defaults to
+	// BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease. The owner renews it every LeaseDuration/3
@@ -77,8 +80,11 @@ type ProjectorConfig struct {
 	// HandlerTimeout). From 100ms to LeaseDurationLimit (1h). Defaults to
 	// LeaseDurationDefault.
 	LeaseDuration time.Duration
-	// HandlerTimeout bounds one call of the projection's handler (Apply),
-	// its time in Go and in the database together. A handler still running
+	// HandlerTimeout bounds one call of the projection's handler (Apply,
+	// or ApplyBatch for a BatchProjection), its time in Go and in the
+	// database together. (A whole batch's ApplyBatch that overruns it counts
+	// no attempt: the batch is applied again one event at a time, each
+	// call bounded alone.) A handler still running
 	// after HandlerTimeout has its context cancelled and the event counts
 	// as a failed attempt ("handler ran longer than
 	// ProjectorConfig.HandlerTimeout"), at once, even if the handler

@@ -240,3 +240,62 @@ func checkLedgerHasAllBut(t *testing.T, pool *pgxpool.Pool, all []uuid.UUID, ski
 		t.Fatalf("ledger has %v, want %v", got, want)
 	}
 }
+
+// A Router's OnWrite handlers queue their statements, sent together in
+// event order before an On handler runs. A statement that fails (here a
+// CHECK violation) fails the batch; the event at fault is isolated and
+// parked, and every other event is applied once.
+func TestRouterOnWriteIsolatesPoisonEvent(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	if _, err := pool.Exec(ctx, `CREATE TABLE public.balances (account text PRIMARY KEY, amount bigint NOT NULL CHECK (amount >= 0));
+		CREATE TABLE public.audits (seen bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	type deposited struct {
+		Account string
+		Amount  int64
+	}
+	r := conduit.NewRouter("balances", "public.balances", "public.audits")
+	conduit.OnWrite(r, "deposited", func(e conduit.Event, d deposited, b *pgx.Batch) error {
+		b.Queue(`INSERT INTO public.balances AS t VALUES ($1, $2)
+			ON CONFLICT (account) DO UPDATE SET amount = t.amount + EXCLUDED.amount`, d.Account, d.Amount)
+		return nil
+	})
+	conduit.On(r, "audited", func(ctx context.Context, tx pgx.Tx, e conduit.Event, _ struct{}) error {
+		_, err := tx.Exec(ctx, `INSERT INTO public.audits SELECT sum(amount) FROM public.balances`)
+		return err
+	})
+	var poison uuid.UUID
+	for _, d := range []deposited{{"a", 5}, {"b", 3}, {"a", -100}, {"a", 1}, {}, {"b", 2}} {
+		ev := mustEvent(t, "deposited", d)
+		if d.Account == "" {
+			ev = mustEvent(t, "audited", struct{}{})
+		}
+		res, err := store.Append(ctx, "ledger-"+d.Account, conduit.Any, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Amount < 0 {
+			poison = eventIDAt(t, store, "ledger-a", res.Version)
+		}
+	}
+	p := newProjector(t, store, r, &conduit.ProjectorConfig{Poison: conduit.PoisonPark, MaxAttempts: 2, RetryBackoff: time.Millisecond})
+	if err := p.CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var a, b, seen int64
+	if err := pool.QueryRow(ctx, `SELECT (SELECT amount FROM public.balances WHERE account = 'a'),
+		(SELECT amount FROM public.balances WHERE account = 'b'), (SELECT seen FROM public.audits)`).Scan(&a, &b, &seen); err != nil {
+		t.Fatal(err)
+	}
+	// The audit ran after the three good deposits before it were written.
+	if a != 6 || b != 5 || seen != 9 {
+		t.Fatalf("balances a=%d b=%d, audit saw %d; want 6, 5 and 9", a, b, seen)
+	}
+	parked, err := store.ParkedEvents(ctx, "balances")
+	if err != nil || len(parked) != 1 || parked[0].EventID != poison {
+		t.Fatalf("parked = %+v, %v; want the overdraft alone", parked, err)
+	}
+}
