@@ -137,6 +137,15 @@
 // implements [EventTypeFilter] receives only its types, while its checkpoint
 // moves past the others in the same batches.
 //
+// A handler's statement per event costs a round trip per event. A
+// [BatchProjection] takes the whole batch in one ApplyBatch call and can
+// write it in one (a multi-row upsert from arrays, a pgx.Batch, COPY into a
+// staging table): a rebuild then replays at the speed of the database. A
+// [Router] is one: its [OnWrite] handlers queue their statements, and the
+// statements of consecutive events go out together. When a batch fails, the
+// projector rolls it back and applies its events one at a time, so that
+// only the failing event meets the poison policy.
+//
 //	p, err := conduit.NewProjector(store, orderTotals, nil)
 //	go p.Run(ctx) // until ctx ends; run it in as many processes as you like
 //	res, err := store.Append(ctx, "order-42", conduit.Any, placed)
