@@ -74,6 +74,9 @@ type ProjectionStatus struct {
 	// Horizon is set when a running transaction holds back events this
 	// projection could otherwise read.
 	Horizon *HorizonHolder
+	// OnlineRebuild is set while an online rebuild runs (see
+	// Store.RebuildProjectionOnline).
+	OnlineRebuild *OnlineRebuild
 }
 
 // HorizonHolder is the transaction holding back the safe horizon: until it
@@ -137,6 +140,14 @@ func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]Pro
 			LeaseExpires:   zeroTime(r.LeaseExpiresAt),
 			EventsApplied:  r.EventsApplied,
 			RebuildStarted: zeroTime(r.RebuildStartedAt),
+		}
+		if !zeroTime(r.OnlineRebuildStartedAt).IsZero() {
+			left := time.Duration(-1)
+			if r.OnlineRebuildSecondsLeft >= 0 {
+				left = time.Duration(r.OnlineRebuildSecondsLeft * float64(time.Second))
+			}
+			out[i].OnlineRebuild = &OnlineRebuild{Started: r.OnlineRebuildStartedAt, Replayed: r.OnlineRebuildReplayed,
+				EventsPerSecond: r.OnlineRebuildEventsPerSecond, Left: left, Error: r.OnlineRebuildError}
 		}
 		if r.HorizonPid != 0 {
 			out[i].Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,

@@ -212,6 +212,10 @@ type Projector struct {
 	// batches apply that batch's events one at a time, to find the failing
 	// one; nil: batches are applied whole.
 	isolate *isolation
+	// shadowBackoff and shadowRetryAt space the retries of a failing
+	// shadow batch of an online rebuild.
+	shadowBackoff *engine.Backoff
+	shadowRetryAt time.Time
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -241,6 +245,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	store.projectors.add(pr.name)
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
 	pr.lease = pr.newLease()
+	pr.shadowBackoff = c.retryBackoff()
 	return pr, nil
 }
 
@@ -411,6 +416,15 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 	if res.stalled != nil {
 		return nil, res.stalled
 	}
+	if res.shadow {
+		more, err := p.shadowStep(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if more { // keep stepping: the replay goes on between live batches
+			res.caughtUp, res.held = false, false
+		}
+	}
 	return &res, nil
 }
 
@@ -457,6 +471,7 @@ type batchResult struct {
 	// stalled: the batch stopped at a poison event under PoisonStop and
 	// applied nothing.
 	stalled *ProjectionStalledError
+	shadow  bool // an online rebuild is under way
 }
 
 // batch applies up to BatchSize events after the checkpoint in one
@@ -496,6 +511,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return err
 		}
 		checkpoint := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
+		res.shadow = row.ShadowActive
 		run := &engine.Batch{Data: checkpoint, Cancel: cancel, Release: release}
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q, run); err != nil {

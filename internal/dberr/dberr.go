@@ -152,3 +152,10 @@ func classifyPg(e *pgconn.PgError) Kind {
 
 // IsTransient reports Classify(err) == Transient.
 func IsTransient(err error) bool { return Classify(err) == Transient }
+
+// IsLockTimeout reports a statement that gave up waiting for a lock
+// (lock_timeout: SQLSTATE 55P03, lock_not_available).
+func IsLockTimeout(err error) bool {
+	var e *pgconn.PgError
+	return errors.As(err, &e) && e.Code == "55P03"
+}
