@@ -128,4 +128,3 @@ func TestRebuildProjectionOnlineUnderLoad(t *testing.T) {
 	}
 	checkLedgerMatchesLog(t, store, pool)
 }
-
