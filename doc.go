@@ -190,6 +190,13 @@
 // [Store.RebuildProjection], truncates the read tables the projection
 // declares ([ReadTableOwner]) and resets its checkpoint in one transaction,
 // after any batch in flight; the running instance replays from the start.
+// Readers of the tables see them empty, then filling, until the replay ends.
+// [Store.RebuildProjectionOnline] (SELECT conduit.rebuild_projection_online('name'))
+// rebuilds without that: the running instance replays into shadow copies of
+// the read tables, between its live batches, and swaps them in, in one
+// short transaction, once the replay has reached the live checkpoint. Its
+// handlers name their tables through [Table], which gives the shadow copy
+// during the replay.
 //
 // # Failure handling
 //

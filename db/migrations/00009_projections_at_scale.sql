@@ -246,7 +246,61 @@ END
 $$;
 -- +goose StatementEnd
 
+
+-- grant_application also grants what an online rebuild needs: making shadow
+-- tables in conduit_shadow, and the two functions (the swap also needs
+-- ownership of the read tables, which are the application's own).
+-- Migration 6's version is kept under another name and called.
+ALTER FUNCTION conduit.grant_application(name) RENAME TO grant_application_00006;
+COMMENT ON FUNCTION conduit.grant_application_00006(name) IS
+    'Migration 6''s conduit.grant_application: called by the current one, and kept so that migrating below version 9 restores it.';
+-- (OR REPLACE only for sqlc, which does not follow the rename.)
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION conduit.grant_application(p_role name) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM conduit.grant_application_00006(p_role);
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA conduit_shadow TO %I', p_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION '
+                   'conduit.rebuild_projection_online(text), '
+                   'conduit.swap_shadow_tables(text) '
+                   'TO %I', p_role);
+END
+$$;
+-- +goose StatementEnd
+
+-- revoke_application takes back the schema conduit_shadow too.
+ALTER FUNCTION conduit.revoke_application(name) RENAME TO revoke_application_00004;
+COMMENT ON FUNCTION conduit.revoke_application_00004(name) IS
+    'Migration 4''s conduit.revoke_application: called by the current one, and kept so that migrating below version 9 restores it.';
+-- (OR REPLACE only for sqlc, which does not follow the rename.)
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION conduit.revoke_application(p_role name) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM conduit.revoke_application_00004(p_role);
+    EXECUTE format('REVOKE ALL ON SCHEMA conduit_shadow FROM %I', p_role);
+END
+$$;
+-- +goose StatementEnd
+
+-- Not for everyone: granted by grant_application, or the owner's.
+REVOKE EXECUTE ON FUNCTION
+    conduit.rebuild_projection_online(text),
+    conduit.swap_shadow_tables(text),
+    conduit.grant_application_00006(name),
+    conduit.revoke_application(name),
+    conduit.revoke_application_00004(name)
+    FROM PUBLIC;
+
 -- +goose Down
+DROP FUNCTION conduit.revoke_application(name);
+ALTER FUNCTION conduit.revoke_application_00004(name) RENAME TO revoke_application;
+COMMENT ON FUNCTION conduit.revoke_application(name) IS NULL;
+DROP FUNCTION conduit.grant_application(name);
+GRANT EXECUTE ON FUNCTION conduit.grant_application_00006(name) TO PUBLIC;
+ALTER FUNCTION conduit.grant_application_00006(name) RENAME TO grant_application;
+COMMENT ON FUNCTION conduit.grant_application(name) IS NULL;
 DROP FUNCTION conduit.projection_status();
 ALTER FUNCTION conduit.projection_status_00002() RENAME TO projection_status;
 COMMENT ON FUNCTION conduit.projection_status() IS NULL;
