@@ -156,8 +156,8 @@ func ExampleOnWrite() {
 		Units int    `json:"units"`
 	}
 	stock := conduit.NewRouter("stock", "public.stock")
-	conduit.OnWrite(stock, "received", func(e conduit.Event, d Received, b *pgx.Batch) error {
-		b.Queue(`INSERT INTO public.stock AS s VALUES ($1, $2)
+	conduit.OnWrite(stock, "received", func(ctx context.Context, e conduit.Event, d Received, b *pgx.Batch) error {
+		b.Queue(`INSERT INTO `+conduit.Table(ctx, "public.stock")+` AS s VALUES ($1, $2)
 			ON CONFLICT (sku) DO UPDATE SET units = s.units + EXCLUDED.units`, d.SKU, d.Units)
 		return nil
 	})

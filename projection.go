@@ -80,7 +80,7 @@ type Router struct {
 // routerHandler is an On handler (run) or an OnWrite handler (queue).
 type routerHandler struct {
 	run   func(ctx context.Context, tx pgx.Tx, e Event) error
-	queue func(e Event, b *pgx.Batch) error
+	queue func(ctx context.Context, e Event, b *pgx.Batch) error
 }
 
 // NewRouter returns an empty Router named name, owning the given read tables
@@ -105,18 +105,19 @@ func On[T any](r *Router, eventType string, fn func(ctx context.Context, tx pgx.
 
 // OnWrite registers fn for events of eventType, as On does, for a handler
 // that only writes: it queues its statements into b (b.Queue(sql,
-// args...)) instead of running them, and reads nothing back. The Router
+// args...)) instead of running them, and reads nothing back (ctx serves
+// Table, and values of your own). The Router
 // sends the statements queued for consecutive events in one round trip,
 // before any On handler runs, so statements still run in event order; a
 // failing statement fails the batch, which the projector then applies one
 // event at a time to find the event at fault (see BatchProjection).
-func OnWrite[T any](r *Router, eventType string, fn func(e Event, data T, b *pgx.Batch) error) *Router {
-	r.register(eventType, routerHandler{queue: func(e Event, b *pgx.Batch) error {
+func OnWrite[T any](r *Router, eventType string, fn func(ctx context.Context, e Event, data T, b *pgx.Batch) error) *Router {
+	r.register(eventType, routerHandler{queue: func(ctx context.Context, e Event, b *pgx.Batch) error {
 		data, err := decodeData[T](e)
 		if err != nil {
 			return err
 		}
-		return fn(e, data, b)
+		return fn(ctx, e, data, b)
 	}})
 	return r
 }
@@ -156,7 +157,7 @@ func (r *Router) ApplyBatch(ctx context.Context, tx pgx.Tx, events []Event) erro
 		switch {
 		case !ok:
 		case h.queue != nil:
-			if err := h.queue(e, &queued); err != nil {
+			if err := h.queue(ctx, e, &queued); err != nil {
 				return err
 			}
 		default:

@@ -258,7 +258,7 @@ func TestRouterOnWriteIsolatesPoisonEvent(t *testing.T) {
 		Amount  int64
 	}
 	r := conduit.NewRouter("balances", "public.balances", "public.audits")
-	conduit.OnWrite(r, "deposited", func(e conduit.Event, d deposited, b *pgx.Batch) error {
+	conduit.OnWrite(r, "deposited", func(_ context.Context, e conduit.Event, d deposited, b *pgx.Batch) error {
 		b.Queue(`INSERT INTO public.balances AS t VALUES ($1, $2)
 			ON CONFLICT (account) DO UPDATE SET amount = t.amount + EXCLUDED.amount`, d.Account, d.Amount)
 		return nil
