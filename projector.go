@@ -402,7 +402,7 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 	switch {
 	case errors.As(err, &fail):
 		return nil, p.handleFailure(ctx, fail)
-	case errors.As(err, &batchFail) && !databaseFault(batchFail.err):
+	case errors.As(err, &batchFail) && ctx.Err() == nil && !databaseFault(batchFail.err):
 		// Not the database's fault: find the event at fault, next.
 		p.isolate = &batchFail.span
 		p.log.Warn("conduit: batch failed; applying its events one at a time to find the failing one",
