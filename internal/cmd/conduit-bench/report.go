@@ -298,9 +298,19 @@ const methodText = `Procedure, in one run of the program:
   below the safe horizon with the projector's query shape, the same upserts one by one, an upsert of a
   checkpoint row, commit — until a short page. *No-op handler*: the handler does nothing; baseline: the raw
   global read above (one SELECT streaming every row).
+  *Batch upsert handler*: a ` + "`conduit.BatchProjection`" + ` whose ` + "`ApplyBatch`" + ` writes the batch with one statement
+  (` + "`INSERT … SELECT s, count(*) FROM unnest($1::text[]) AS s GROUP BY s ON CONFLICT (stream_id) DO UPDATE SET\n  events = events + EXCLUDED.events`" + `); baseline: the same hand-written loop running that statement once per page.
 - **Rebuild**: ` + "`Store.RebuildProjection`" + ` (` + "`conduit.rebuild_projection`" + `: truncate the read table, reset the
-  checkpoint, in one transaction) on the caught-up upsert projection while its projector runs, then
-  ` + "`WaitFor`" + ` until the replay has passed the log's last event; the read table is checked afterwards.
+  checkpoint, in one transaction) on the caught-up upsert projections (per event, and batch) while their
+  projector runs, then ` + "`WaitFor`" + ` until the replay has passed the log's last event; the read table is checked
+  afterwards. *Online rebuild*: ` + "`Store.RebuildProjectionOnline`" + ` on a caught-up batch upsert projection while 8
+  writers append single events in a closed loop and a reader polls ` + "`SELECT sum(events)`" + ` of the read table on
+  its own connection; timed from the call to the swap (the status polled every 10 ms), its events/s are the
+  events replayed into the shadow table; the reader's totals must never go down, and its slowest read bounds
+  how long the swap blocked it.
+- **Status**: ` + "`conduit.projection_status()`" + ` for a projection 10,000,000 events behind (loaded with one
+  ` + "`INSERT … SELECT … generate_series`" + `, then ` + "`VACUUM ANALYZE`" + `), 11 calls, median; against migration 2's
+  version (kept as ` + "`conduit.projection_status_00002`" + `), which counts every event behind, 3 calls.
 - Timing: one untimed warm-up run per variant, then %[1]d timed runs per variant (%[2]s each for appends and
   stream reads; one full read or catch-up for the global log), the order of the variants rotated each round
   so that drift (table and index growth, checkpoints, autovacuum, other sessions) hits all alike. Reported:
