@@ -69,15 +69,15 @@ func (c *catchUp) onlineRebuild(ctx context.Context, out *results) error {
 	)
 	for w := range onlineWriters {
 		wg.Go(func() {
+			// Stopped between appends, never in one: an append cancelled
+			// in flight may still commit after the check below has read
+			// the head.
 			b := newAppendBatch("", w, 1)
 			for i := int64(0); runCtx.Err() == nil; i++ {
 				if errs[w] = b.next(); errs[w] != nil {
 					return
 				}
-				if _, err := wstore.Append(runCtx, fmt.Sprintf("online-w%d", w), conduit.Exactly(i), b.events...); err != nil {
-					if runCtx.Err() == nil {
-						errs[w] = err
-					}
+				if _, errs[w] = wstore.Append(ctx, fmt.Sprintf("online-w%d", w), conduit.Exactly(i), b.events...); errs[w] != nil {
 					return
 				}
 				appended.Add(1)
