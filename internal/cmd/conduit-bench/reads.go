@@ -81,7 +81,7 @@ func benchReads(ctx context.Context, srv *server) ([]row, error) {
 }
 
 func readRow(name, baseline string, vs []variant, st []stats) row {
-	r := row{group: "Reads", name: name, baseline: baseline, conduit: st[0], raw: st[1], target: 0.8}
+	r := row{group: "Reads", name: name, baseline: baseline, conduit: st[0], raw: st[1], target: 0.9}
 	for i := 2; i < len(vs); i++ {
 		r.diagnostics = append(r.diagnostics, diagnostic{vs[i].name, st[i]})
 	}

@@ -390,13 +390,13 @@ about one batch's duration, and the NOTIFY only decides when the first batch sta
 ` + "`BatchSize`" + ` trades catch-up throughput for latency under load. Polling every 100 ms
 gives about half the interval at p50 and the whole interval at p99, as the issue says.
 
-**Reads (target ≥ 0.8×): paging.** The ORDER BY bug is fixed: ` + "`EventListAll`" + ` sorts by the table's columns and
-reads the primary key, and a full read of the log is no longer capped. What remains is paging: the
-diagnostic *ReadAll's page query (1000 rows) from raw pgx* runs the same query without the library and
-reaches 0.75–0.81× of the single streaming SELECT by itself in the runs behind this file (a round trip, an
-executor start-up and an index descent per 1000 rows): half of the gap or more. The rest is the library
-materialising each page as a slice of generated rows (sqlc ` + "`:many`" + `) before copying them into ` + "`Event`" + `
-values; streaming the page's rows straight into ` + "`Event`" + `s would save that copy. ` + "`ReadPageSize`" + ` 10000 narrows the stream read's gap a little.
+**Reads (target ≥ 0.9×): paging.** ` + "`ReadStream`" + `, ` + "`ReadAll`" + ` and projector batches now take each row straight
+from the wire into an ` + "`Event`" + ` (no page of generated rows built, then copied), and a full read of the log
+reads the primary key. What remains is paging: the diagnostic *ReadAll's page query (1000 rows) from raw
+pgx* runs the same query without the library and stays near 0.8× of the single streaming SELECT (a round
+trip, an executor start-up, the horizon check and an index descent per 1000 rows), and Conduit's
+` + "`ReadAll`" + ` runs at about that diagnostic's rate. ` + "`ReadPageSize`" + ` 10000 narrows the gap (memory no longer grows
+with the page); the one-stream read is at parity.
 
 **Projector catch-up.** With the upsert handler both sides spend their time in the handler's round trip
 per event (and in PostgreSQL following the chain of versions of a row updated up to 1000 times in one
