@@ -117,7 +117,8 @@
 // [Store.ReadStream] yields a stream's events in version order;
 // [Store.ReadAll] yields the global log of every stream. Both are
 // iter.Seq2[Event, error] values that page through the table
-// ([Config.ReadPageSize] events per round trip), so memory stays bounded.
+// ([Config.ReadPageSize] events per statement) and yield each event as its
+// row comes off the wire: no page is held in memory.
 //
 // Positions in the global log are taken when a row is inserted but become
 // visible when its transaction commits, so they can commit out of order: a
@@ -174,6 +175,15 @@
 // implements [EventTypeFilter] receives only its types, while its checkpoint
 // moves past the others in the same batches.
 //
+// A handler's statement per event costs a round trip per event. A
+// [BatchProjection] takes the whole batch in one ApplyBatch call and can
+// write it in one (a multi-row upsert from arrays, a pgx.Batch, COPY into a
+// staging table): a rebuild then replays at the speed of the database. A
+// [Router] is one: its [OnWrite] handlers queue their statements, and the
+// statements of consecutive events go out together. When a batch fails, the
+// projector rolls it back and applies its events one at a time, so that
+// only the failing event meets the poison policy.
+//
 //	p, err := conduit.NewProjector(store, orderTotals, nil)
 //	go p.Run(ctx) // until ctx ends; run it in as many processes as you like
 //	res, err := store.Append(ctx, "order-42", conduit.Any, placed)
@@ -208,7 +218,9 @@
 //
 // Status, from Go ([Store.ProjectionStatus]) and from SQL
 // (SELECT * FROM conduit.projection_status()): checkpoint, lag in events and
-// in time, last progress, state (running, caught_up, stalled, stopped,
+// in time (counted exactly up to 10,000 events behind, estimated beyond, as
+// lag_exact and ProjectionStatus.LagEstimated say, so that status costs
+// milliseconds at any lag), last progress, state (running, caught_up, stalled, stopped,
 // rebuilding, paused), the stall reason, the number of parked events, and the
 // backend holding back the safe horizon when a long transaction does.
 //
@@ -216,6 +228,13 @@
 // [Store.RebuildProjection], truncates the read tables the projection
 // declares ([ReadTableOwner]) and resets its checkpoint in one transaction,
 // after any batch in flight; the running instance replays from the start.
+// Readers of the tables see them empty, then filling, until the replay ends.
+// [Store.RebuildProjectionOnline] (SELECT conduit.rebuild_projection_online('name'))
+// rebuilds without that: the running instance replays into shadow copies of
+// the read tables, between its live batches, and swaps them in, in one
+// short transaction, once the replay has reached the live checkpoint. Its
+// handlers name their tables through [Table], which gives the shadow copy
+// during the replay.
 //
 // Pause: SELECT conduit.pause_projection('name'), or
 // [Store.PauseProjection], waits for a batch in flight; from then on no

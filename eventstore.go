@@ -66,9 +66,11 @@ type Config struct {
 	// MaxAppendSizeDefault (16 MiB), or MaxEventSize if that is larger.
 	MaxAppendSize int
 
-	// ReadPageSize is how many events ReadStream and ReadAll fetch per round
-	// trip; memory use is bounded by it. 1 to ReadPageSizeLimit. Defaults to
-	// ReadPageSizeDefault (1,000).
+	// ReadPageSize is how many events ReadStream and ReadAll fetch per
+	// statement. Their rows stream from the wire, so memory use does not
+	// grow with it; a larger page costs fewer round trips and keeps one
+	// statement, and its snapshot, open longer. 1 to ReadPageSizeLimit.
+	// Defaults to ReadPageSizeDefault (1,000).
 	ReadPageSize int
 
 	// Projections run synchronously inside every append's transaction, in
@@ -719,25 +721,33 @@ func (s *Store) readStream(ctx context.Context, q *dbgen.Queries, streamID strin
 		}
 		from := max(fromVersion, 1)
 		for {
-			rows, err := q.EventListByStream(ctx, dbgen.EventListByStreamParams{
+			n, stopped := 0, false
+			err := q.EventListByStreamEach(ctx, dbgen.EventListByStreamParams{
 				StreamID: streamID, FromVersion: from, MaxCount: int32(s.cfg.ReadPageSize),
+			}, func(r dbgen.ConduitEvent) error {
+				n++
+				from = r.StreamVersion + 1
+				if !yield(eventFromRow(r), nil) {
+					stopped = true
+					return errStopReading
+				}
+				return nil
 			})
-			if err != nil {
+			switch {
+			case stopped:
+				return
+			case err != nil:
 				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read stream %q", streamID)))
 				return
-			}
-			for _, r := range rows {
-				if !yield(eventFromRow(dbgen.ConduitEvent(r)), nil) {
-					return
-				}
-			}
-			if len(rows) < s.cfg.ReadPageSize {
+			case n < s.cfg.ReadPageSize:
 				return
 			}
-			from = rows[len(rows)-1].StreamVersion + 1
 		}
 	}
 }
+
+// errStopReading ends a read whose consumer stopped iterating.
+var errStopReading = errors.New("conduit: reader stopped")
 
 // ReadAll yields the global log after position after (the zero Position:
 // from the start), in (transaction id, global position) order, fetching
@@ -751,24 +761,34 @@ func (s *Store) readStream(ctx context.Context, q *dbgen.Queries, streamID strin
 // On a database restored from a logical dump (before
 // conduit.rebase_transaction_ids() has run) it yields a
 // *RestoredDatabaseError instead of nothing.
+//
+// Reads stream: each event is yielded as its row comes off the wire, and no
+// page is held in memory. So the loop's body runs while the read holds a
+// pool connection (one, whatever the log's size); ReadStreamTx's runs while
+// tx is busy reading, hence its rule: finish iterating before using tx.
 func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		for {
-			rows, err := s.queries.EventListAll(ctx, dbgen.EventListAllParams{
+			n, stopped := 0, false
+			err := s.queries.EventListAllEach(ctx, dbgen.EventListAllParams{
 				AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(s.cfg.ReadPageSize),
+			}, func(r dbgen.ConduitEvent) error {
+				n++
+				e := eventFromRow(r)
+				after = e.Position
+				if !yield(e, nil) {
+					stopped = true
+					return errStopReading
+				}
+				return nil
 			})
-			if err != nil {
+			switch {
+			case stopped:
+				return
+			case err != nil:
 				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read all after %s", after)))
 				return
-			}
-			for _, r := range rows {
-				e := eventFromRow(r)
-				if !yield(e, nil) {
-					return
-				}
-				after = e.Position
-			}
-			if len(rows) < s.cfg.ReadPageSize {
+			case n < s.cfg.ReadPageSize:
 				return
 			}
 		}

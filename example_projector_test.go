@@ -136,3 +136,52 @@ func ExampleProjector_CatchUp() {
 	// order-2 1200
 	// at the head: true state: stopped
 }
+
+// An OnWrite handler queues its statement instead of running it: a
+// projector sends the statements of a batch's events in one round trip.
+func ExampleOnWrite() {
+	store, done, ok := exampleStore(nil)
+	if !ok {
+		return
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := store.Pool().Exec(ctx, `CREATE TABLE public.stock (sku text PRIMARY KEY, units int NOT NULL)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+	type Received struct {
+		SKU   string `json:"sku"`
+		Units int    `json:"units"`
+	}
+	stock := conduit.NewRouter("stock", "public.stock")
+	conduit.OnWrite(stock, "received", func(ctx context.Context, e conduit.Event, d Received, b *pgx.Batch) error {
+		b.Queue(`INSERT INTO `+conduit.Table(ctx, "public.stock")+` AS s VALUES ($1, $2)
+			ON CONFLICT (sku) DO UPDATE SET units = s.units + EXCLUDED.units`, d.SKU, d.Units)
+		return nil
+	})
+	for i, r := range []Received{{"bolt", 100}, {"nut", 40}, {"bolt", 25}} {
+		e, _ := conduit.NewEvent("received", r)
+		if _, err := store.Append(ctx, fmt.Sprintf("delivery-%d", i), conduit.NoStream, e); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	projector, err := conduit.NewProjector(store, stock, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := projector.CatchUp(ctx); err != nil { // one batch, one round trip for the three upserts
+		fmt.Println(err)
+		return
+	}
+	var bolts int
+	if err := store.Pool().QueryRow(ctx, `SELECT units FROM public.stock WHERE sku = 'bolt'`).Scan(&bolts); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("bolts:", bolts)
+	// Output: bolts: 125
+}

@@ -49,6 +49,7 @@ func (p *Projector) newLease() *engine.Lease {
 type handlerCall struct {
 	event  Event
 	parked bool // a parked event being retried
+	batch  bool // ApplyBatch with a whole batch: no one event to blame
 }
 
 // errHandlerTimeout is what a handler that overran HandlerTimeout failed with.
@@ -90,9 +91,11 @@ func (p *Projector) overrun(ctx context.Context, epoch int64, c *engine.Call) er
 	h := c.Data.(handlerCall)
 	o := &handlerOverrun{err: fmt.Errorf("%w (%s)", errHandlerTimeout, p.cfg.HandlerTimeout), parked: h.parked}
 	c.Batch.Cancel(o)
-	if h.parked {
+	switch {
+	case h.batch: // the batch is isolated event by event, each watched alone
+	case h.parked:
 		o.countErr = p.repark(ctx, p.store.queries, h.event, o.err)
-	} else {
+	default:
 		o.attempts, o.countErr = p.countFailure(ctx, epoch, h.event, o.err)
 	}
 	return o
@@ -103,5 +106,15 @@ func (p *Projector) overrun(ctx context.Context, epoch int64, c *engine.Call) er
 // it returned itself.
 func (p *Projector) apply(ctx context.Context, tx pgx.Tx, e Event, b *engine.Batch, parked bool) error {
 	c := &engine.Call{Start: time.Now(), Batch: b, Data: handlerCall{event: e, parked: parked}}
+	if bp, ok := p.projection.(BatchProjection); ok {
+		return p.lease.Watch(c, func() error { return bp.ApplyBatch(ctx, tx, []Event{e}) })
+	}
 	return p.lease.Watch(c, func() error { return p.projection.Apply(ctx, tx, e) })
+}
+
+// applyBatch runs bp.ApplyBatch on events under the keeper's watch, as
+// apply does for one event; an overrun counts no attempt at any event.
+func (p *Projector) applyBatch(ctx context.Context, tx pgx.Tx, bp BatchProjection, events []Event, b *engine.Batch) error {
+	c := &engine.Call{Start: time.Now(), Batch: b, Data: handlerCall{event: events[0], batch: true}}
+	return p.lease.Watch(c, func() error { return bp.ApplyBatch(ctx, tx, events) })
 }

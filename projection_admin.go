@@ -45,10 +45,14 @@ type ProjectionStatus struct {
 	State ProjectionState
 	// Checkpoint is the last event the projection has passed.
 	Checkpoint Position
-	// LagEvents counts events after the checkpoint; Lag is the age of the
-	// oldest of them (0 when none).
-	LagEvents int64
-	Lag       time.Duration
+	// LagEvents counts events after the checkpoint, exactly up to 10,000;
+	// further behind, LagEstimated is set and LagEvents is estimated from
+	// global positions (a little high after rolled-back appends), so that
+	// status costs milliseconds at any lag. Lag is the age of the oldest of
+	// the first 10,001 events after the checkpoint (0 when none).
+	LagEvents    int64
+	LagEstimated bool
+	Lag          time.Duration
 	// LastProgress is when a batch last applied events (zero: never).
 	LastProgress time.Time
 	// StallReason and StalledEventID describe a poison event (StateStalled).
@@ -76,6 +80,9 @@ type ProjectionStatus struct {
 	// Horizon is set when a running transaction holds back events this
 	// projection could otherwise read.
 	Horizon *HorizonHolder
+	// OnlineRebuild is set while an online rebuild runs (see
+	// Store.RebuildProjectionOnline).
+	OnlineRebuild *OnlineRebuild
 }
 
 // HorizonHolder is the transaction holding back the safe horizon: until it
@@ -83,7 +90,8 @@ type ProjectionStatus struct {
 // began writing. A long-running write transaction anywhere in the cluster
 // delays every projector (it never loses events).
 type HorizonHolder struct {
-	// HeldEvents counts the projection's pending events it holds back.
+	// HeldEvents counts the projection's pending events it holds back, up
+	// to 10,001.
 	HeldEvents  int64
 	PID         int32
 	Since       time.Time
@@ -124,6 +132,7 @@ func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]Pro
 			State:          ProjectionState(r.State),
 			Checkpoint:     Position{TransactionID: uint64(r.CheckpointTx), GlobalPosition: r.CheckpointPosition},
 			LagEvents:      r.LagEvents,
+			LagEstimated:   r.LagEstimated,
 			Lag:            time.Duration(r.LagSeconds * float64(time.Second)),
 			LastProgress:   zeroTime(r.LastProgressAt),
 			StallReason:    r.StallReason,
@@ -138,6 +147,14 @@ func (s *Store) projectionStatuses(ctx context.Context, name pgtype.Text) ([]Pro
 			EventsApplied:  r.EventsApplied,
 			RebuildStarted: zeroTime(r.RebuildStartedAt),
 			PausedAt:       zeroTime(r.PausedAt),
+		}
+		if !zeroTime(r.OnlineRebuildStartedAt).IsZero() {
+			left := time.Duration(-1)
+			if r.OnlineRebuildSecondsLeft >= 0 {
+				left = time.Duration(r.OnlineRebuildSecondsLeft * float64(time.Second))
+			}
+			out[i].OnlineRebuild = &OnlineRebuild{Started: r.OnlineRebuildStartedAt, Replayed: r.OnlineRebuildReplayed,
+				EventsPerSecond: r.OnlineRebuildEventsPerSecond, Left: left, Error: r.OnlineRebuildError}
 		}
 		if r.HorizonPid != 0 {
 			out[i].Horizon = &HorizonHolder{HeldEvents: r.HorizonHeldEvents, PID: r.HorizonPid,

@@ -154,3 +154,45 @@ func TestHead(t *testing.T) {
 		t.Fatalf("Head = %s, want %s: the older commit sorts before it", h, younger.Position)
 	}
 }
+
+// Status counts the lag exactly up to 10,000 events and estimates it above,
+// saying so: its cost must not grow with the lag.
+func TestProjectionStatusLagExactThenEstimated(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	if err := newProjector(t, store, &ledger{name: "ledger"}, nil).CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insertEvents := func(n int) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
+			SELECT 'bulk-' || gen_random_uuid(), 1, gen_random_uuid(), 'bulk', '{}' FROM generate_series(1, $1)`, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		add       int
+		want      int64
+		estimated bool
+	}{
+		{add: 10_000, want: 10_000},
+		{add: 5_000, want: 15_000, estimated: true},
+	} {
+		insertEvents(c.add)
+		st, err := store.ProjectionStatus(ctx, "ledger")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No append was rolled back: the estimate from positions is exact here.
+		if st.LagEvents != c.want || st.LagEstimated != c.estimated || st.Lag <= 0 {
+			t.Fatalf("after %d more events: lag %d (estimated %t, %s), want %d (estimated %t)",
+				c.add, st.LagEvents, st.LagEstimated, st.Lag, c.want, c.estimated)
+		}
+		var exact bool
+		if err := pool.QueryRow(ctx, `SELECT lag_exact FROM conduit.projection_status() WHERE name = 'ledger'`).Scan(&exact); err != nil || exact == c.estimated {
+			t.Fatalf("SQL lag_exact = %t, %v; want %t", exact, err, !c.estimated)
+		}
+	}
+}

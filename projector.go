@@ -69,7 +69,10 @@ type ProjectorConfig struct {
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
 	// (see BENCHMARKS.md). A batch also stops taking events after
-	// HandlerTimeout/10 (1s by default). Defaults to BatchSizeDefault.
+	// HandlerTimeout/10 (1s by default), which bounds the latency a large
+	// batch adds under load; a BatchProjection's batch goes to ApplyBatch
+	// whole, in one call that HandlerTimeout bounds. Defaults to
+	// BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease. The owner renews it every LeaseDuration/3
@@ -79,8 +82,11 @@ type ProjectorConfig struct {
 	// HandlerTimeout). From 100ms to LeaseDurationLimit (1h). Defaults to
 	// LeaseDurationDefault.
 	LeaseDuration time.Duration
-	// HandlerTimeout bounds one call of the projection's handler (Apply),
-	// its time in Go and in the database together. A handler still running
+	// HandlerTimeout bounds one call of the projection's handler (Apply,
+	// or ApplyBatch for a BatchProjection), its time in Go and in the
+	// database together. (A whole batch's ApplyBatch that overruns it counts
+	// no attempt: the batch is applied again one event at a time, each
+	// call bounded alone.) A handler still running
 	// after HandlerTimeout has its context cancelled and the event counts
 	// as a failed attempt ("handler ran longer than
 	// ProjectorConfig.HandlerTimeout"), at once, even if the handler
@@ -204,7 +210,19 @@ type Projector struct {
 	// is stalled at: once on taking the lease, then every
 	// StalledRetryInterval.
 	retryStalled bool
+	// isolate, set after a BatchProjection failed on a batch, makes the
+	// batches apply that batch's events one at a time, to find the failing
+	// one; nil: batches are applied whole.
+	isolate *isolation
+	// shadowBackoff and shadowRetryAt space the retries of a failing
+	// shadow batch of an online rebuild.
+	shadowBackoff *engine.Backoff
+	shadowRetryAt time.Time
 }
+
+// isolation is the span of a batch whose ApplyBatch failed: the events
+// after from, up to and including through.
+type isolation struct{ from, through Position }
 
 // NewProjector returns a projector for p on store's database. It does not
 // touch the database. A nil cfg means defaults.
@@ -229,6 +247,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	store.projectors.add(pr.name)
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
 	pr.lease = pr.newLease()
+	pr.shadowBackoff = c.retryBackoff()
 	return pr, nil
 }
 
@@ -391,15 +410,35 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 	res, err := p.batch(bctx)
 	p.store.tel.batchDone(ctx, p.name, res.passed, time.Since(start))
 	endSpan(span, err)
-	var fail *applyFailure
+	var (
+		fail      *applyFailure
+		batchFail *batchFailure
+	)
 	switch {
 	case errors.As(err, &fail):
 		return nil, p.handleFailure(ctx, fail)
+	case errors.As(err, &batchFail) && ctx.Err() == nil && !databaseFault(batchFail.err):
+		// Not the database's fault: find the event at fault, next.
+		p.isolate = &batchFail.span
+		p.log.Warn("conduit: batch failed; applying its events one at a time to find the failing one",
+			slog.String("through", batchFail.span.through.String()), slog.Any("error", batchFail.err))
+		return nil, nil
+	case errors.As(err, &batchFail):
+		return nil, batchFail.err
 	case err != nil:
 		return nil, err
 	}
 	if res.stalled != nil {
 		return nil, res.stalled
+	}
+	if res.shadow {
+		more, err := p.shadowStep(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if more { // keep stepping: the replay goes on between live batches
+			res.caughtUp, res.held = false, false
+		}
 	}
 	return &res, nil
 }
@@ -431,6 +470,15 @@ type applyFailure struct {
 func (f *applyFailure) Error() string { return f.err.Error() }
 func (f *applyFailure) Unwrap() error { return f.err }
 
+// batchFailure is a BatchProjection's error on a whole batch.
+type batchFailure struct {
+	span isolation
+	err  error
+}
+
+func (f *batchFailure) Error() string { return f.err.Error() }
+func (f *batchFailure) Unwrap() error { return f.err }
+
 type batchResult struct {
 	checkpoint Position // committed by the batch
 	passed     int      // events read (for the metrics)
@@ -442,6 +490,7 @@ type batchResult struct {
 	// paused: the projection is paused (conduit.pause_projection); the
 	// batch applied nothing.
 	paused bool
+	shadow  bool // an online rebuild is under way
 }
 
 // batch applies up to BatchSize events after the checkpoint in one
@@ -488,6 +537,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			res.checkpoint, res.paused = checkpoint, true
 			return nil
 		}
+		res.shadow = row.ShadowActive
 		run := &engine.Batch{Data: checkpoint, Cancel: cancel, Release: release}
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q, run); err != nil {
@@ -535,6 +585,17 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			p.retryStalled = false // this batch tries it once more
 		}
 
+		if iso := p.isolate; iso != nil && (checkpoint.Before(iso.from) || !checkpoint.Before(iso.through)) {
+			p.isolate = nil // passed, or the checkpoint went back (a rebuild)
+		}
+		bp, batched := p.projection.(BatchProjection)
+		if batched && failing != 0 && p.isolate == nil {
+			return p.applyWhole(ctx, tx, q, bp, events, checkpoint, run, &res)
+		}
+		if iso := p.isolate; iso != nil {
+			events = events[:countThrough(events, iso.through)]
+			res.caughtUp = false
+		}
 		applied := int64(0)
 		for i, e := range events {
 			if !p.handles(e.Type) {
@@ -561,6 +622,44 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		err = errLeaseLost // the keeper found the lease lost, and cancelled the batch
 	}
 	return res, err
+}
+
+// applyWhole applies events, the batch's, with one call of bp.ApplyBatch
+// (the types it handles), and moves the checkpoint past them. A failure is
+// a *batchFailure: the batch is then isolated event by event. (It never
+// holds the event the projection is failing on: that one goes alone.)
+func (p *Projector) applyWhole(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, bp BatchProjection, events []Event,
+	from Position, run *engine.Batch, res *batchResult) error {
+	handled := events
+	if p.types != nil {
+		handled = make([]Event, 0, len(events))
+		for _, e := range events {
+			if p.handles(e.Type) {
+				handled = append(handled, e)
+			}
+		}
+	}
+	if len(handled) > 0 {
+		if err := p.applyBatch(ctx, tx, bp, handled, run); err != nil {
+			return &batchFailure{span: isolation{from: from, through: events[len(events)-1].Position}, err: err}
+		}
+	}
+	res.checkpoint = from
+	if len(events) > 0 {
+		res.checkpoint = events[len(events)-1].Position
+	}
+	var err error
+	res.held, err = p.saveCheckpoint(ctx, q, res.checkpoint, int64(len(handled)), res.caughtUp, false)
+	return err
+}
+
+// countThrough counts the events up to and including position through.
+func countThrough(events []Event, through Position) int {
+	n := 0
+	for n < len(events) && !through.Before(events[n].Position) {
+		n++
+	}
+	return n
 }
 
 // park parks e, the poison event at the head of the batch, and moves the
@@ -604,17 +703,17 @@ func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Posit
 	if types == nil {
 		types = []string{} // all
 	}
-	rows, err := q.EventListForProjection(ctx, dbgen.EventListForProjectionParams{
+	// Into the batch straight from the wire: its handlers use the
+	// connection, so the batch is read whole first, but no page of rows is
+	// built to be copied.
+	events := make([]Event, 0, min(limit, 256))
+	err := q.EventListForProjectionEach(ctx, dbgen.EventListForProjectionParams{
 		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	}, func(r dbgen.ConduitEvent) error {
+		events = append(events, eventFromRow(r))
+		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	events := make([]Event, len(rows))
-	for i, r := range rows {
-		events[i] = eventFromRow(dbgen.ConduitEvent(r))
-	}
-	return events, nil
+	return events, err
 }
 
 func (p *Projector) handles(eventType string) bool {

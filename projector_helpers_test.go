@@ -47,7 +47,7 @@ func (l *ledger) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
 			return err
 		}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO `+ledgerTable+` (event_id, stream_id, stream_version, transaction_id, global_position, applied_by)
+	_, err := tx.Exec(ctx, `INSERT INTO `+conduit.Table(ctx, ledgerTable)+` (event_id, stream_id, stream_version, transaction_id, global_position, applied_by)
 		VALUES ($1, $2, $3, $4, $5, $6)`, e.ID, e.StreamID, e.StreamVersion, int64(e.Position.TransactionID), e.Position.GlobalPosition, l.by)
 	return err
 }

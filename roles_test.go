@@ -379,10 +379,12 @@ EXECUTE ON FUNCTION conduit.outbox_retire(bigint)
 EXECUTE ON FUNCTION conduit.outbox_status()
 EXECUTE ON FUNCTION conduit.projection_status()
 EXECUTE ON FUNCTION conduit.rebuild_projection(text)
+EXECUTE ON FUNCTION conduit.rebuild_projection_online(text)
 EXECUTE ON FUNCTION conduit.retry_dead_letter(uuid)
 EXECUTE ON FUNCTION conduit.retry_parked_event(text,uuid)
 EXECUTE ON FUNCTION conduit.skip_parked_event(text,uuid)
 EXECUTE ON FUNCTION conduit.stream_head(text,boolean)
+EXECUTE ON FUNCTION conduit.swap_shadow_tables(text)
 INSERT (stream_id, stream_version, event_id, event_type, data, metadata) ON conduit.events
 SELECT ON conduit.events
 INSERT (message_id, topic, key, payload, headers) ON conduit.outbox

@@ -72,7 +72,10 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
                   true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
                 WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending,
-       (p.paused_at IS NOT NULL)::boolean AS paused
+       (p.paused_at IS NOT NULL)::boolean AS paused,
+       (p.shadow_tables IS NOT NULL)::boolean AS shadow_active,
+       p.shadow_checkpoint_tx, p.shadow_checkpoint_position,
+       p.read_tables, COALESCE(p.shadow_tables, '{}')::text[] AS shadow_tables
   FROM conduit.projections p
  WHERE p.name = sqlc.arg(name) AND p.owner = sqlc.arg(owner)::text AND p.epoch = sqlc.arg(epoch)
    AND p.lease_expires_at > now()
@@ -147,6 +150,33 @@ SELECT conduit.pause_projection(sqlc.arg(name));
 -- name: ProjectionResume :exec
 SELECT conduit.resume_projection(sqlc.arg(name));
 
+-- name: ProjectionRebuildOnline :exec
+SELECT conduit.rebuild_projection_online(sqlc.arg(name));
+
+-- name: ProjectionShadowCheckpointSave :one
+-- Ends a shadow batch of an online rebuild, in its transaction (no row:
+-- the lease was lost, or the online rebuild was cancelled or restarted).
+UPDATE conduit.projections
+   SET shadow_checkpoint_tx = sqlc.arg(checkpoint_tx)::xid8,
+       shadow_checkpoint_position = sqlc.arg(checkpoint_position),
+       shadow_events_applied = shadow_events_applied + sqlc.arg(applied)::bigint,
+       shadow_error = NULL, updated_at = now()
+ WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
+   AND shadow_tables = sqlc.arg(shadow_tables)::text[]
+RETURNING epoch;
+
+-- name: ProjectionShadowFailed :exec
+-- Records why a shadow batch failed; the live projection goes on.
+UPDATE conduit.projections
+   SET shadow_error = sqlc.arg(error)::text, updated_at = now()
+ WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
+   AND shadow_tables IS NOT NULL;
+
+-- name: ProjectionShadowSwap :exec
+-- Swaps the shadow tables in, in the shadow batch's transaction; a reader
+-- holding a live table longer than lock_timeout fails the swap (retried).
+SELECT set_config('lock_timeout', sqlc.arg(lock_timeout)::text, true), conduit.swap_shadow_tables(sqlc.arg(name));
+
 -- name: ProjectionStatusList :many
 -- Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
 -- The failure columns come from the table (conduit.projection_status() predates them).
@@ -164,10 +194,16 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
        COALESCE(s.horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
        COALESCE(s.horizon_application, '')::text AS horizon_application,
        COALESCE(s.horizon_query, '')::text AS horizon_query,
+       (NOT s.lag_exact)::boolean AS lag_estimated,
        COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
        COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
        COALESCE(p.last_error, '')::text AS last_error,
-       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at
+       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at,
+       COALESCE(s.online_rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS online_rebuild_started_at,
+       COALESCE(s.online_rebuild_replayed, 0)::bigint AS online_rebuild_replayed,
+       COALESCE(s.online_rebuild_events_per_second, 0)::double precision AS online_rebuild_events_per_second,
+       COALESCE(s.online_rebuild_seconds_left, -1)::double precision AS online_rebuild_seconds_left,
+       COALESCE(s.online_rebuild_error, '')::text AS online_rebuild_error
   FROM conduit.projection_status() s
   LEFT JOIN conduit.projections p ON p.name = s.name
  WHERE sqlc.narg(name)::text IS NULL OR s.name = sqlc.narg(name)::text

@@ -170,3 +170,10 @@ func RolledBack(err error) bool {
 	}
 	return true
 }
+
+// IsLockTimeout reports a statement that gave up waiting for a lock
+// (lock_timeout: SQLSTATE 55P03, lock_not_available).
+func IsLockTimeout(err error) bool {
+	var e *pgconn.PgError
+	return errors.As(err, &e) && e.Code == "55P03"
+}

@@ -201,7 +201,11 @@ SELECT c.object::text AS object, c.privilege::text AS privilege, c.want::boolean
         ('function', 'conduit.horizon_age()', 'EXECUTE', true),
         ('function', 'conduit.outbox_retire(bigint)', 'EXECUTE', true),
         ('function', 'conduit.retry_dead_letter(uuid)', 'EXECUTE', true),
-        ('function', 'conduit.discard_dead_letter(uuid)', 'EXECUTE', true)
+        ('function', 'conduit.discard_dead_letter(uuid)', 'EXECUTE', true),
+        ('function', 'conduit.rebuild_projection_online(text)', 'EXECUTE', true),
+        ('function', 'conduit.swap_shadow_tables(text)', 'EXECUTE', true),
+        ('schema', 'conduit_shadow', 'USAGE', true),
+        ('schema', 'conduit_shadow', 'CREATE', true)
        ) AS c(kind, object, privilege, want)
 `
 

@@ -128,22 +128,28 @@ type ConduitParkedEvent struct {
 }
 
 type ConduitProjection struct {
-	Name               string
-	CheckpointTx       uint64
-	CheckpointPosition int64
-	Owner              pgtype.Text
-	Epoch              int64
-	LeaseExpiresAt     *time.Time
-	ReadTables         []string
-	State              string
-	StallReason        pgtype.Text
-	StalledEventID     uuid.NullUUID
-	LastProgressAt     *time.Time
-	EventsApplied      int64
-	RebuildStartedAt   *time.Time
-	UpdatedAt          time.Time
-	FailingEventID     uuid.NullUUID
-	FailedAttempts     int32
-	LastError          pgtype.Text
-	PausedAt           *time.Time
+	Name                     string
+	CheckpointTx             uint64
+	CheckpointPosition       int64
+	Owner                    pgtype.Text
+	Epoch                    int64
+	LeaseExpiresAt           *time.Time
+	ReadTables               []string
+	State                    string
+	StallReason              pgtype.Text
+	StalledEventID           uuid.NullUUID
+	LastProgressAt           *time.Time
+	EventsApplied            int64
+	RebuildStartedAt         *time.Time
+	UpdatedAt                time.Time
+	FailingEventID           uuid.NullUUID
+	FailedAttempts           int32
+	LastError                pgtype.Text
+	PausedAt                 *time.Time
+	ShadowTables             []string
+	ShadowCheckpointTx       uint64
+	ShadowCheckpointPosition int64
+	ShadowEventsApplied      int64
+	ShadowStartedAt          *time.Time
+	ShadowError              pgtype.Text
 }

@@ -281,7 +281,10 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
                   true) AS synchronous_commit,
        EXISTS (SELECT 1 FROM conduit.parked_events pe
                 WHERE pe.projection = p.name AND pe.status = 'retry') AS retry_pending,
-       (p.paused_at IS NOT NULL)::boolean AS paused
+       (p.paused_at IS NOT NULL)::boolean AS paused,
+       (p.shadow_tables IS NOT NULL)::boolean AS shadow_active,
+       p.shadow_checkpoint_tx, p.shadow_checkpoint_position,
+       p.read_tables, COALESCE(p.shadow_tables, '{}')::text[] AS shadow_tables
   FROM conduit.projections p
  WHERE p.name = $3 AND p.owner = $4::text AND p.epoch = $5
    AND p.lease_expires_at > now()
@@ -297,18 +300,23 @@ type ProjectionLockForBatchParams struct {
 }
 
 type ProjectionLockForBatchRow struct {
-	CheckpointTx       uint64
-	CheckpointPosition int64
-	State              string
-	StalledEventID     uuid.UUID
-	StallReason        string
-	FailingEventID     uuid.UUID
-	FailedAttempts     int32
-	LastError          string
-	IdleTimeout        string
-	SynchronousCommit  string
-	RetryPending       bool
-	Paused             bool
+	CheckpointTx             uint64
+	CheckpointPosition       int64
+	State                    string
+	StalledEventID           uuid.UUID
+	StallReason              string
+	FailingEventID           uuid.UUID
+	FailedAttempts           int32
+	LastError                string
+	IdleTimeout              string
+	SynchronousCommit        string
+	RetryPending             bool
+	Paused                   bool
+	ShadowActive             bool
+	ShadowCheckpointTx       uint64
+	ShadowCheckpointPosition int64
+	ReadTables               []string
+	ShadowTables             []string
 }
 
 // Starts a batch: locks the row and checks the lease; no row means the lease
@@ -346,6 +354,11 @@ func (q *Queries) ProjectionLockForBatch(ctx context.Context, arg ProjectionLock
 		&i.SynchronousCommit,
 		&i.RetryPending,
 		&i.Paused,
+		&i.ShadowActive,
+		&i.ShadowCheckpointTx,
+		&i.ShadowCheckpointPosition,
+		&i.ReadTables,
+		&i.ShadowTables,
 	)
 	return i, err
 }
@@ -365,6 +378,15 @@ SELECT conduit.rebuild_projection($1)
 
 func (q *Queries) ProjectionRebuild(ctx context.Context, name string) error {
 	_, err := q.db.Exec(ctx, projectionRebuild, name)
+	return err
+}
+
+const projectionRebuildOnline = `-- name: ProjectionRebuildOnline :exec
+SELECT conduit.rebuild_projection_online($1)
+`
+
+func (q *Queries) ProjectionRebuildOnline(ctx context.Context, name string) error {
+	_, err := q.db.Exec(ctx, projectionRebuildOnline, name)
 	return err
 }
 
@@ -460,6 +482,85 @@ func (q *Queries) ProjectionResume(ctx context.Context, name string) error {
 	return err
 }
 
+const projectionShadowCheckpointSave = `-- name: ProjectionShadowCheckpointSave :one
+UPDATE conduit.projections
+   SET shadow_checkpoint_tx = $1::xid8,
+       shadow_checkpoint_position = $2,
+       shadow_events_applied = shadow_events_applied + $3::bigint,
+       shadow_error = NULL, updated_at = now()
+ WHERE name = $4 AND owner = $5::text AND epoch = $6
+   AND shadow_tables = $7::text[]
+RETURNING epoch
+`
+
+type ProjectionShadowCheckpointSaveParams struct {
+	CheckpointTx       uint64
+	CheckpointPosition int64
+	Applied            int64
+	Name               string
+	Owner              string
+	Epoch              int64
+	ShadowTables       []string
+}
+
+// Ends a shadow batch of an online rebuild, in its transaction (no row:
+// the lease was lost, or the online rebuild was cancelled or restarted).
+func (q *Queries) ProjectionShadowCheckpointSave(ctx context.Context, arg ProjectionShadowCheckpointSaveParams) (int64, error) {
+	row := q.db.QueryRow(ctx, projectionShadowCheckpointSave,
+		arg.CheckpointTx,
+		arg.CheckpointPosition,
+		arg.Applied,
+		arg.Name,
+		arg.Owner,
+		arg.Epoch,
+		arg.ShadowTables,
+	)
+	var epoch int64
+	err := row.Scan(&epoch)
+	return epoch, err
+}
+
+const projectionShadowFailed = `-- name: ProjectionShadowFailed :exec
+UPDATE conduit.projections
+   SET shadow_error = $1::text, updated_at = now()
+ WHERE name = $2 AND owner = $3::text AND epoch = $4
+   AND shadow_tables IS NOT NULL
+`
+
+type ProjectionShadowFailedParams struct {
+	Error string
+	Name  string
+	Owner string
+	Epoch int64
+}
+
+// Records why a shadow batch failed; the live projection goes on.
+func (q *Queries) ProjectionShadowFailed(ctx context.Context, arg ProjectionShadowFailedParams) error {
+	_, err := q.db.Exec(ctx, projectionShadowFailed,
+		arg.Error,
+		arg.Name,
+		arg.Owner,
+		arg.Epoch,
+	)
+	return err
+}
+
+const projectionShadowSwap = `-- name: ProjectionShadowSwap :exec
+SELECT set_config('lock_timeout', $1::text, true), conduit.swap_shadow_tables($2)
+`
+
+type ProjectionShadowSwapParams struct {
+	LockTimeout string
+	Name        string
+}
+
+// Swaps the shadow tables in, in the shadow batch's transaction; a reader
+// holding a live table longer than lock_timeout fails the swap (retried).
+func (q *Queries) ProjectionShadowSwap(ctx context.Context, arg ProjectionShadowSwapParams) error {
+	_, err := q.db.Exec(ctx, projectionShadowSwap, arg.LockTimeout, arg.Name)
+	return err
+}
+
 const projectionStall = `-- name: ProjectionStall :exec
 UPDATE conduit.projections
    SET state = 'stalled', stall_reason = $1::text, stalled_event_id = $2::uuid,
@@ -502,10 +603,16 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
        COALESCE(s.horizon_since, '0001-01-01 00:00:00+00')::timestamptz AS horizon_since,
        COALESCE(s.horizon_application, '')::text AS horizon_application,
        COALESCE(s.horizon_query, '')::text AS horizon_query,
+       (NOT s.lag_exact)::boolean AS lag_estimated,
        COALESCE(p.failing_event_id, '00000000-0000-0000-0000-000000000000')::uuid AS failing_event_id,
        COALESCE(p.failed_attempts, 0)::integer AS failed_attempts,
        COALESCE(p.last_error, '')::text AS last_error,
-       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at
+       COALESCE(p.paused_at, '0001-01-01 00:00:00+00')::timestamptz AS paused_at,
+       COALESCE(s.online_rebuild_started_at, '0001-01-01 00:00:00+00')::timestamptz AS online_rebuild_started_at,
+       COALESCE(s.online_rebuild_replayed, 0)::bigint AS online_rebuild_replayed,
+       COALESCE(s.online_rebuild_events_per_second, 0)::double precision AS online_rebuild_events_per_second,
+       COALESCE(s.online_rebuild_seconds_left, -1)::double precision AS online_rebuild_seconds_left,
+       COALESCE(s.online_rebuild_error, '')::text AS online_rebuild_error
   FROM conduit.projection_status() s
   LEFT JOIN conduit.projections p ON p.name = s.name
  WHERE $1::text IS NULL OR s.name = $1::text
@@ -513,30 +620,36 @@ SELECT s.name::text AS name, s.state::text AS state, s.checkpoint_tx::bigint AS 
 `
 
 type ProjectionStatusListRow struct {
-	Name               string
-	State              string
-	CheckpointTx       int64
-	CheckpointPosition int64
-	LagEvents          int64
-	LagSeconds         float64
-	LastProgressAt     time.Time
-	StallReason        string
-	StalledEventID     uuid.UUID
-	ParkedCount        int64
-	Owner              string
-	Epoch              int64
-	LeaseExpiresAt     time.Time
-	EventsApplied      int64
-	RebuildStartedAt   time.Time
-	HorizonHeldEvents  int64
-	HorizonPid         int32
-	HorizonSince       time.Time
-	HorizonApplication string
-	HorizonQuery       string
-	FailingEventID     uuid.UUID
-	FailedAttempts     int32
-	LastError          string
-	PausedAt           time.Time
+	Name                         string
+	State                        string
+	CheckpointTx                 int64
+	CheckpointPosition           int64
+	LagEvents                    int64
+	LagSeconds                   float64
+	LastProgressAt               time.Time
+	StallReason                  string
+	StalledEventID               uuid.UUID
+	ParkedCount                  int64
+	Owner                        string
+	Epoch                        int64
+	LeaseExpiresAt               time.Time
+	EventsApplied                int64
+	RebuildStartedAt             time.Time
+	HorizonHeldEvents            int64
+	HorizonPid                   int32
+	HorizonSince                 time.Time
+	HorizonApplication           string
+	HorizonQuery                 string
+	LagEstimated                 bool
+	FailingEventID               uuid.UUID
+	FailedAttempts               int32
+	LastError                    string
+	PausedAt                     time.Time
+	OnlineRebuildStartedAt       time.Time
+	OnlineRebuildReplayed        int64
+	OnlineRebuildEventsPerSecond float64
+	OnlineRebuildSecondsLeft     float64
+	OnlineRebuildError           string
 }
 
 // Every projection, or the one named. NULLs become zero values: the Go side reads a zero time as "never".
@@ -571,10 +684,16 @@ func (q *Queries) ProjectionStatusList(ctx context.Context, name pgtype.Text) ([
 			&i.HorizonSince,
 			&i.HorizonApplication,
 			&i.HorizonQuery,
+			&i.LagEstimated,
 			&i.FailingEventID,
 			&i.FailedAttempts,
 			&i.LastError,
 			&i.PausedAt,
+			&i.OnlineRebuildStartedAt,
+			&i.OnlineRebuildReplayed,
+			&i.OnlineRebuildEventsPerSecond,
+			&i.OnlineRebuildSecondsLeft,
+			&i.OnlineRebuildError,
 		); err != nil {
 			return nil, err
 		}

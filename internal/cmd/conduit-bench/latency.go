@@ -50,7 +50,9 @@ type latencyMode struct {
 	pollOnly  bool   // the child's projector: PollOnly with pollEvery
 	pollEvery time.Duration
 	notify    bool          // the appending store sends NOTIFY (not DisableNotify)
+	batch     bool          // the child's projection is a BatchProjection
 	target    time.Duration // p99 target under light load
+	p50Target time.Duration // p50 target of the closed loop (8 writers)
 }
 
 // latencyLoad is one way of appending.
@@ -71,6 +73,8 @@ func benchLatency(ctx context.Context, srv *server, out *results) error {
 	modes := []latencyMode{
 		{name: "LISTEN/NOTIFY (default: NOTIFY after commit, coalesced; projector PollInterval 1 s)", key: "notify",
 			notify: true, target: 10 * time.Millisecond},
+		{name: "LISTEN/NOTIFY, batch handler (one INSERT per batch)", key: "notify_batch",
+			notify: true, batch: true, p50Target: 10 * time.Millisecond},
 		{name: "polling only (appender DisableNotify; projector PollOnly, PollInterval 100 ms)", key: "poll",
 			pollOnly: true, pollEvery: 100 * time.Millisecond},
 	}
@@ -128,6 +132,8 @@ func benchLatency(ctx context.Context, srv *server, out *results) error {
 			r.load, r.mode = load.name, m.name
 			if load.light {
 				r.target = m.target // the issue's target is for light load only
+			} else {
+				r.p50Target = m.p50Target
 			}
 			out.latency = append(out.latency, r)
 			line += fmt.Sprintf("  %s p50 %s p99 %s (%.0f/s)", m.key, ms(r.visible.p50), ms(r.visible.p99), r.rate)
@@ -177,6 +183,9 @@ func latencyRun(ctx context.Context, db *benchDB, pool *pgxpool.Pool, exe string
 		"-table", "bench.e2e_" + m.key}
 	if m.pollOnly {
 		args = append(args, "-poll-only", "-poll-interval", m.pollEvery.String())
+	}
+	if m.batch {
+		args = append(args, "-batch")
 	}
 	ch, err := startChild(ctx, exe, args)
 	if err != nil {
@@ -420,6 +429,7 @@ func runChild(args []string) error {
 	table := fs.String("table", "", "read table")
 	pollOnly := fs.Bool("poll-only", false, "projector PollOnly")
 	pollEvery := fs.Duration("poll-interval", 0, "projector PollInterval (0: default)")
+	batch := fs.Bool("batch", false, "a BatchProjection: one INSERT per batch")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -442,7 +452,12 @@ func runChild(args []string) error {
 	p := &e2eProjection{name: *name, typ: *typ,
 		sql:    `INSERT INTO ` + *table + ` (event_id, applied_at) VALUES ($1, clock_timestamp())`,
 		signal: make(chan struct{}, 1)}
-	pr, err := conduit.NewProjector(store, p, &conduit.ProjectorConfig{PollOnly: *pollOnly, PollInterval: *pollEvery})
+	var proj conduit.Projection = p
+	if *batch {
+		p.sql = `INSERT INTO ` + *table + ` (event_id, applied_at) SELECT id, clock_timestamp() FROM unnest($1::uuid[]) AS id`
+		proj = e2eBatchProjection{p}
+	}
+	pr, err := conduit.NewProjector(store, proj, &conduit.ProjectorConfig{PollOnly: *pollOnly, PollInterval: *pollEvery})
 	if err != nil {
 		return err
 	}
@@ -546,6 +561,28 @@ func (p *e2eProjection) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) e
 	}
 	p.mu.Lock()
 	p.pending = append(p.pending, e)
+	p.mu.Unlock()
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// e2eBatchProjection is e2eProjection as a BatchProjection: one INSERT
+// per batch.
+type e2eBatchProjection struct{ *e2eProjection }
+
+func (p e2eBatchProjection) ApplyBatch(ctx context.Context, tx pgx.Tx, events []conduit.Event) error {
+	ids := make([]uuid.UUID, len(events))
+	for i, e := range events {
+		ids[i] = e.ID
+	}
+	if _, err := tx.Exec(ctx, p.sql, ids); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.pending = append(p.pending, events...)
 	p.mu.Unlock()
 	select {
 	case p.signal <- struct{}{}:
