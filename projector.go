@@ -490,7 +490,7 @@ type batchResult struct {
 	// paused: the projection is paused (conduit.pause_projection); the
 	// batch applied nothing.
 	paused bool
-	shadow  bool // an online rebuild is under way
+	shadow bool // an online rebuild is under way
 }
 
 // batch applies up to BatchSize events after the checkpoint in one
