@@ -51,6 +51,7 @@ type projectionJSON struct {
 	State            string       `json:"state"`
 	Checkpoint       string       `json:"checkpoint"`
 	LagEvents        int64        `json:"lag_events"`
+	LagEstimated     bool         `json:"lag_estimated"`
 	LagSeconds       float64      `json:"lag_seconds"`
 	LastProgressAt   *time.Time   `json:"last_progress_at"`
 	StallReason      string       `json:"stall_reason"`
@@ -79,7 +80,7 @@ type horizonJSON struct {
 
 func toProjectionJSON(s conduit.ProjectionStatus) projectionJSON {
 	p := projectionJSON{Name: s.Name, State: string(s.State), Checkpoint: s.Checkpoint.String(),
-		LagEvents: s.LagEvents, LagSeconds: s.Lag.Seconds(), LastProgressAt: timePtr(s.LastProgress),
+		LagEvents: s.LagEvents, LagEstimated: s.LagEstimated, LagSeconds: s.Lag.Seconds(), LastProgressAt: timePtr(s.LastProgress),
 		StallReason: s.StallReason, StalledEventID: uuidPtr(s.StalledEventID), FailingEventID: uuidPtr(s.FailingEventID),
 		FailedAttempts: s.FailedAttempts, LastError: s.LastError, Parked: s.Parked, Owner: s.Owner, Epoch: s.Epoch,
 		LeaseExpiresAt: timePtr(s.LeaseExpires), EventsApplied: s.EventsApplied, RebuildStartedAt: timePtr(s.RebuildStarted),

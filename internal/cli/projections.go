@@ -15,7 +15,7 @@ import (
 )
 
 const projectionJSONHelp = `{"name": "order_totals", "state": "caught_up", "checkpoint": "742/1001",
-"lag_events": 0, "lag_seconds": 0, "last_progress_at": "2026-11-30T18:00:00Z",
+"lag_events": 0, "lag_estimated": false, "lag_seconds": 0, "last_progress_at": "2026-11-30T18:00:00Z",
 "stall_reason": "", "stalled_event_id": null, "failing_event_id": null,
 "failed_attempts": 0, "last_error": "", "parked": 0, "owner": "host-1/…", "epoch": 3,
 "lease_expires_at": "…", "events_applied": 1001, "rebuild_started_at": null, "paused_at": null,
@@ -142,7 +142,11 @@ func (a *app) printStatus(s conduit.ProjectionStatus) {
 	row(w, "projection", s.Name)
 	row(w, "state", s.State)
 	row(w, "checkpoint", s.Checkpoint)
-	row(w, "lag", fmt.Sprintf("%d events, %s", s.LagEvents, duration(s.Lag)))
+	lag := fmt.Sprintf("%d events, %s", s.LagEvents, duration(s.Lag))
+	if s.LagEstimated {
+		lag = fmt.Sprintf("about %d events (estimated), the oldest %s old", s.LagEvents, duration(s.Lag))
+	}
+	row(w, "lag", lag)
 	row(w, "last progress", ago(s.LastProgress))
 	row(w, "events applied", s.EventsApplied)
 	if !s.RebuildStarted.IsZero() {
