@@ -457,14 +457,13 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if errors.Is(perr, errLeaseLost) {
 		return res, perr
 	}
-	// Shutting down (ctx ended): what was acknowledged is still recorded,
-	// the rest is published by whoever runs next, and no attempt counts.
+	// What was acknowledged is recorded even if ctx ends meanwhile (a
+	// shutdown): the save goes out on a context of its own. Shutting down
+	// during the publish, the rest is published by whoever runs next, and
+	// no attempt counts.
 	stopping := ctx.Err() != nil
-	if stopping {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-	}
+	ctx, cancelSave := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelSave()
 	end := len(rows) // rows[:end] are passed
 	save := dbgen.OutboxRelaySaveParams{
 		Delivered: int64(delivered), LeaseSeconds: r.cfg.LeaseDuration.Seconds(),
@@ -579,14 +578,12 @@ func (r *Relay) deliverHeld(ctx context.Context) error {
 	if errors.Is(perr, errLeaseLost) {
 		return perr
 	}
-	if ctx.Err() != nil { // shutting down: record what was acknowledged, count nothing
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if perr != nil {
-			perr = fmt.Errorf("%w: %w", ErrBrokerUnavailable, perr)
-		}
+	if ctx.Err() != nil && perr != nil { // shutting down: count nothing
+		perr = fmt.Errorf("%w: %w", ErrBrokerUnavailable, perr)
 	}
+	// What was acknowledged is recorded even if ctx ends meanwhile.
+	ctx, cancelSave := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelSave()
 	unavailable := errors.Is(perr, ErrBrokerUnavailable)
 	save := dbgen.OutboxDeadSaveParams{Owner: r.cfg.InstanceID, Epoch: r.lease.Epoch(),
 		DeliveredTx: make([]string, n), DeliveredPosition: make([]int64, n), MaxAttempts: int32(r.cfg.MaxAttempts)}
