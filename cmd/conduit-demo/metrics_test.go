@@ -59,7 +59,8 @@ func waitLag(t *testing.T, url, projection, what string, ok func(float64) bool) 
 }
 
 // The demo's Prometheus endpoint: the lag metric rises while the projector
-// is paused and falls back to zero once it runs again.
+// is paused (Store.PauseProjection) and falls back to zero once it is
+// resumed.
 func TestMetricsEndpointLag(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -107,9 +108,14 @@ func TestMetricsEndpointLag(t *testing.T) {
 	}
 
 	stop := runProjector()
+	defer stop()
 	order("ada")
 	waitLag(t, srv.URL+"/metrics", "customer_activity", "0 with the projector running", func(v float64) bool { return v == 0 })
-	stop() // paused
+	// Paused (conduit.pause_projection): the projector keeps running and
+	// its lease, and applies nothing.
+	if err := store.PauseProjection(ctx, "customer_activity"); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []string{"grace", "linus", "barbara"} {
 		order(c)
 	}
@@ -122,7 +128,8 @@ func TestMetricsEndpointLag(t *testing.T) {
 	if resp.StatusCode != http.StatusOK { // paused for less than a minute: not yet unhealthy
 		t.Fatalf("/healthz: %s", resp.Status)
 	}
-	stop = runProjector() // resumed
-	defer stop()
+	if err := store.ResumeProjection(ctx, "customer_activity"); err != nil {
+		t.Fatal(err)
+	}
 	waitLag(t, srv.URL+"/metrics", "customer_activity", "0 after resuming", func(v float64) bool { return v == 0 })
 }
