@@ -834,7 +834,7 @@ func (p *Projector) countFailure(ctx context.Context, epoch int64, e Event, fail
 // retryBackoff is the backoff after failures, of an event or of the
 // database: RetryBackoff doubled up to 30 times RetryBackoff, with jitter.
 func (c *ProjectorConfig) retryBackoff() *engine.Backoff {
-	return engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff)
+	return engine.NewRetryBackoff(c.RetryBackoff)
 }
 
 // retryWait is the wait before trying an event again after its

@@ -190,7 +190,7 @@ func NewRelay(store *Store, pub Publisher, cfg *RelayConfig) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{store: store, pub: pub, cfg: c, retireDue: true, generation: -1,
-		unavailable: engine.NewBackoff(c.RetryBackoff, 30*c.RetryBackoff),
+		unavailable: engine.NewRetryBackoff(c.RetryBackoff),
 		log:         c.Logger.With(slog.String("relay", "outbox"), slog.String("instance", c.InstanceID))}
 	q := store.queries
 	r.lease = engine.NewLease(engine.LeaseConfig{
@@ -273,7 +273,7 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 	defer r.lease.Release()
 
 	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
-	failures := engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff)
+	failures := engine.NewRetryBackoff(r.cfg.RetryBackoff)
 	standby := engine.NewBackoff(time.Millisecond, waitPollMax)
 	for ctx.Err() == nil {
 		wake := r.store.appended.Wait() // taken before reading: no wake-up is lost
@@ -510,7 +510,7 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 			save.FailingMessageID = uuid.NullUUID{UUID: failed.MessageID, Valid: true}
 			save.FailedAttempts = attempts
 			save.LastError = pgtype.Text{String: perr.Error(), Valid: true}
-			res.retryIn = engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff).Wait(int(attempts))
+			res.retryIn = engine.NewRetryBackoff(r.cfg.RetryBackoff).Wait(int(attempts))
 			r.log.Warn("conduit: publish failed; retrying", slog.String("message_id", failed.MessageID.String()),
 				slog.Int("attempt", int(attempts)), slog.Any("error", perr), slog.Duration("retry_in", res.retryIn))
 		}
@@ -604,7 +604,7 @@ func (r *Relay) deliverHeld(ctx context.Context) error {
 	case unavailable:
 		r.deadDue = time.Now().Add(r.unavailable.Next())
 	case perr != nil:
-		wait := engine.NewBackoff(r.cfg.RetryBackoff, 30*r.cfg.RetryBackoff).Wait(int(out.Attempts))
+		wait := engine.NewRetryBackoff(r.cfg.RetryBackoff).Wait(int(out.Attempts))
 		r.deadDue = time.Now().Add(wait)
 		r.log.Warn("conduit: publish of a retried dead letter failed", slog.String("message_id", rows[n].MessageID.String()),
 			slog.Int("attempt", int(out.Attempts)), slog.Any("error", perr), slog.Duration("retry_in", wait))

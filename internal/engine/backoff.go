@@ -18,6 +18,14 @@ type Backoff struct {
 // waits never exceed limit.
 func NewBackoff(first, limit time.Duration) *Backoff { return &Backoff{first: first, limit: limit} }
 
+// RetryCap is how many times its first wait a retry backoff grows to.
+const RetryCap = 30
+
+// NewRetryBackoff is the backoff of retries after failures (of a
+// projection at an event, of a publish, of the database): first doubled up
+// to RetryCap times first, with jitter. Projectors and the relay share it.
+func NewRetryBackoff(first time.Duration) *Backoff { return NewBackoff(first, RetryCap*first) }
+
 // Next returns the next wait.
 func (b *Backoff) Next() time.Duration {
 	b.n++
