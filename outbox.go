@@ -413,9 +413,11 @@ func messageFromRow(tx uint64, pos int64, id uuid.UUID, topic, key string, paylo
 	m := Message{ID: id, Topic: topic, Key: key, Payload: payload, CreatedAt: created,
 		Position: Position{TransactionID: tx, GlobalPosition: pos}}
 	if headers != "" {
-		if err := json.Unmarshal([]byte(headers), &m.Headers); err != nil {
+		var h map[string]string // not &m.Headers: m would escape, an allocation a message
+		if err := json.Unmarshal([]byte(headers), &h); err != nil {
 			return Message{}, fmt.Errorf("conduit: message %s: headers: %w", id, err)
 		}
+		m.Headers = h
 	}
 	return m, nil
 }

@@ -177,6 +177,12 @@ type Relay struct {
 	heldDue time.Time
 	// reading counts the reads ahead in flight, waited for when Run ends.
 	reading sync.WaitGroup
+	// saving is the save of the previous batch, in flight while this one
+	// is published (nil: none); see settle.
+	saving chan error
+	// head is where Drain stops (nil in Run): the batch that reaches it is
+	// saved before Drain returns.
+	head *Position
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -263,6 +269,7 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 	}
 	defer r.running.Store(false)
 	defer func() { r.next = nil; r.reading.Wait() }()
+	r.head = head
 	horizonWaitMax := r.cfg.PollInterval
 	if head != nil {
 		horizonWaitMax = min(horizonWaitMax, waitPollMax)
@@ -271,6 +278,7 @@ func (r *Relay) run(ctx context.Context, head *Position) error {
 		defer r.store.listener.Release()
 	}
 	defer r.lease.Release()
+	defer func() { _ = r.settle() }() // before the release
 
 	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
 	failures := engine.NewRetryBackoff(r.cfg.RetryBackoff)
@@ -344,8 +352,13 @@ func (r *Relay) step(ctx context.Context) (relayResult, error) {
 	}
 	if acquired {
 		r.heldDue = time.Time{}
+		_ = r.settle() // a save under an earlier epoch: refused, or read back below
 	}
 	if now := time.Now(); !now.Before(r.deadDue) && !now.Before(r.heldDue) {
+		if err := r.settle(); err != nil {
+			r.state, r.next = nil, nil
+			return relayResult{}, err
+		}
 		if err := r.deliverHeld(ctx); err != nil {
 			r.state = nil
 			return relayResult{}, err
@@ -407,6 +420,7 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	q := r.store.queries
 	epoch := r.lease.Epoch()
 	if r.state == nil || r.stateEpoch != epoch {
+		_ = r.settle() // read below what it wrote, if anything
 		st, err := q.OutboxRelayState(ctx, dbgen.OutboxRelayStateParams{Owner: r.cfg.InstanceID, Epoch: epoch})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return relayResult{}, errLeaseLost
@@ -431,10 +445,8 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 		res.more, err = q.OutboxAfter(ctx, dbgen.OutboxAfterParams{AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition})
 		return res, err
 	}
-	var (
-		msgs  []Message
-		index []int // msgs[i] is rows[index[i]]
-	)
+	msgs := make([]Message, 0, len(rows))
+	index := make([]int, 0, len(rows)) // msgs[i] is rows[index[i]]
 	for i, row := range rows {
 		if row.Blocked {
 			continue
@@ -537,6 +549,24 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if len(save.MoveTx) > 0 {
 		r.heldDue = time.Time{}
 	}
+	// The previous batch's save, in flight while this batch was published,
+	// lands first: saves are made in order.
+	if err := r.settle(); err != nil {
+		return res, err
+	}
+	newState := &dbgen.OutboxRelayStateRow{CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
+		FailingMessageID: save.FailingMessageID.UUID, FailedAttempts: save.FailedAttempts}
+	if delivered > 0 || end > 0 {
+		r.retireDue = true
+	}
+	if perr == nil && len(save.MoveTx) == 0 && !res.caughtUp && !stopping && (r.head == nil || cp.Before(*r.head)) {
+		// A full batch went out cleanly and more follows: its save goes on
+		// while the next batch is published (see settle).
+		r.saveAhead(ctx, save)
+		r.state = newState
+		res.checkpoint, res.more = cp, true
+		return res, nil
+	}
 	out, err := q.OutboxRelaySave(ctx, save)
 	if err != nil {
 		return res, err
@@ -544,13 +574,49 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	if !out.Ok {
 		return res, errLeaseLost
 	}
-	r.state = &dbgen.OutboxRelayStateRow{CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
-		FailingMessageID: save.FailingMessageID.UUID, FailedAttempts: save.FailedAttempts}
+	r.state = newState
 	res.checkpoint, res.more = cp, out.More
-	if delivered > 0 || end > 0 {
-		r.retireDue = true
-	}
 	return res, nil
+}
+
+// saveAhead starts save on a connection of its own; settle waits for it.
+//
+// Publishing the next batch before this save is known to have landed is as
+// safe as publishing this one was: the relay publishes only while it holds
+// the lease by its own clock (Relay.publish), and a save that finds the
+// lease taken writes nothing. If it fails, the checkpoint stays before this
+// batch: the batch and the next one, already published, are published again
+// (with the same IDs) by whoever delivers next, in the same order, which is
+// what at least once allows; the copies go back no further than these two
+// batches.
+func (r *Relay) saveAhead(ctx context.Context, save dbgen.OutboxRelaySaveParams) {
+	done := make(chan error, 1)
+	r.saving = done
+	ctx = context.WithoutCancel(ctx) // recorded even if the relay is stopping
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		out, err := r.store.queries.OutboxRelaySave(ctx, save)
+		if err == nil && !out.Ok {
+			err = errLeaseLost
+		}
+		done <- err
+	}()
+}
+
+// settle waits for the save started by saveAhead, if any, and returns its
+// error (errLeaseLost if the lease was gone). After an error the relay's
+// state is read again from the database.
+func (r *Relay) settle() error {
+	if r.saving == nil {
+		return nil
+	}
+	err := <-r.saving
+	r.saving = nil
+	if err != nil {
+		r.state, r.next = nil, nil
+	}
+	return err
 }
 
 // deliverHeld delivers the messages of conduit.outbox_dead that may go: the
@@ -674,7 +740,7 @@ func (r *Relay) read(ctx context.Context, cp Position) ([]dbgen.OutboxListForRel
 }
 
 func (r *Relay) list(ctx context.Context, after Position) ([]dbgen.OutboxListForRelayRow, error) {
-	return r.store.queries.OutboxListForRelay(ctx, dbgen.OutboxListForRelayParams{
+	return r.store.queries.OutboxListForRelayLean(ctx, dbgen.OutboxListForRelayParams{
 		AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(r.cfg.BatchSize),
 	})
 }

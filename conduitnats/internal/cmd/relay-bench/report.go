@@ -61,8 +61,9 @@ func (r report) throughputSection(p func(string, ...any)) {
 	p("`conduitnats.Publisher` (its defaults: up to %d acknowledgements in flight); the plain loop publishes as many\n", 256)
 	p("messages with the same publisher in batches of the same size, each after the previous one is acknowledged: the\n")
 	p("relay's publishing without its database. Each run has a stream of its own. Per relay batch: %.1f database\n", median(t.statementsPerBatch))
-	p("statements (state, read, fenced save; retiring generations at most once a second); %.0f%% of the relay's time\n", 100*median(t.publishShare))
-	p("is spent in `Publish`, the rest reading the outbox and recording the delivery.\n\n")
+	p("statements (read, fenced save; retiring generations at most once a second), of which the read of the next batch\n")
+	p("and the save of the previous one run on connections of their own while a batch is published; %.0f%% of the\n", 100*median(t.publishShare))
+	p("relay's time is spent in `Publish`.\n\n")
 }
 
 func (r report) latencySection(p func(string, ...any)) {

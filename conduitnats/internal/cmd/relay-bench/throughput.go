@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -92,11 +93,13 @@ func relayRun(ctx context.Context, e *env, store *conduit.Store, counter *statem
 		return 0, 0, 0, err
 	}
 	counter.reset()
+	allocs := allocations()
 	start := time.Now()
 	if err := relay.Drain(ctx); err != nil {
 		return 0, 0, 0, err
 	}
 	elapsed := time.Since(start)
+	allocs = allocations() - allocs
 	if err := checkStored(ctx, s, n); err != nil {
 		return 0, 0, 0, err
 	}
@@ -107,6 +110,7 @@ func relayRun(ctx context.Context, e *env, store *conduit.Store, counter *statem
 			log.Printf("    %s: %s per batch", name, (d / time.Duration(calls)).Round(time.Microsecond))
 		}
 		log.Printf("    Publish: %s per batch", (time.Duration(timed.busy.Load()) / time.Duration(calls)).Round(time.Microsecond))
+		log.Printf("    allocations: %.1f per message (the process's, during the drain)", float64(allocs)/float64(n))
 	}
 	return float64(n) / elapsed.Seconds(), float64(stmts) / float64(calls),
 		float64(timed.busy.Load()) / float64(elapsed), nil
@@ -127,6 +131,7 @@ func plainRun(ctx context.Context, e *env, n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	allocs := allocations()
 	start := time.Now()
 	for len(msgs) > 0 {
 		batch := msgs[:min(len(msgs), e.opts.batchSize)]
@@ -137,6 +142,9 @@ func plainRun(ctx context.Context, e *env, n int) (float64, error) {
 		msgs = msgs[acked:] // the rest again, as the relay would
 	}
 	elapsed := time.Since(start)
+	if e.opts.verbose {
+		log.Printf("    plain loop allocations: %.1f per message", float64(allocations()-allocs)/float64(n))
+	}
 	if err := checkStored(ctx, s, n); err != nil {
 		return 0, err
 	}
@@ -168,6 +176,13 @@ func (p *timedPublisher) Publish(ctx context.Context, msgs []conduit.Message) (i
 	p.busy.Add(int64(time.Since(start)))
 	p.calls.Add(1)
 	return n, err
+}
+
+// allocations returns how many heap objects the process has allocated.
+func allocations() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.Mallocs
 }
 
 // quietLogger logs warnings and errors only, to stderr.

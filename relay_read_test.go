@@ -1,0 +1,161 @@
+package conduit
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/conduit-es/conduit/internal/dbgen"
+	"github.com/conduit-es/conduit/internal/pgtest"
+)
+
+// The relay reads its batches with OutboxListForRelayLean, which decodes
+// the wire format itself: it must return what the generated
+// OutboxListForRelay returns, value for value, in every query mode (the
+// text format behind PgBouncer takes the generated path), for edge values.
+func TestOutboxListForRelayLeanMatchesGenerated(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := pgtest.URLFor(t, pgtest.NewDB(t, Migrations(), Migrate))
+	pool := pgtest.Connect(t, url)
+	store, err := NewStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+
+	big := []byte(strings.Repeat("payload ", 1<<17)) // 1 MiB
+	msgs := []Message{
+		NewMessage("orders", "order-1", []byte(`{"a":1}`)),
+		NewMessage("orders", "", []byte{}),                        // no key, empty payload
+		NewMessage("zürich.événements", "clé-ü-日本", []byte{0, 255}), // unicode, binary payload
+		NewMessage("big", "k", big),
+		{ID: uuid.New(), Topic: "headers", Key: "k", Payload: []byte("x"), Headers: map[string]string{"a": "1", "b": "ü"}},
+	}
+	for range 300 { // more than one growth of the page's buffers
+		msgs = append(msgs, NewMessage("bulk", "key", []byte("0123456789")))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	// Timestamps the default never gives: before 2000 (negative on the
+	// wire), with microseconds, and far ahead.
+	if _, err := pool.Exec(ctx, `INSERT INTO conduit.outbox (message_id, topic, payload, created_at)
+		VALUES (gen_random_uuid(), 'old', '\x00', '1970-01-01 00:00:00.000001+00'),
+		       (gen_random_uuid(), 'older', '\x01', '1899-12-31 23:59:59.999999+00'),
+		       (gen_random_uuid(), 'later', '\x02', '2999-06-30 12:34:56.789012+00')`); err != nil {
+		t.Fatal(err)
+	}
+
+	params := dbgen.OutboxListForRelayParams{MaxCount: 10_000}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			q := dbgen.New(poolWithMode(t, url, mode))
+			want, err := q.OutboxListForRelay(ctx, params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := q.OutboxListForRelayLean(ctx, params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(msgs)+3 || len(want) != len(got) {
+				t.Fatalf("read %d rows (generated: %d), want %d", len(got), len(want), len(msgs)+3)
+			}
+			for i := range want {
+				w, g := want[i], got[i]
+				if !g.CreatedAt.Equal(w.CreatedAt) || g.CreatedAt.Location() != w.CreatedAt.Location() {
+					t.Errorf("row %d: created_at %v, generated %v", i, g.CreatedAt, w.CreatedAt)
+				}
+				w.CreatedAt, g.CreatedAt = time.Time{}, time.Time{}
+				if !reflect.DeepEqual(g, w) {
+					t.Errorf("row %d:\n got %+v\nwant %+v", i, truncated(g), truncated(w))
+				}
+				if cap(g.Payload) != len(g.Payload) {
+					t.Errorf("row %d: payload capacity %d beyond its length %d: an append would write into the next row's", i, cap(g.Payload), len(g.Payload))
+				}
+			}
+		})
+	}
+
+	// A value the decoder does not take (an infinite timestamp) is scanned
+	// as the generated method scans it: the same error.
+	if _, err := pool.Exec(ctx, `INSERT INTO conduit.outbox (message_id, topic, payload, created_at)
+		VALUES (gen_random_uuid(), 'infinite', '\x00', 'infinity')`); err != nil {
+		t.Fatal(err)
+	}
+	q := dbgen.New(pool)
+	_, wantErr := q.OutboxListForRelay(ctx, params)
+	_, gotErr := q.OutboxListForRelayLean(ctx, params)
+	if wantErr == nil || gotErr == nil || gotErr.Error() != wantErr.Error() {
+		t.Errorf("infinite created_at: error %v, generated %v; want the same error", gotErr, wantErr)
+	}
+}
+
+// The lean read allocates per page, not per row. (Not parallel:
+// AllocsPerRun counts the whole process's allocations.)
+func TestOutboxListForRelayLeanAllocations(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewPool(t, Migrations(), Migrate)
+	store, err := NewStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	const rows = 1000
+	msgs := make([]Message, rows)
+	for i := range msgs {
+		msgs[i] = NewMessage("topic", "key", []byte("payload"))
+	}
+	if err := store.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	q := dbgen.New(pool)
+	params := dbgen.OutboxListForRelayParams{MaxCount: rows}
+	read := func(list func(context.Context, dbgen.OutboxListForRelayParams) ([]dbgen.OutboxListForRelayRow, error)) func() {
+		return func() {
+			got, err := list(ctx, params)
+			if err != nil || len(got) != rows {
+				t.Fatalf("read %d rows (%v), want %d", len(got), err, rows)
+			}
+		}
+	}
+	generated := testing.AllocsPerRun(5, read(q.OutboxListForRelay))
+	lean := testing.AllocsPerRun(5, read(q.OutboxListForRelayLean))
+	t.Logf("allocations per read of %d rows: generated %.0f, lean %.0f", rows, generated, lean)
+	if generated < 3*rows || lean > rows/10 {
+		t.Errorf("allocations per read of %d rows: lean %.0f (want at most %d), generated %.0f (want at least %d)",
+			rows, lean, rows/10, generated, 3*rows)
+	}
+}
+
+func poolWithMode(t *testing.T, url string, mode pgx.QueryExecMode) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.DefaultQueryExecMode = mode
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// truncated shortens a row's payload for an error message.
+func truncated(r dbgen.OutboxListForRelayRow) dbgen.OutboxListForRelayRow {
+	if len(r.Payload) > 32 {
+		r.Payload = r.Payload[:32]
+	}
+	return r
+}
