@@ -362,7 +362,7 @@ func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
 		defer stop()
 	}
 
-	rows, err := s.queries.EventAppendBatch(ctx, batchParams(batch))
+	rows, err := s.appendBatch(ctx, batch)
 	s.batcher.end(t)
 
 	switch {
@@ -391,6 +391,36 @@ func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
 		}
 		close(q.done)
 	}
+}
+
+// appendBatch runs the batch's statement: conduit.append_batch_one when
+// every append has one event and no outbox message, else
+// conduit.append_batch.
+func (s *Store) appendBatch(ctx context.Context, batch []*queuedAppend) ([]dbgen.EventAppendBatchRow, error) {
+	for _, q := range batch {
+		if len(q.a.ids) != 1 || q.a.msgs.len() > 0 {
+			return s.queries.EventAppendBatch(ctx, batchParams(batch))
+		}
+	}
+	p := dbgen.EventAppendBatchOneParams{
+		Streams:  make([]string, len(batch)),
+		Expected: make([]int64, len(batch)),
+		EventIds: make([]string, len(batch)),
+		Types:    make([]string, len(batch)),
+		Data:     make([]string, len(batch)),
+		Metadata: make([]string, len(batch)),
+	}
+	for i, q := range batch {
+		a := &q.a
+		p.Streams[i], p.Expected[i] = a.StreamID, a.Expected
+		p.EventIds[i], p.Types[i], p.Data[i], p.Metadata[i] = a.EventIds[0], a.Types[0], a.Data[0], a.Metadata[0]
+	}
+	one, err := s.queries.EventAppendBatchOne(ctx, p)
+	rows := make([]dbgen.EventAppendBatchRow, len(one))
+	for i, r := range one {
+		rows[i] = dbgen.EventAppendBatchRow(r)
+	}
+	return rows, err
 }
 
 // batchParams is the arrays of conduit.append_batch.

@@ -44,21 +44,22 @@
 // # Batching concurrent appends
 //
 // Appends of one Store that arrive while another is in flight go to the
-// database together: one statement (conduit.append_batch) in one
-// transaction, so one commit for many appends. The batching is natural: an
-// append that finds nothing in flight is sent at once (no added latency
-// when idle); those that arrive meanwhile wait, and are sent together as
-// soon as the database answers, up to [Config.MaxAppendBatch] appends (64 by
-// default) and [Config.MaxAppendSize] bytes. Under load, right after a
-// batch of several appends has been answered, the next batch waits a
-// little for that batch's callers to append again (until as many appends
-// wait, for at most a quarter of that batch's time and 1 ms): without it,
-// the first of them would go alone and the others would wait for it, which
-// halves the batches. After an append alone (an idle store, a single
-// writer) nothing waits. Each append in a batch keeps
-// its own expected version, idempotency, typed result and outbox messages:
-// a conflict refuses that append only, and the database explains it after
-// the batch, as for an append alone. The appends of a batch that write share
+// database together: one statement (conduit.append_batch, or
+// conduit.append_batch_one when every append has one event and no outbox
+// message) in one transaction, so one commit for many appends. The batching
+// is natural: an append that finds nothing in flight is sent at once (no
+// added latency when idle); those that arrive meanwhile wait, and are sent
+// together as soon as the database answers, up to [Config.MaxAppendBatch]
+// appends (64 by default) and [Config.MaxAppendSize] bytes. Under load,
+// right after a batch of several appends has been answered, the next batch
+// waits a little for that batch's callers to append again (until as many
+// appends wait, for at most a quarter of that batch's time and 1 ms):
+// without it, the first of them would go alone and the others would wait
+// for it, which halves the batches. After an append alone (an idle store, a
+// single writer) nothing waits. Each append in a batch keeps its own
+// expected version, idempotency, typed result and outbox messages: a
+// conflict refuses that append only, and the database explains it after the
+// batch, as for an append alone. The appends of a batch that write share
 // one transaction id, with global positions in call order; a stream appears
 // at most once in a batch (a later append to it goes in the next batch), so
 // per-stream order stays global order and readers, the safe horizon and
