@@ -19,6 +19,8 @@ import (
 // those that arrive while every lane is busy wait, and the first of them,
 // as soon as a lane is free, sends the next batch, of everything waiting
 // (up to Config.MaxAppendBatch appends and Config.MaxAppendSize bytes).
+// Right after a batch of several appends, the next one first waits a
+// little for that batch's callers (see gatherLocked).
 // There is no goroutine of its own: a batch is sent by a goroutine that
 // its first append starts and that ends with it.
 //
@@ -35,6 +37,16 @@ type appendBatcher struct {
 	holders []*sendToken    // the sends that hold a lane
 	leader  bool            // the queue's first append was made to send the next batch, and has not yet
 	queue   []*queuedAppend // waiting for the next batch, in call order
+
+	// The last send to end: how many appends it carried, when it ended
+	// and how long it took (see gatherLocked).
+	lastSize int
+	lastEnd  time.Time
+	lastTook time.Duration
+	gather   int           // while a leader gathers: how many appends it waits for
+	gathered chan struct{} // while a leader gathers: signalled once the queue holds that many
+
+	sends, sent int64 // sends ended, and the appends they carried (for tests)
 }
 
 const (
@@ -47,6 +59,12 @@ const (
 	// above the time of a batch under load, so that it is only reached by
 	// a send that waits for something.
 	appendStallAfter = 20 * time.Millisecond
+	// appendGatherShare is the share of the last send's time that the
+	// leader of the next batch waits, at most, for the callers of that
+	// send to come back (see gatherLocked).
+	appendGatherShare = 4 // a quarter
+	// appendGatherMax bounds that wait.
+	appendGatherMax = time.Millisecond
 )
 
 // sendToken is a send in flight, an append alone or a batch, that holds a
@@ -54,6 +72,28 @@ const (
 type sendToken struct {
 	started bool        // sent (a leader's token is made before its batch)
 	stall   *time.Timer // set once an append waits while the send holds its lane
+	size    int         // appends it carries
+	begin   time.Time   // when it was sent
+}
+
+// gatherLocked says how many appends the leader of the next batch waits
+// for, and how long at most: none when the last send carried one append
+// (so an idle store, or a single writer, never waits), else as many as
+// that send carried, for at most a quarter of its time (at most
+// appendGatherMax), and only while it ended that recently. Under load the
+// callers of a batch append again as soon as they have their results; a
+// leader that went at once would send the first of them alone, and the
+// others would wait for it, in the next batch: small batches, and twice
+// the round trips.
+func (b *appendBatcher) gatherLocked(now time.Time) (int, time.Duration) {
+	if b.lastSize < 2 {
+		return 0, 0
+	}
+	d := min(b.lastTook/appendGatherShare, appendGatherMax)
+	if wait := d - now.Sub(b.lastEnd); wait > 0 {
+		return min(b.lastSize, b.maxAppends), wait
+	}
+	return 0, 0
 }
 
 // startLocked makes a send that holds a lane.
@@ -67,6 +107,10 @@ func (b *appendBatcher) startLocked() *sendToken {
 // for at most stallAfter.
 func (b *appendBatcher) waitLocked(q *queuedAppend) {
 	b.queue = append(b.queue, q)
+	if b.gathered != nil && len(b.queue) >= b.gather {
+		close(b.gathered)
+		b.gathered = nil
+	}
 	for _, t := range b.holders {
 		if t.stall == nil {
 			t.stall = time.AfterFunc(b.stallAfter, func() { b.stalled(t) })
@@ -96,6 +140,9 @@ func (b *appendBatcher) end(t *sendToken) {
 	if t.stall != nil {
 		t.stall.Stop()
 	}
+	b.lastEnd = time.Now()
+	b.lastSize, b.lastTook = t.size, b.lastEnd.Sub(t.begin)
+	b.sends, b.sent = b.sends+1, b.sent+int64(t.size)
 	b.releaseLocked(t)
 	b.mu.Unlock()
 }
@@ -151,23 +198,29 @@ const (
 func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, error) {
 	b := &s.batcher
 	b.mu.Lock()
-	if len(b.holders) < b.lanes && len(b.queue) == 0 {
-		t := b.startLocked()
-		t.started = true
-		b.mu.Unlock()
-		res, err := s.appendAlone(ctx, a, nil, false)
-		b.end(t)
-		return res, err
+	if now := time.Now(); len(b.holders) < b.lanes && len(b.queue) == 0 {
+		if n, _ := b.gatherLocked(now); n == 0 {
+			t := b.startLocked()
+			t.started, t.size, t.begin = true, 1, now
+			b.mu.Unlock()
+			res, err := s.appendAlone(ctx, a, nil, false)
+			b.end(t)
+			return res, err
+		}
 	}
 	q := &queuedAppend{ctx: ctx, a: a, bytes: a.size(), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	b.waitLocked(q)
+	b.promoteLocked() // a free lane: q leads, and gathers
 	b.mu.Unlock()
 
-	for {
-		select {
-		case <-q.wake:
-		case <-ctx.Done():
+	for wait, gathered := true, false; ; {
+		if wait {
+			select {
+			case <-q.wake:
+			case <-ctx.Done():
+			}
 		}
+		wait = true
 		b.mu.Lock()
 		if q.state == taken {
 			b.mu.Unlock()
@@ -186,11 +239,35 @@ func (s *Store) appendBatched(ctx context.Context, a appendArgs) (AppendResult, 
 			b.mu.Unlock()
 			return AppendResult{}, fmt.Errorf("conduit: append to stream %q: %w", a.StreamID, ctx.Err())
 		}
+		if q.state == leading && !gathered {
+			// Wait a little for the callers of the last batch, if it was
+			// one (see gatherLocked).
+			gathered = true
+			if n, d := b.gatherLocked(time.Now()); n > len(b.queue) {
+				ch := make(chan struct{})
+				b.gather, b.gathered = n, ch
+				b.mu.Unlock()
+				timer := time.NewTimer(d)
+				select {
+				case <-ch:
+				case <-timer.C:
+				case <-ctx.Done():
+				}
+				timer.Stop()
+				b.mu.Lock()
+				if b.gathered == ch {
+					b.gathered = nil
+				}
+				b.mu.Unlock()
+				wait = false
+				continue
+			}
+		}
 		if q.state == leading {
 			t := q.token
-			t.started = true
 			b.leader = false
 			batch := b.takeLocked()
+			t.started, t.size, t.begin = true, len(batch), time.Now()
 			b.promoteLocked() // appends left in the queue, and a free lane
 			b.mu.Unlock()
 			if len(batch) == 1 {
@@ -285,7 +362,7 @@ func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
 		defer stop()
 	}
 
-	rows, err := s.queries.EventAppendBatch(ctx, batchParams(batch))
+	rows, err := s.appendBatch(ctx, batch)
 	s.batcher.end(t)
 
 	switch {
@@ -314,6 +391,36 @@ func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
 		}
 		close(q.done)
 	}
+}
+
+// appendBatch runs the batch's statement: conduit.append_batch_one when
+// every append has one event and no outbox message, else
+// conduit.append_batch.
+func (s *Store) appendBatch(ctx context.Context, batch []*queuedAppend) ([]dbgen.EventAppendBatchRow, error) {
+	for _, q := range batch {
+		if len(q.a.ids) != 1 || q.a.msgs.len() > 0 {
+			return s.queries.EventAppendBatch(ctx, batchParams(batch))
+		}
+	}
+	p := dbgen.EventAppendBatchOneParams{
+		Streams:  make([]string, len(batch)),
+		Expected: make([]int64, len(batch)),
+		EventIds: make([]string, len(batch)),
+		Types:    make([]string, len(batch)),
+		Data:     make([]string, len(batch)),
+		Metadata: make([]string, len(batch)),
+	}
+	for i, q := range batch {
+		a := &q.a
+		p.Streams[i], p.Expected[i] = a.StreamID, a.Expected
+		p.EventIds[i], p.Types[i], p.Data[i], p.Metadata[i] = a.EventIds[0], a.Types[0], a.Data[0], a.Metadata[0]
+	}
+	one, err := s.queries.EventAppendBatchOne(ctx, p)
+	rows := make([]dbgen.EventAppendBatchRow, len(one))
+	for i, r := range one {
+		rows[i] = dbgen.EventAppendBatchRow(r)
+	}
+	return rows, err
 }
 
 // batchParams is the arrays of conduit.append_batch.

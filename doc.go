@@ -44,15 +44,22 @@
 // # Batching concurrent appends
 //
 // Appends of one Store that arrive while another is in flight go to the
-// database together: one statement (conduit.append_batch) in one
-// transaction, so one commit for many appends. The batching is natural: an
-// append that finds nothing in flight is sent at once (no added latency
-// when idle); those that arrive meanwhile wait, and are sent together as
-// soon as the database answers, up to [Config.MaxAppendBatch] appends (64 by
-// default) and [Config.MaxAppendSize] bytes. Each append in a batch keeps
-// its own expected version, idempotency, typed result and outbox messages:
-// a conflict refuses that append only, and the database explains it after
-// the batch, as for an append alone. The appends of a batch that write share
+// database together: one statement (conduit.append_batch, or
+// conduit.append_batch_one when every append has one event and no outbox
+// message) in one transaction, so one commit for many appends. The batching
+// is natural: an append that finds nothing in flight is sent at once (no
+// added latency when idle); those that arrive meanwhile wait, and are sent
+// together as soon as the database answers, up to [Config.MaxAppendBatch]
+// appends (64 by default) and [Config.MaxAppendSize] bytes. Under load,
+// right after a batch of several appends has been answered, the next batch
+// waits a little for that batch's callers to append again (until as many
+// appends wait, for at most a quarter of that batch's time and 1 ms):
+// without it, the first of them would go alone and the others would wait
+// for it, which halves the batches. After an append alone (an idle store, a
+// single writer) nothing waits. Each append in a batch keeps its own
+// expected version, idempotency, typed result and outbox messages: a
+// conflict refuses that append only, and the database explains it after the
+// batch, as for an append alone. The appends of a batch that write share
 // one transaction id, with global positions in call order; a stream appears
 // at most once in a batch (a later append to it goes in the next batch), so
 // per-stream order stays global order and readers, the safe horizon and
@@ -77,7 +84,12 @@
 // ([Config.Projections]), each append runs in its own transaction so that a
 // projection's failure rolls back only its own append; [Store.AppendTx]
 // runs in the caller's transaction. [Config.DisableAppendBatching] sends
-// every append alone.
+// every append alone. (Batching appends with synchronous projections, each
+// under a savepoint of its own in one transaction, was measured and does
+// not pay: the savepoint, the append, the projection's statements and the
+// release go one after the other on the batch's connection, where appends
+// alone run side by side on the pool's connections and the server already
+// shares their commits' WAL flushes; see BENCHMARKS.md.)
 //
 // # Event identity and retries
 //

@@ -82,7 +82,9 @@ type Config struct {
 	// transaction of its own. By default, the Appends of one Store that
 	// arrive while another is in flight are sent together, as one statement
 	// in one transaction, each with its own expected version, idempotency
-	// and result; an Append that finds nothing in flight goes at once. With
+	// and result; an Append that finds nothing in flight goes at once
+	// (unless a batch of several was just answered: then it waits a little
+	// for that batch's callers, see the package documentation). With
 	// synchronous projections (Config.Projections) appends always go alone,
 	// and AppendTx always runs in the caller's transaction. Defaults to
 	// false.

@@ -39,3 +39,11 @@ func QueuedAppends(s *Store) int {
 	defer s.batcher.mu.Unlock()
 	return len(s.batcher.queue)
 }
+
+// AppendSends returns how many sends (an append alone or a batch) s's
+// batcher has made, and how many appends they carried.
+func AppendSends(s *Store) (sends, appends int64) {
+	s.batcher.mu.Lock()
+	defer s.batcher.mu.Unlock()
+	return s.batcher.sends, s.batcher.sent
+}

@@ -89,3 +89,67 @@ func (q *Queries) EventAppendBatch(ctx context.Context, arg EventAppendBatchPara
 	}
 	return items, nil
 }
+
+const eventAppendBatchOne = `-- name: EventAppendBatchOne :many
+SELECT b.r_append::integer AS append_index,
+       b.r_status::text AS status,
+       COALESCE(b.r_stream_version, 0)::bigint AS stream_version,
+       COALESCE(b.r_transaction_id, '0')::xid8 AS transaction_id,
+       COALESCE(b.r_global_position, 0)::bigint AS global_position
+  FROM conduit.append_batch_one($1::text[], $2::bigint[],
+                                $3::text[]::uuid[], $4::text[], $5::text[],
+                                $6::text[]) AS b
+`
+
+type EventAppendBatchOneParams struct {
+	Streams  []string
+	Expected []int64
+	EventIds []string
+	Types    []string
+	Data     []string
+	Metadata []string
+}
+
+type EventAppendBatchOneRow struct {
+	AppendIndex    int32
+	Status         string
+	StreamVersion  int64
+	TransactionID  uint64
+	GlobalPosition int64
+}
+
+// EventAppendBatch for a batch of single-event appends without outbox
+// messages: see conduit.append_batch_one. The streams are distinct. One row
+// per append, in call order.
+func (q *Queries) EventAppendBatchOne(ctx context.Context, arg EventAppendBatchOneParams) ([]EventAppendBatchOneRow, error) {
+	rows, err := q.db.Query(ctx, eventAppendBatchOne,
+		arg.Streams,
+		arg.Expected,
+		arg.EventIds,
+		arg.Types,
+		arg.Data,
+		arg.Metadata,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []EventAppendBatchOneRow
+	for rows.Next() {
+		var i EventAppendBatchOneRow
+		if err := rows.Scan(
+			&i.AppendIndex,
+			&i.Status,
+			&i.StreamVersion,
+			&i.TransactionID,
+			&i.GlobalPosition,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

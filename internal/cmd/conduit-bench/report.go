@@ -271,6 +271,13 @@ const methodText = `Procedure, in one run of the program:
   baseline's, not of the work).
 - **100-event appends**: one writer, 100 events per append into its own stream, expected version checked.
   Baseline: one ` + "`INSERT … SELECT … FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY`" + `.
+- **Appends with a synchronous projection**: W writers (8, 32) on a pool of W connections, a store with one
+  projection in ` + "`Config.Projections`" + ` (an upsert of the stream's event count into a read table). Conduit:
+  ` + "`Store.Append`" + `, which sends such appends alone (a transaction each). Baseline: what batching them with a
+  savepoint per append would do at best, one worker appending to the W streams in one transaction, each
+  append (` + "`AppendTx`" + `, which runs the projection) between ` + "`SAVEPOINT`" + ` and ` + "`RELEASE`" + `, one transaction at a time
+  (the batcher's single lane) and with no hand-off between goroutines. Latency is not comparable (per
+  append against per transaction) and not shown. The target (≥ 1×) is the reason those appends go alone.
 - **Appends with NOTIFY**: as the single-event appends, while a separate raw pgx connection LISTENs on
   ` + "`conduit_events`" + ` and reads every notification (so delivery is paid for in the run). Conduit with the
   default ` + "`Config`" + ` (NOTIFY sent after commit on a pool connection, coalesced to at most one per
@@ -342,6 +349,25 @@ one transaction, when the database answers: one round trip, one commit and one s
 version check. The *conduit, batching off* diagnostic is what the same appends cost one transaction each. A
 single batch is in flight at a time (a second in flight made smaller batches and fewer appends per second on
 this 2-core machine), so at 1 writer nothing changes.
+- Batch sizes. Each writer appends again as soon as its append returns. When a batch's answer came, the
+  first of its callers to append again used to find the lane free and go alone, and the others queued behind
+  it: at 8 writers (counted in a test run) about a quarter of the sends were a lone append and the rest
+  batches of 2 to 8, 4.5 appends per send. Now, right after a batch of several appends, the next batch
+  waits until as many appends wait, for at most a quarter of the last batch's time (and 1 ms); after an
+  append alone nothing waits, so at 1 writer nothing changes. At 8 writers almost every send is then a batch
+  of 8 (6.5 appends per send under the race detector, with the ramps; 4.2–4.5 without the wait). In
+  interleaved runs (a store without the wait as one more variant, since removed) the wait gave 1.33× and
+  1.44× the appends per second at 8 writers; at 32 writers 1.02× and 0.86×, within this machine's noise
+  there (the queue refills while a batch is in flight, so the wait seldom applies).
+- A batch's cost. Backend CPU per append, read from /proc around 2000 statements on one connection (commit
+  included, synchronous_commit off, the machine loaded): a raw single-row INSERT about 80–100 µs, the
+  single-event ` + "`EventAppendOne`" + ` about 160–180 µs, and ` + "`conduit.append_batch`" + ` with 8 single-event appends about
+  60–110 µs per append: a batch of 8 cost the server about what 8 raw INSERTs with their commits do. Most
+  batches hold single-event appends without outbox messages; they now go through
+  ` + "`conduit.append_batch_one`" + ` (migration 10): one array entry per append, event included, so no window function
+  to number each append's events, no join of events to appends and no sort to find each append's last
+  event. Measured the same way, interleaved (4 rounds of 400 batches of 8): about 110 µs per append through
+  ` + "`append_batch`" + `, about 78 µs through ` + "`append_batch_one`" + `.
 
 **Single-event appends at 1 writer (target ≥ 0.9×): what is left is mostly database work per statement.** ` + "`Append`" + ` writes
 in one plain prepared statement and calls ` + "`conduit.append_to_stream`" + ` only when that inserts nothing. For one
@@ -369,11 +395,23 @@ refuses a retry; the unique index stops a reused id). Ids go as text.
 
 **100-event appends (target ≥ 0.9×): per-event work the baseline does not do.** One statement either way,
 and the checks' per-statement cost is spread over 100 rows: the *checked INSERT in plain SQL* row comes
-close to the baseline. What Conduit adds is per event. In the database: four ` + "`unnest`" + `s zipped with
-` + "`ROWS FROM`" + ` and sorted by ordinality, and the inserted rows gathered to return the last one (without
-synchronous projections ` + "`Append`" + ` asks for the last row only; with them, for all 100). In Go (pprof, by
-variant): encoding the statement's arrays and validating the 100 events (` + "`json.Valid`" + `, UTF-8) take
-roughly a tenth of an append's time; the rest of the gap is the server's per-row work above.
+close to the baseline. What Conduit adds is per event. In the database: a fourth array (metadata) zipped
+with ` + "`ROWS FROM`" + ` (its plan is generic, evaluates the version check once, not per row, and needs no sort: the
+planner knows the ordinality's order), and the inserted rows gathered to return the last one (without
+synchronous projections ` + "`Append`" + ` asks for the last row only; with them, for all 100). Backend CPU per event
+(read from /proc around 1000 statements, the machine loaded) came out 10–30% above the raw statement's, most of
+it the insert itself, the same as the baseline's. In Go (pprof, by variant): encoding the statement's arrays and
+validating the 100 events (` + "`json.Valid`" + `, UTF-8) take roughly a tenth of an append's time, and at one writer the
+coalesced NOTIFY takes the pool's only connection up to 200 times a second. Not changed in this round.
+
+**Appends with a synchronous projection: alone, measured against savepoint batches.** A projection's
+failure must roll back its own append only, so a batch of such appends needs a savepoint per append. A
+prototype in the library (locks of the batch's streams first, then per append ` + "`SAVEPOINT`" + `, the append,
+the projection, ` + "`RELEASE`" + `, one commit) made 0.61× (8 writers) and 0.51× (32 writers) of the same appends
+alone in a quick run, and was taken out; this row measures the mechanism's best case on every run. The
+batch shares one commit, but its statements go one after the other on one connection (four round trips per
+append, as many as an append alone has), while appends alone run side by side on W connections and the
+server already shares their commits' WAL flushes.
 
 **NOTIFY (target ≥ 0.95× of none).** A NOTIFY inside each append's transaction serialises committing
 transactions (PostgreSQL takes a database-wide lock at commit for queued notifications): the diagnostic
