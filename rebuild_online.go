@@ -27,6 +27,15 @@ import (
 // is tried again after the next live batch.
 const swapLockTimeout = 100 * time.Millisecond
 
+// swapRetryFirst and swapRetryLimit space the tries of a swap that timed
+// out (readers held a live table): each try makes readers queue for up to
+// swapLockTimeout, so tries back to back would keep them waiting all the
+// time a long reader holds a table.
+const (
+	swapRetryFirst = 250 * time.Millisecond
+	swapRetryLimit = 5 * time.Second
+)
+
 // Table returns the table a handler writes for read table name, as its
 // projection declares it (ReadTableOwner, NewRouter): name itself, or during
 // an online rebuild's replay (see Store.RebuildProjectionOnline) its shadow
@@ -152,6 +161,13 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 		more = true
 		live := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
 		from := Position{TransactionID: row.ShadowCheckpointTx, GlobalPosition: row.ShadowCheckpointPosition}
+		if from == (Position{}) {
+			// Before the first shadow batch: can this projector's role
+			// swap the tables in? Refused now, not after the replay.
+			if err := q.ProjectionCheckOnline(ctx, p.name); err != nil {
+				return shadowSwapError(err)
+			}
+		}
 		switch {
 		case live.Before(from):
 			// The live projection was rebuilt (truncated) since: the
@@ -166,11 +182,13 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 				if dberr.IsLockTimeout(err) || databaseFault(err) {
 					return err
 				}
-				// A view or foreign key on a live table, a missing
-				// privilege: reported, never in the live projection's way.
-				return &shadowFailure{err: fmt.Errorf("swap: %w", err)}
+				// A view or foreign key made on a live table during the
+				// replay, a missing privilege: reported, never in the live
+				// projection's way.
+				return shadowSwapError(err)
 			}
 			more = false
+			p.swapBackoff.Reset()
 			p.log.Info("conduit: online rebuild swapped in", slog.Duration("swap", time.Since(start)))
 			return nil
 		}
@@ -207,10 +225,25 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 		return err
 	})
 	if dberr.IsLockTimeout(err) {
-		p.log.Info("conduit: online rebuild: swap waited for readers longer than its lock timeout; trying again")
-		return true, nil
+		// Given up after swapLockTimeout: readers queued behind the swap
+		// go on. Tried again later (the live projection goes on meanwhile,
+		// and the replay catches up again before the next try).
+		wait := p.swapBackoff.Next()
+		p.shadowRetryAt = time.Now().Add(wait)
+		p.log.Info("conduit: online rebuild: the swap waited for readers longer than its lock timeout; trying again",
+			slog.Duration("retry_in", wait))
+		return false, nil
 	}
 	return more, err
+}
+
+// shadowSwapError is err from the check or the swap of an online rebuild,
+// as a *shadowFailure (ErrCannotRebuildOnline when refused).
+func shadowSwapError(err error) error {
+	if dberr.Classify(err) == dberr.OnlineRebuildRefused {
+		err = fmt.Errorf("%w: %w", ErrCannotRebuildOnline, err)
+	}
+	return &shadowFailure{err: fmt.Errorf("swap: %w", err)}
 }
 
 // applyShadow applies events to the shadow tables (ctx maps them). A
