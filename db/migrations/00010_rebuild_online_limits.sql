@@ -5,7 +5,8 @@
 --
 -- check_online_rebuild raises CDI05 (the Go error ErrCannotRebuildOnline)
 -- naming the table and the reason when a read table of the projection is
--- one the swap cannot replace soundly, for the role that calls it:
+-- one the swap cannot replace soundly, for the role that calls it (or when
+-- the projection declares no read tables):
 --   - not an ordinary table (a partitioned table, a view), a table in
 --     schema conduit or conduit_shadow, or a table with inheritance
 --     children or parents;
@@ -47,7 +48,12 @@ BEGIN
             USING ERRCODE = 'CDI02',
                   HINT = 'A projection is registered when its projector first runs; see conduit.projection_status.';
     END IF;
-    FOREACH v_table IN ARRAY COALESCE(v_tables, '{}') LOOP
+    IF cardinality(v_tables) = 0 THEN
+        RAISE EXCEPTION 'conduit: cannot rebuild % online: it declares no read tables', p_name
+            USING ERRCODE = 'CDI05',
+                  HINT = 'Declare them: NewRouter(name, tables...) or ReadTableOwner.';
+    END IF;
+    FOREACH v_table IN ARRAY v_tables LOOP
         v_rel := to_regclass(v_table);
         IF v_rel IS NULL THEN
             RAISE EXCEPTION 'conduit: cannot rebuild % online: read table % does not exist', p_name, v_table
