@@ -230,15 +230,15 @@ END
 $$;
 -- +goose StatementEnd
 
--- swap_shadow_tables first takes every live table's ACCESS EXCLUSIVE lock,
--- in one statement, each wait bounded by the caller's lock_timeout divided
--- by the number of tables (readers queue behind a waiting swap: this bounds
--- their wait; a swap that times out is retried later), then checks again
--- (check_online_rebuild), makes the copies' privileges exactly the live
--- tables', swaps as migration 9's version does (kept under another name and
--- called), then gives the new tables the live ones' index, constraint and
--- identity sequence names, their identity sequences the live ones' values
--- where higher, and the live tables' owner.
+-- swap_shadow_tables first checks again (check_online_rebuild) and makes
+-- the copies' privileges and table comments exactly the live tables', then
+-- takes every live table's ACCESS EXCLUSIVE lock, in one statement, each
+-- wait bounded by the caller's lock_timeout divided by the number of tables
+-- (readers queue behind a waiting swap: this bounds their wait; a swap that
+-- times out is retried later), swaps as migration 9's version does (kept
+-- under another name and called), and gives the new tables the live ones'
+-- index, constraint and identity sequence names, their identity sequences
+-- the live ones' values where higher, and the live tables' owner.
 ALTER FUNCTION conduit.swap_shadow_tables(text) RENAME TO swap_shadow_tables_00009;
 COMMENT ON FUNCTION conduit.swap_shadow_tables_00009(text) IS
     'Migration 9''s conduit.swap_shadow_tables: called by the current one, and kept so that migrating below version 10 restores it.';
@@ -250,8 +250,10 @@ DECLARE
     v_tables  text[];
     v_shadow  text[];
     v_budget  text := current_setting('lock_timeout');
+    v_aside   regclass[] := '{}';
     v_renames text[] := '{}';
     v_owners  text[] := '{}';
+    v_seqs    regclass[] := '{}';
     v_seq     record;
     v_idx     record;
 BEGIN
@@ -260,14 +262,8 @@ BEGIN
     IF v_shadow IS NULL THEN
         RETURN;
     END IF;
-    IF v_budget <> '0' AND cardinality(v_tables) > 1 THEN
-        PERFORM set_config('lock_timeout',
-                           GREATEST(extract(epoch FROM v_budget::interval) * 1000 / cardinality(v_tables), 10)::int::text,
-                           true);
-    END IF;
-    EXECUTE 'LOCK TABLE ' || (SELECT string_agg(t::regclass::text, ', ') FROM unnest(v_tables) AS t)
-         || ' IN ACCESS EXCLUSIVE MODE';
-    PERFORM set_config('lock_timeout', v_budget, true);
+    -- Before the locks, to keep them short (DROP TABLE still refuses an
+    -- object made on a live table meanwhile that depends on it).
     PERFORM conduit.check_online_rebuild(p_name);
     FOR i IN 1 .. cardinality(v_tables) LOOP
         PERFORM conduit.copy_table_privileges(v_tables[i]::regclass, v_shadow[i]::regclass);
@@ -276,24 +272,40 @@ BEGIN
         EXECUTE format('COMMENT ON TABLE %s IS %L', v_shadow[i]::regclass,
                        obj_description(v_tables[i]::regclass, 'pg_class'));
         -- The copy's indexes take the live ones' names (constraints
-        -- follow their indexes): the live ones step aside first.
+        -- follow their indexes) once the live ones have stepped aside.
         FOR v_idx IN SELECT * FROM conduit.shadow_index_pairs(v_tables[i]::regclass, v_shadow[i]::regclass) LOOP
-            EXECUTE format('ALTER INDEX %s RENAME TO %I', v_idx.live, 'conduit_old_' || v_idx.live::oid);
+            v_aside := v_aside || v_idx.live;
             v_renames := v_renames || ARRAY[v_idx.copy::oid::text, v_idx.live_name];
         END LOOP;
         FOR v_seq IN SELECT pg_get_serial_sequence(v_shadow[i], a.attname)::regclass AS copy,
                             pg_get_serial_sequence(v_tables[i], a.attname)::regclass AS live
                        FROM pg_attribute a
                       WHERE a.attrelid = v_shadow[i]::regclass AND a.attidentity <> '' LOOP
-            IF pg_sequence_last_value(v_seq.live) > COALESCE(pg_sequence_last_value(v_seq.copy), 0) THEN
-                PERFORM setval(v_seq.copy, pg_sequence_last_value(v_seq.live));
-            END IF;
+            v_seqs := v_seqs || ARRAY[v_seq.copy, v_seq.live];
             v_renames := v_renames || ARRAY[v_seq.copy::oid::text,
                                             (SELECT c.relname FROM pg_class c WHERE c.oid = v_seq.live)::text];
         END LOOP;
         v_owners := v_owners || ARRAY[v_shadow[i]::regclass::oid::text,
                                       (SELECT c.relowner::regrole::text FROM pg_class c
                                         WHERE c.oid = v_tables[i]::regclass)];
+    END LOOP;
+
+    -- From here on readers of the live tables wait.
+    IF v_budget <> '0' AND cardinality(v_tables) > 1 THEN
+        PERFORM set_config('lock_timeout',
+                           GREATEST(extract(epoch FROM v_budget::interval) * 1000 / cardinality(v_tables), 10)::int::text,
+                           true);
+    END IF;
+    EXECUTE 'LOCK TABLE ' || (SELECT string_agg(t::regclass::text, ', ') FROM unnest(v_tables) AS t)
+         || ' IN ACCESS EXCLUSIVE MODE';
+    PERFORM set_config('lock_timeout', v_budget, true);
+    FOR i IN 1 .. cardinality(v_aside) LOOP
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', v_aside[i], 'conduit_old_' || v_aside[i]::oid);
+    END LOOP;
+    FOR i IN 1 .. cardinality(v_seqs) / 2 LOOP
+        IF pg_sequence_last_value(v_seqs[2*i]) > COALESCE(pg_sequence_last_value(v_seqs[2*i-1]), 0) THEN
+            PERFORM setval(v_seqs[2*i-1], pg_sequence_last_value(v_seqs[2*i]));
+        END IF;
     END LOOP;
     PERFORM conduit.swap_shadow_tables_00009(p_name);
     -- The live tables, their indexes and sequences are dropped: their
