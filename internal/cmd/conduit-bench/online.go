@@ -262,8 +262,8 @@ type swapLog struct {
 }
 
 func (*swapLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h *swapLog) WithAttrs([]slog.Attr) slog.Handler    { return h }
-func (h *swapLog) WithGroup(string) slog.Handler         { return h }
+func (h *swapLog) WithAttrs([]slog.Attr) slog.Handler     { return h }
+func (h *swapLog) WithGroup(string) slog.Handler          { return h }
 
 func (h *swapLog) Handle(_ context.Context, r slog.Record) error {
 	h.mu.Lock()
