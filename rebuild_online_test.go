@@ -3,6 +3,7 @@ package conduit_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,13 +40,15 @@ func TestRebuildProjectionOnlineUnderLoad(t *testing.T) {
 		readerErr   error
 		shrank      string
 		reads, last int
+		tables      = map[uint32]bool{} // the table oids the reader read
 		readerDone  = make(chan struct{})
 	)
 	go func() {
 		defer close(readerDone)
 		for readerCtx.Err() == nil {
 			var n int
-			if err := pool.QueryRow(readerCtx, `SELECT count(*) FROM public.ledger`).Scan(&n); err != nil {
+			var table uint32
+			if err := pool.QueryRow(readerCtx, `SELECT count(*), COALESCE(min(tableoid), 0) FROM public.ledger`).Scan(&n, &table); err != nil {
 				if readerCtx.Err() == nil {
 					readerErr = err
 				}
@@ -56,6 +59,7 @@ func TestRebuildProjectionOnlineUnderLoad(t *testing.T) {
 				return
 			}
 			last = n
+			tables[table] = true
 			reads++
 		}
 	}()
@@ -119,6 +123,9 @@ func TestRebuildProjectionOnlineUnderLoad(t *testing.T) {
 	if readerErr != nil || shrank != "" || reads == 0 {
 		t.Fatalf("reader: %v %s (%d reads)", readerErr, shrank, reads)
 	}
+	if !tables[before] || len(tables) != 2 {
+		t.Fatalf("the reader read tables %v; want the old one (%d) and the swapped-in one", tables, before)
+	}
 
 	var after uint32
 	var shadows int
@@ -130,7 +137,19 @@ func TestRebuildProjectionOnlineUnderLoad(t *testing.T) {
 	if after == before || shadows != 0 {
 		t.Fatalf("public.ledger oid %d → %d, %d relations left in conduit_shadow; want a new table and none left", before, after, shadows)
 	}
+	if !tables[after] {
+		t.Fatalf("the reader never read the swapped-in table %d (read %v)", after, tables)
+	}
 	checkLedgerMatchesLog(t, store, pool)
+	// The same as an ordinary rebuild makes.
+	online := readLedger(t, pool)
+	if err := store.RebuildProjection(ctx, "ledger"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, store, "ledger", head)
+	if rebuilt := readLedger(t, pool); !slices.Equal(rebuilt, online) {
+		t.Fatalf("an ordinary rebuild made %d rows, the online one %d, or other rows", len(rebuilt), len(online))
+	}
 }
 
 // The swap bounds how long readers wait: a long-running reader holds the
@@ -190,11 +209,13 @@ func TestRebuildProjectionOnlineSwapBoundsReaders(t *testing.T) {
 	}
 	// The replay catches up and the swap waits for the long reader's lock:
 	// seen as an ACCESS EXCLUSIVE request not granted, at least twice (a
-	// try, then a retry).
-	tries := 0
+	// try, then a retry). Then, for two seconds more, the tries are spaced
+	// (each makes readers queue for its lock timeout): a few, not one
+	// after the other.
+	tries, triesBefore := 0, 0
 	waiting := false
-	deadline := time.Now().Add(time.Minute)
-	for tries < 2 {
+	deadline, hold := time.Now().Add(time.Minute), time.Time{}
+	for hold.IsZero() || time.Now().Before(hold) {
 		var w bool
 		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
 			WHERE relation = 'public.ledger'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&w); err != nil {
@@ -204,11 +225,18 @@ func TestRebuildProjectionOnlineSwapBoundsReaders(t *testing.T) {
 			tries++
 		}
 		waiting = w
+		if hold.IsZero() && tries == 2 {
+			hold, triesBefore = time.Now().Add(2*time.Second), tries
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the swap never waited for the long reader (%d tries seen)", tries)
 		}
-		time.Sleep(5 * time.Millisecond) // polling the lock table: nothing signals a waiting lock
+		time.Sleep(2 * time.Millisecond) // polling the lock table: nothing signals a waiting lock
 	}
+	if n := tries - triesBefore; n > 6 {
+		t.Errorf("the swap tried %d times in 2s while a reader held the table; want its tries spaced out", n)
+	}
+	t.Logf("%d tries of the swap in the 2s after its second", tries-triesBefore)
 	var during uint32
 	if err := pool.QueryRow(ctx, `SELECT 'public.ledger'::regclass::oid`).Scan(&during); err != nil {
 		t.Fatal(err)
