@@ -65,17 +65,23 @@ type shadowTablesKey struct{}
 // projector's running instance replays the log into them, between its live
 // batches, and swaps them in for the live tables in one short transaction
 // once the replay has caught up. Readers see the old tables, complete, until
-// the swap, and the new ones after it; the swap makes them wait at most
-// 100ms (lock_timeout: a swap that would wait longer is tried again later).
+// the swap, and the new ones after it; the swap makes them wait about 100ms
+// at most: it waits 50ms at most for their locks (lock_timeout: a swap that
+// would wait longer is tried again later, with backoff), then holds the
+// tables for its own short transaction.
 // Status shows the progress (ProjectionStatus.OnlineRebuild).
 //
-// The handlers must write through Table(ctx, name), and the projector's
-// role must own the read tables (the swap renames and drops them) and may
-// create tables in schema conduit_shadow. The swap copies the live tables'
-// privileges and hands sequences they own (serial columns) to the new
-// ones; views and foreign keys that reference a live table are not moved
-// (drop them first: the swap fails otherwise). Calling it again restarts
-// the replay. ErrNotFound if the projection never ran.
+// The handlers must write through Table(ctx, name). The new tables carry
+// the live ones' indexes and constraints (under the live names, during the
+// replay too), defaults, sequences, comments, owner and privileges. What the
+// swap cannot replace soundly is refused before anything is made, with
+// ErrCannotRebuildOnline naming the table and the reason: a read table the
+// calling role does not own (nor is a member of its owner), a view or
+// foreign key depending on it, a trigger, foreign key, policy or
+// publication of its own (see README, Rebuild without downtime). The
+// projector checks its own role likewise before it replays anything (the
+// status shows the error). Calling it again restarts the replay.
+// ErrNotFound if the projection never ran.
 func (s *Store) RebuildProjectionOnline(ctx context.Context, name string) error {
 	if checkName("projection", name) != nil {
 		return fmt.Errorf("conduit: rebuild %q online: %w", name, ErrNotFound)
