@@ -27,8 +27,9 @@ import (
 // is tried again later). A reader queued behind the swap waits for this at
 // most, plus the swap's own short transaction once it has its locks (renames
 // and a commit, a few milliseconds): half of the 100ms that readers may be
-// blocked, the other half left for the swap itself. The bench measured
-// readers waiting 109 and 115ms with a lock timeout of 100ms.
+// blocked, the other half left for the swap itself (conduit-bench's online
+// workload measured readers waiting up to 115ms with a lock timeout of
+// 100ms, when the swap still prepared under its locks).
 const swapLockTimeout = 50 * time.Millisecond
 
 // swapRetryFirst and swapRetryLimit space the tries of a swap that timed
