@@ -10,6 +10,7 @@
 //
 //	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md
 //	go run ./internal/cmd/conduit-bench -quick -only=append
+//	go run ./internal/cmd/conduit-bench -quick -only=online -events 50000
 //
 // A workload is a function that adds figures to the results (see
 // workloads). The end-to-end latency workload re-executes this binary as a

@@ -346,8 +346,8 @@ const methodText = `Procedure, in one run of the program:
   the median run's events/s, and for appends the medians of the runs' p50 and p99 latencies. The upsert
   catch-up takes over a minute per run, so it gets %[4]d runs per variant and no warm-up (the log was just
   read in full), and the rebuild %[5]d.
-- ` + "`-quick`" + ` (3 runs of 1 s, a 100,000-event log, 1 upsert catch-up run) and ` + "`-only=<workloads>`" + ` give shorter
-  runs for development; ` + "`-cpuprofile`" + ` writes a Go CPU profile whose samples are labelled with the variant
+- ` + "`-quick`" + ` (3 runs of 1 s, a 100,000-event log, 1 upsert catch-up run), ` + "`-events=N`" + ` (the log's size)
+  and ` + "`-only=<workloads>`" + ` give shorter runs for development; ` + "`-cpuprofile`" + ` writes a Go CPU profile whose samples are labelled with the variant
   (` + "`go tool pprof -tagfocus 'variant=…'`" + `); ` + "`-diagnose=false`" + ` skips the diagnostic variants.
 `
 
