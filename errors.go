@@ -62,6 +62,14 @@ var (
 	// ErrNotFound: the thing asked for does not exist.
 	ErrNotFound = errors.New("conduit: not found")
 
+	// ErrCannotRebuildOnline: Store.RebuildProjectionOnline (or the swap
+	// that ends it) refused a read table that an online rebuild cannot
+	// replace soundly: one the role does not own, a view or foreign key
+	// depending on it, a trigger, foreign key or policy of its own, and the
+	// like; the error names the table and the reason. Nothing was done.
+	// Use Store.RebuildProjection for such tables.
+	ErrCannotRebuildOnline = errors.New("conduit: cannot rebuild online")
+
 	// ErrPoolerMisconfigured: a statement failed because the pool's query
 	// mode keeps prepared statements on the server between round trips
 	// (pgx's default, QueryExecModeCacheStatement, prepares each by name;
@@ -281,6 +289,8 @@ func (s *Store) dbError(ctx context.Context, err error, what string) error {
 		return s.restoredDatabase(ctx)
 	case dberr.NoProjection:
 		return fmt.Errorf("conduit: %s: %w", what, ErrNotFound)
+	case dberr.OnlineRebuildRefused:
+		return fmt.Errorf("%w: %w", ErrCannotRebuildOnline, err)
 	}
 	return fmt.Errorf("conduit: %s: %w", what, poolerHint(err))
 }

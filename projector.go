@@ -218,6 +218,9 @@ type Projector struct {
 	// shadow batch of an online rebuild.
 	shadowBackoff *engine.Backoff
 	shadowRetryAt time.Time
+	// swapBackoff spaces the tries of a swap that timed out waiting for
+	// readers (it also sets shadowRetryAt).
+	swapBackoff *engine.Backoff
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -248,6 +251,7 @@ func NewProjector(store *Store, p Projection, cfg *ProjectorConfig) (*Projector,
 	pr.log = store.cfg.Logger.With(slog.String("projection", pr.name), slog.String("instance", c.InstanceID))
 	pr.lease = pr.newLease()
 	pr.shadowBackoff = c.retryBackoff()
+	pr.swapBackoff = engine.NewBackoff(swapRetryFirst, swapRetryLimit)
 	return pr, nil
 }
 

@@ -34,9 +34,9 @@ func (totals) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
 	if err := json.Unmarshal(e.Data, &a); err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO public.totals (stream_id, n, sum, chain) VALUES ($1, 1, $2, $3)
-		ON CONFLICT (stream_id) DO UPDATE SET n = totals.n + 1, sum = totals.sum + $2,
-		chain = md5(totals.chain || $3)`, e.StreamID, a.V, fmt.Sprint(e.StreamVersion))
+	_, err := tx.Exec(ctx, `INSERT INTO `+conduit.Table(ctx, "public.totals")+` AS t (stream_id, n, sum, chain) VALUES ($1, 1, $2, $3)
+		ON CONFLICT (stream_id) DO UPDATE SET n = t.n + 1, sum = t.sum + $2,
+		chain = md5(t.chain || $3)`, e.StreamID, a.V, fmt.Sprint(e.StreamVersion))
 	return err
 }
 
@@ -91,8 +91,9 @@ func foldTotals(t *testing.T, store *conduit.Store, pool *pgxpool.Pool) string {
 }
 
 // Over random histories (appends of random sizes to random streams, some
-// rolled back, some committed late, rebuilds in between), the incrementally
-// maintained read table equals a full rebuild and a fold of the log.
+// rolled back, some committed late, rebuilds and online rebuilds in
+// between), the incrementally maintained read table equals a full rebuild,
+// an online rebuild (shadow table swapped in) and a fold of the log.
 func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 	t.Parallel()
 	for seed := range uint64(4) {
@@ -150,6 +151,10 @@ func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 					if err := store.RebuildProjection(ctx, "totals"); err != nil && !errors.Is(err, conduit.ErrNotFound) {
 						t.Fatal(err)
 					}
+				case op == 4:
+					if err := store.RebuildProjectionOnline(ctx, "totals"); err != nil && !errors.Is(err, conduit.ErrNotFound) {
+						t.Fatal(err)
+					}
 				default:
 					res, err := store.Append(ctx, stream, conduit.Any, events...)
 					if err != nil {
@@ -181,6 +186,23 @@ func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 			waitFor(t, store, "totals", last)
 			if rebuilt := readTotals(t, pool); rebuilt != incremental {
 				t.Fatalf("after rebuild:\n%s\nincremental:\n%s", rebuilt, incremental)
+			}
+			var before uint32
+			if err := pool.QueryRow(ctx, `SELECT 'public.totals'::regclass::oid`).Scan(&before); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.RebuildProjectionOnline(ctx, "totals"); err != nil {
+				t.Fatal(err)
+			}
+			waitStatus(t, store, "totals", "online rebuild swapped in", func(st conduit.ProjectionStatus) bool {
+				return st.OnlineRebuild == nil
+			})
+			var after uint32
+			if err := pool.QueryRow(ctx, `SELECT 'public.totals'::regclass::oid`).Scan(&after); err != nil {
+				t.Fatal(err)
+			}
+			if online := readTotals(t, pool); online != incremental || after == before {
+				t.Fatalf("after an online rebuild (table oid %d → %d):\n%s\nincremental:\n%s", before, after, online, incremental)
 			}
 			run()
 		})

@@ -23,9 +23,23 @@ import (
 // retried with backoff, and never holds the live projection back.
 
 // swapLockTimeout bounds how long the swap waits for readers of the live
-// tables (and so how long readers queue behind it); a swap that times out
-// is tried again after the next live batch.
-const swapLockTimeout = 100 * time.Millisecond
+// tables, and so how long readers queue behind it before it gives up (it
+// is tried again later). A reader queued behind the swap waits for this at
+// most, plus the swap's own short transaction once it has its locks (renames
+// and a commit, a few milliseconds): half of the 100ms that readers may be
+// blocked, the other half left for the swap itself (conduit-bench's online
+// workload measured readers waiting up to 115ms with a lock timeout of
+// 100ms, when the swap still prepared under its locks).
+const swapLockTimeout = 50 * time.Millisecond
+
+// swapRetryFirst and swapRetryLimit space the tries of a swap that timed
+// out (readers held a live table): each try makes readers queue for up to
+// swapLockTimeout, so tries back to back would keep them waiting all the
+// time a long reader holds a table.
+const (
+	swapRetryFirst = 250 * time.Millisecond
+	swapRetryLimit = 5 * time.Second
+)
 
 // Table returns the table a handler writes for read table name, as its
 // projection declares it (ReadTableOwner, NewRouter): name itself, or during
@@ -52,17 +66,23 @@ type shadowTablesKey struct{}
 // projector's running instance replays the log into them, between its live
 // batches, and swaps them in for the live tables in one short transaction
 // once the replay has caught up. Readers see the old tables, complete, until
-// the swap, and the new ones after it; the swap makes them wait at most
-// 100ms (lock_timeout: a swap that would wait longer is tried again later).
+// the swap, and the new ones after it; the swap makes them wait about 100ms
+// at most: it waits 50ms at most for their locks (lock_timeout: a swap that
+// would wait longer is tried again later, with backoff), then holds the
+// tables for its own short transaction.
 // Status shows the progress (ProjectionStatus.OnlineRebuild).
 //
-// The handlers must write through Table(ctx, name), and the projector's
-// role must own the read tables (the swap renames and drops them) and may
-// create tables in schema conduit_shadow. The swap copies the live tables'
-// privileges and hands sequences they own (serial columns) to the new
-// ones; views and foreign keys that reference a live table are not moved
-// (drop them first: the swap fails otherwise). Calling it again restarts
-// the replay. ErrNotFound if the projection never ran.
+// The handlers must write through Table(ctx, name). The new tables carry
+// the live ones' indexes and constraints (under the live names, during the
+// replay too), defaults, sequences, comments, owner and privileges. What the
+// swap cannot replace soundly is refused before anything is made, with
+// ErrCannotRebuildOnline naming the table and the reason: a read table the
+// calling role does not own (nor is a member of its owner), a view or
+// foreign key depending on it, a trigger, foreign key, policy or
+// publication of its own (see README, Rebuild without downtime). The
+// projector checks its own role likewise before it replays anything (the
+// status shows the error). Calling it again restarts the replay.
+// ErrNotFound if the projection never ran.
 func (s *Store) RebuildProjectionOnline(ctx context.Context, name string) error {
 	if checkName("projection", name) != nil {
 		return fmt.Errorf("conduit: rebuild %q online: %w", name, ErrNotFound)
@@ -135,6 +155,7 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 	defer release()
 	bctx, cancel := context.WithTimeout(ctx, p.cfg.HandlerTimeout)
 	defer cancel()
+	var swapStart time.Time // set when the transaction swaps
 	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
@@ -152,6 +173,13 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 		more = true
 		live := Position{TransactionID: row.CheckpointTx, GlobalPosition: row.CheckpointPosition}
 		from := Position{TransactionID: row.ShadowCheckpointTx, GlobalPosition: row.ShadowCheckpointPosition}
+		if from == (Position{}) {
+			// Before the first shadow batch: can this projector's role
+			// swap the tables in? Refused now, not after the replay.
+			if err := q.ProjectionCheckOnline(ctx, p.name); err != nil {
+				return shadowSwapError(err)
+			}
+		}
 		switch {
 		case live.Before(from):
 			// The live projection was rebuilt (truncated) since: the
@@ -166,12 +194,12 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 				if dberr.IsLockTimeout(err) || databaseFault(err) {
 					return err
 				}
-				// A view or foreign key on a live table, a missing
-				// privilege: reported, never in the live projection's way.
-				return &shadowFailure{err: fmt.Errorf("swap: %w", err)}
+				// A view or foreign key made on a live table during the
+				// replay, a missing privilege: reported, never in the live
+				// projection's way.
+				return shadowSwapError(err)
 			}
-			more = false
-			p.log.Info("conduit: online rebuild swapped in", slog.Duration("swap", time.Since(start)))
+			more, swapStart = false, start
 			return nil
 		}
 		events, err := p.readBatch(ctx, q, from, p.cfg.BatchSize)
@@ -206,11 +234,32 @@ func (p *Projector) shadowBatch(ctx context.Context) (more bool, err error) {
 		}
 		return err
 	})
+	if err == nil && !swapStart.IsZero() {
+		p.swapBackoff.Reset()
+		// From the swap's call to its commit: more than a reader queued
+		// behind it can have waited (the swap prepares before it locks).
+		p.log.Info("conduit: online rebuild swapped in", slog.Duration("swap", time.Since(swapStart)))
+	}
 	if dberr.IsLockTimeout(err) {
-		p.log.Info("conduit: online rebuild: swap waited for readers longer than its lock timeout; trying again")
-		return true, nil
+		// Given up after swapLockTimeout: readers queued behind the swap
+		// go on. Tried again later (the live projection goes on meanwhile,
+		// and the replay catches up again before the next try).
+		wait := p.swapBackoff.Next()
+		p.shadowRetryAt = time.Now().Add(wait)
+		p.log.Info("conduit: online rebuild: the swap waited for readers longer than its lock timeout; trying again",
+			slog.Duration("retry_in", wait))
+		return false, nil
 	}
 	return more, err
+}
+
+// shadowSwapError is err from the check or the swap of an online rebuild,
+// as a *shadowFailure (ErrCannotRebuildOnline when refused).
+func shadowSwapError(err error) error {
+	if dberr.Classify(err) == dberr.OnlineRebuildRefused {
+		err = fmt.Errorf("%w: %w", ErrCannotRebuildOnline, err)
+	}
+	return &shadowFailure{err: fmt.Errorf("swap: %w", err)}
 }
 
 // applyShadow applies events to the shadow tables (ctx maps them). A

@@ -153,6 +153,10 @@ SELECT conduit.resume_projection(sqlc.arg(name));
 -- name: ProjectionRebuildOnline :exec
 SELECT conduit.rebuild_projection_online(sqlc.arg(name));
 
+-- name: ProjectionCheckOnline :exec
+-- Raises CDI05 when the calling role cannot rebuild the projection online.
+SELECT conduit.check_online_rebuild(sqlc.arg(name));
+
 -- name: ProjectionShadowCheckpointSave :one
 -- Ends a shadow batch of an online rebuild, in its transaction (no row:
 -- the lease was lost, or the online rebuild was cancelled or restarted).

@@ -67,6 +67,17 @@ type projectionJSON struct {
 	RebuildStartedAt *time.Time   `json:"rebuild_started_at"`
 	PausedAt         *time.Time   `json:"paused_at"`
 	Horizon          *horizonJSON `json:"horizon"`
+	// OnlineRebuild: an online rebuild's progress while one runs, else nil.
+	OnlineRebuild *onlineRebuildJSON `json:"online_rebuild"`
+}
+
+// onlineRebuildJSON is the progress of an online rebuild.
+type onlineRebuildJSON struct {
+	StartedAt       time.Time `json:"started_at"`
+	Replayed        int64     `json:"replayed"`
+	EventsPerSecond float64   `json:"events_per_second"`
+	SecondsLeft     *float64  `json:"seconds_left"`
+	Error           string    `json:"error"`
 }
 
 // horizonJSON is the transaction holding back a projection's events.
@@ -85,6 +96,14 @@ func toProjectionJSON(s conduit.ProjectionStatus) projectionJSON {
 		FailedAttempts: s.FailedAttempts, LastError: s.LastError, Parked: s.Parked, Owner: s.Owner, Epoch: s.Epoch,
 		LeaseExpiresAt: timePtr(s.LeaseExpires), EventsApplied: s.EventsApplied, RebuildStartedAt: timePtr(s.RebuildStarted),
 		PausedAt: timePtr(s.PausedAt)}
+	if o := s.OnlineRebuild; o != nil {
+		p.OnlineRebuild = &onlineRebuildJSON{StartedAt: o.Started.UTC(), Replayed: o.Replayed,
+			EventsPerSecond: o.EventsPerSecond, Error: o.Error}
+		if o.Left >= 0 {
+			left := o.Left.Seconds()
+			p.OnlineRebuild.SecondsLeft = &left
+		}
+	}
 	if h := s.Horizon; h != nil {
 		p.Horizon = &horizonJSON{HeldEvents: h.HeldEvents, PID: h.PID, Since: h.Since.UTC(), Application: h.Application, Query: h.Query}
 	}

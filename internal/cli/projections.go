@@ -19,7 +19,9 @@ const projectionJSONHelp = `{"name": "order_totals", "state": "caught_up", "chec
 "stall_reason": "", "stalled_event_id": null, "failing_event_id": null,
 "failed_attempts": 0, "last_error": "", "parked": 0, "owner": "host-1/…", "epoch": 3,
 "lease_expires_at": "…", "events_applied": 1001, "rebuild_started_at": null, "paused_at": null,
-"horizon": null | {"held_events": 2, "pid": 4242, "since": "…", "application": "psql", "query": "…"}}
+"horizon": null | {"held_events": 2, "pid": 4242, "since": "…", "application": "psql", "query": "…"},
+"online_rebuild": null | {"started_at": "…", "replayed": 412000, "events_per_second": 52000,
+"seconds_left": 11 | null, "error": ""}}
 state is one of running, caught_up, stalled, stopped, rebuilding, paused.`
 
 func (a *app) projectionsCommand() *cobra.Command {
@@ -167,6 +169,16 @@ func (a *app) printStatus(s conduit.ProjectionStatus) {
 		row(w, "failing", fmt.Sprintf("event %s, %d attempt(s): %s", s.FailingEventID, s.FailedAttempts, oneLine(s.LastError, 200)))
 	}
 	row(w, "parked", s.Parked)
+	if o := s.OnlineRebuild; o != nil {
+		left := "?"
+		if o.Left >= 0 {
+			left = duration(o.Left)
+		}
+		row(w, "online rebuild", fmt.Sprintf("started %s, %d events replayed, %.0f events/s, %s left", ago(o.Started), o.Replayed, o.EventsPerSecond, left))
+		if o.Error != "" {
+			row(w, "online rebuild fails", oneLine(o.Error, 200))
+		}
+	}
 	if h := s.Horizon; h != nil {
 		row(w, "held back by", fmt.Sprintf("pid %d (%s), transaction open since %s, holding %d event(s): %s",
 			h.PID, orDash(h.Application), ago(h.Since), h.HeldEvents, oneLine(h.Query, 120)))
@@ -199,12 +211,12 @@ func (a *app) completeProjection(cmd *cobra.Command, argv []string, _ string) ([
 
 func (a *app) projectionsRebuildCommand() *cobra.Command {
 	var (
-		wait, noWait bool
-		interval     time.Duration
+		wait, noWait, online bool
+		interval             time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "rebuild NAME",
-		Short: "Rebuild a projection: truncate its read tables, replay the log",
+		Short: "Rebuild a projection: truncate its read tables and replay the log, or (--online) swap in a replayed copy",
 		Long: `Rebuild projection NAME by calling SELECT conduit.rebuild_projection('NAME'),
 as a user at a psql prompt would: its read tables are truncated and its
 checkpoint reset in one transaction (after any batch in flight), and the
@@ -216,10 +228,23 @@ the rebuild. Elsewhere it returns at once, unless --wait: then it prints a
 plain progress line every --interval until caught up. A replay that
 stalls on a poison event ends the wait with exit code 1.
 
+With --online it calls SELECT conduit.rebuild_projection_online('NAME')
+instead: the running projector replays the log into shadow copies of the
+read tables (schema conduit_shadow) while the live tables keep serving
+readers, then swaps the copies in, in one short transaction (readers wait
+100ms at most). It is refused at once, with exit code 1 and the reason,
+when a read table cannot be swapped soundly (a view or foreign key on it,
+a trigger, a role that does not own it: see README). Following it, the
+progress counts the events replayed into the copies, until the swap; a
+shadow batch that fails (retried by the projector) ends the wait with exit
+code 1.
+
 JSON (--json): the projection's status once done (after the replay with
---wait), as in ` + "`conduit projections status --help`.",
+--wait), as in ` + "`conduit projections status --help`" + `; during an online
+rebuild its "online_rebuild" shows the progress.`,
 		Example: `  conduit projections rebuild order_totals
-  conduit projections rebuild order_totals --wait --interval 5s   # in CI or a script`,
+  conduit projections rebuild order_totals --wait --interval 5s   # in CI or a script
+  conduit projections rebuild order_totals --online --wait        # readers keep the old tables until the swap`,
 		Args:              args(1, 1),
 		ValidArgsFunction: a.completeProjection,
 		RunE: func(cmd *cobra.Command, argv []string) error {
@@ -228,18 +253,33 @@ JSON (--json): the projection's status once done (after the replay with
 				return err
 			}
 			ctx, name := cmd.Context(), argv[0]
-			if err := store.RebuildProjection(ctx, name); err != nil {
+			if online {
+				err = store.RebuildProjectionOnline(ctx, name)
+			} else {
+				err = store.RebuildProjection(ctx, name)
+			}
+			if errors.Is(err, conduit.ErrCannotRebuildOnline) {
+				return withHint(err, "`conduit projections rebuild "+name+"` (without --online) truncates and replays instead")
+			}
+			if err != nil {
 				return notFoundHint(err)
 			}
 			bar := isTerminal(a.errOut)
 			follow := wait || (bar && !noWait && !a.json)
 			if !a.json {
-				fmt.Fprintf(a.errOut, "rebuild of %s started: read tables truncated, checkpoint reset\n", name)
+				if online {
+					fmt.Fprintf(a.errOut, "online rebuild of %s started: replaying into shadow tables; readers keep the live ones until the swap\n", name)
+				} else {
+					fmt.Fprintf(a.errOut, "rebuild of %s started: read tables truncated, checkpoint reset\n", name)
+				}
 			}
 			var st conduit.ProjectionStatus
-			if follow {
+			switch {
+			case follow && online:
+				st, err = a.followOnlineRebuild(ctx, store, name, interval, bar)
+			case follow:
 				st, err = a.followRebuild(ctx, store, name, interval, bar)
-			} else {
+			default:
 				st, err = store.ProjectionStatus(ctx, name)
 			}
 			if err != nil {
@@ -248,9 +288,14 @@ JSON (--json): the projection's status once done (after the replay with
 			if a.json {
 				return a.printJSON(toProjectionJSON(st))
 			}
-			if follow {
+			switch {
+			case follow && online:
+				fmt.Fprintf(a.out, "%s rebuilt online: shadow tables swapped in, state %s\n", name, st.State)
+			case follow:
 				fmt.Fprintf(a.out, "%s rebuilt: %d events applied, state %s\n", name, st.EventsApplied, st.State)
-			} else {
+			case online:
+				fmt.Fprintf(a.out, "%s: online rebuild under way; follow it with `conduit projections status %s`\n", name, name)
+			default:
 				fmt.Fprintf(a.out, "%s: %s, %d events to replay; follow it with `conduit projections status %s`\n",
 					name, st.State, st.LagEvents, name)
 			}
@@ -259,6 +304,7 @@ JSON (--json): the projection's status once done (after the replay with
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the replay to catch up, printing progress")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "in a terminal, return at once instead of following the replay")
+	cmd.Flags().BoolVar(&online, "online", false, "rebuild without downtime: replay into shadow tables, then swap them in")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "how often to read the progress")
 	return cmd
 }
@@ -335,6 +381,69 @@ func (a *app) followRebuild(ctx context.Context, store *conduit.Store, name stri
 		case <-ctx.Done():
 			t.Stop()
 			return st, fmt.Errorf("stopped following the rebuild of %s (it goes on): %w", name, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// followOnlineRebuild polls the projection's status until its online
+// rebuild has swapped the shadow tables in, showing the replay's progress
+// on stderr as followRebuild does (the total is the events replayed plus
+// the estimate of those left). A failed shadow batch ends it with an error
+// (the projector goes on retrying).
+func (a *app) followOnlineRebuild(ctx context.Context, store *conduit.Store, name string, interval time.Duration, bar bool) (conduit.ProjectionStatus, error) {
+	var (
+		pb         *progressbar.ProgressBar
+		lastDone   = int64(-1)
+		warnedIdle bool
+	)
+	for {
+		st, err := store.ProjectionStatus(ctx, name)
+		if err != nil {
+			return st, err
+		}
+		o := st.OnlineRebuild
+		if o == nil { // swapped in
+			if pb != nil {
+				_ = pb.Finish()
+				fmt.Fprintln(a.errOut)
+			}
+			return st, nil
+		}
+		if o.Error != "" {
+			return st, fmt.Errorf("the online rebuild of %s fails (the projector retries it): %s", name, oneLine(o.Error, 300))
+		}
+		left := "?"
+		total := o.Replayed
+		if o.Left >= 0 {
+			left = duration(o.Left)
+			total += int64(o.EventsPerSecond * o.Left.Seconds())
+		}
+		if bar {
+			if pb == nil {
+				pb = newRebuildBar(a.errOut, name, max(total, 1))
+			}
+			pb.ChangeMax64(max(total, o.Replayed, 1))
+			_ = pb.Set64(o.Replayed)
+		} else if o.Replayed != lastDone {
+			fmt.Fprintf(a.errOut, "online rebuild %s: %d events replayed, %.0f events/s, %s left\n",
+				name, o.Replayed, o.EventsPerSecond, left)
+			lastDone = o.Replayed
+		}
+		switch {
+		case warnedIdle:
+		case st.State == conduit.StateStopped:
+			fmt.Fprintf(a.errOut, "no projector instance holds %s's lease: the replay starts when one runs\n", name)
+			warnedIdle = true
+		case st.State == conduit.StatePaused:
+			fmt.Fprintf(a.errOut, "%s is paused: the replay starts when it is resumed (`conduit projections resume %s`)\n", name, name)
+			warnedIdle = true
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return st, fmt.Errorf("stopped following the online rebuild of %s (it goes on): %w", name, ctx.Err())
 		case <-t.C:
 		}
 	}

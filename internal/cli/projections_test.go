@@ -1,11 +1,15 @@
 package cli
 
 import (
+	"context"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
 )
@@ -268,5 +272,91 @@ func TestStatementTimeout(t *testing.T) {
 	}
 	if took := time.Since(start); took > 20*time.Second {
 		t.Fatalf("the rebuild gave up after %s", took)
+	}
+}
+
+// counted writes one row per event into its read table, through
+// conduit.Table (so an online rebuild replays into the shadow copy).
+type counted struct{}
+
+func (counted) Name() string         { return "counted" }
+func (counted) ReadTables() []string { return []string{"public.counted"} }
+func (counted) Apply(ctx context.Context, tx pgx.Tx, e conduit.Event) error {
+	_, err := tx.Exec(ctx, `INSERT INTO `+conduit.Table(ctx, "public.counted")+` (id) VALUES ($1)`, e.ID)
+	return err
+}
+
+// rebuild --online: the progress of the replay into the shadow tables,
+// the swap, the same rows; refused at once (exit code 1, a hint) when a
+// read table cannot be swapped.
+func TestRebuildOnline(t *testing.T) {
+	t.Parallel()
+	url, store := migratedDatabase(t)
+	ctx := testContext(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `CREATE TABLE public.counted (id uuid PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	const events = 3000
+	for i := range events / 1000 {
+		appendEvents(t, store, "s-"+strconv.Itoa(i), "placed", 1000)
+	}
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := conduit.NewProjector(store, counted{}, &conduit.ProjectorConfig{BatchSize: 100, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Run(runCtx)
+	}()
+	defer func() { stop(); <-done }()
+	if err := store.WaitFor(ctx, "counted", head); err != nil {
+		t.Fatal(err)
+	}
+	var before uint32
+	if err := pool.QueryRow(ctx, `SELECT 'public.counted'::regclass::oid`).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+
+	r := mustRun(t, ExitOK, url, "", "projections", "rebuild", "counted", "--online", "--wait", "--interval", "10ms")
+	if !regexp.MustCompile(`(?m)^online rebuild counted: \d+ events replayed, \d+ events/s, \S+ left$`).MatchString(r.stderr) ||
+		!strings.Contains(r.stdout, "counted rebuilt online: shadow tables swapped in") {
+		t.Fatalf("rebuild --online --wait:\n%s", r)
+	}
+	var after uint32
+	var rows int
+	if err := pool.QueryRow(ctx, `SELECT 'public.counted'::regclass::oid, (SELECT count(*) FROM public.counted)`).Scan(&after, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if after == before || rows != events {
+		t.Fatalf("after rebuild --online: oid %d → %d, %d rows; want a new table with %d", before, after, rows, events)
+	}
+
+	// Without --wait, --json shows the rebuild under way.
+	j := decode[projectionJSON](t, mustRun(t, ExitOK, url, "", "projections", "rebuild", "counted", "--online", "--json"))
+	if j.Name != "counted" || j.OnlineRebuild == nil {
+		t.Fatalf("rebuild --online --json: %+v", j)
+	}
+	eventually(t, "the second online rebuild swapped in", func() bool {
+		st, err := store.ProjectionStatus(ctx, "counted")
+		return err == nil && st.OnlineRebuild == nil
+	})
+
+	if _, err := pool.Exec(ctx, `CREATE VIEW public.counted_total AS SELECT count(*) FROM public.counted`); err != nil {
+		t.Fatal(err)
+	}
+	r = mustRun(t, ExitError, url, "", "projections", "rebuild", "counted", "--online")
+	if !strings.Contains(r.stderr, "view counted_total") || !strings.Contains(r.stderr, "hint:") {
+		t.Fatalf("rebuild --online with a view on the table:\n%s", r)
 	}
 }

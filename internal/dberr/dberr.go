@@ -38,6 +38,9 @@ const (
 	// CodeRestoredDatabase: conduit.assert_transaction_ids found stored
 	// transaction ids above the server's (a logical restore).
 	CodeRestoredDatabase = "CDI04"
+	// CodeOnlineRebuildRefused: conduit.check_online_rebuild found a read
+	// table that an online rebuild cannot replace soundly.
+	CodeOnlineRebuildRefused = "CDI05"
 
 	// EventsChannel is the NOTIFY channel that wakes projectors.
 	EventsChannel = "conduit_events"
@@ -85,6 +88,8 @@ const (
 	TransactionAborted
 	// RestoredDatabase: CodeRestoredDatabase.
 	RestoredDatabase
+	// OnlineRebuildRefused: CodeOnlineRebuildRefused.
+	OnlineRebuildRefused
 	// PreparedStatementMismatch: the server connection lacked a statement
 	// its client connection had prepared by name (26000), or already had
 	// one of the name it was preparing (42P05). Conduit prepares nothing by
@@ -142,6 +147,8 @@ func classifyPg(e *pgconn.PgError) Kind {
 		return TransactionAborted
 	case CodeRestoredDatabase:
 		return RestoredDatabase
+	case CodeOnlineRebuildRefused:
+		return OnlineRebuildRefused
 	}
 	switch e.Code[:2] {
 	case "08", "53", "57", "58": // connection, resources, operator intervention, system

@@ -40,6 +40,7 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "26000"}, dberr.PreparedStatementMismatch}, // prepared statement does not exist
 		{&pgconn.PgError{Code: "42P05"}, dberr.PreparedStatementMismatch}, // prepared statement already exists
 		{fmt.Errorf("conduit: x: %w", &pgconn.PgError{Code: dberr.CodeRestoredDatabase}), dberr.RestoredDatabase},
+		{&pgconn.PgError{Code: dberr.CodeOnlineRebuildRefused}, dberr.OnlineRebuildRefused},
 	} {
 		if got := dberr.Classify(c.err); got != c.want {
 			t.Errorf("Classify(%v) = %d, want %d", c.err, got, c.want)

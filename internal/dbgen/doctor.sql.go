@@ -204,6 +204,9 @@ SELECT c.object::text AS object, c.privilege::text AS privilege, c.want::boolean
         ('function', 'conduit.discard_dead_letter(uuid)', 'EXECUTE', true),
         ('function', 'conduit.rebuild_projection_online(text)', 'EXECUTE', true),
         ('function', 'conduit.swap_shadow_tables(text)', 'EXECUTE', true),
+        ('function', 'conduit.rebuild_projection_online_00009(text)', 'EXECUTE', true),
+        ('function', 'conduit.swap_shadow_tables_00009(text)', 'EXECUTE', true),
+        ('function', 'conduit.copy_table_privileges(regclass,regclass)', 'EXECUTE', true),
         ('schema', 'conduit_shadow', 'USAGE', true),
         ('schema', 'conduit_shadow', 'CREATE', true)
        ) AS c(kind, object, privilege, want)

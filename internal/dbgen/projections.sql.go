@@ -140,6 +140,16 @@ func (q *Queries) ProjectionAcquire(ctx context.Context, arg ProjectionAcquirePa
 	return epoch, err
 }
 
+const projectionCheckOnline = `-- name: ProjectionCheckOnline :exec
+SELECT conduit.check_online_rebuild($1)
+`
+
+// Raises CDI05 when the calling role cannot rebuild the projection online.
+func (q *Queries) ProjectionCheckOnline(ctx context.Context, name string) error {
+	_, err := q.db.Exec(ctx, projectionCheckOnline, name)
+	return err
+}
+
 const projectionCheckpointGet = `-- name: ProjectionCheckpointGet :one
 SELECT checkpoint_tx, checkpoint_position, state,
        COALESCE(stall_reason, '')::text AS stall_reason,

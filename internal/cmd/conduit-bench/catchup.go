@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -34,28 +35,12 @@ import (
 // Every run uses a fresh projection name and fresh tables.
 func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 	o := srv.opts
-	db, err := srv.logDB(ctx)
+	c, err := newCatchUp(ctx, srv, nil)
 	if err != nil {
 		return err
 	}
-	// The projector's batches, WaitFor's checkpoint reads, and the baseline's
-	// transaction; the listener has its own connection.
-	pool, err := db.pool(ctx, 3)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS bench.checkpoints (
-		name text PRIMARY KEY, transaction_id bigint NOT NULL, global_position bigint NOT NULL)`); err != nil {
-		return err
-	}
-	store, err := conduit.NewStore(pool, nil)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	c := &catchUp{srv: srv, pool: pool, store: store, events: o.readEvents, head: srv.lastPosition,
-		last: map[handlerKind]*benchProjection{}}
+	defer c.close()
+	pool := c.pool
 
 	// No-op handler: a few seconds per run.
 	noop := []variant{
@@ -123,7 +108,50 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 			name:   fmt.Sprintf("rebuild of the %s projection over %s events", h, rate(float64(o.readEvents))),
 			events: o.readEvents, elapsed: rebuilds})
 	}
-	return c.onlineRebuild(ctx, out)
+	return nil
+}
+
+// benchOnline: the online rebuild (see onlineRebuild), over the shared log.
+// It runs last: it appends to the log.
+func benchOnline(ctx context.Context, srv *server, out *results) error {
+	swaps := &swapLog{}
+	c, err := newCatchUp(ctx, srv, &conduit.Config{Logger: slog.New(swaps)})
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.onlineRebuild(ctx, out, swaps)
+}
+
+// newCatchUp connects to the shared log for the projector workloads.
+func newCatchUp(ctx context.Context, srv *server, cfg *conduit.Config) (*catchUp, error) {
+	db, err := srv.logDB(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The projector's batches, WaitFor's checkpoint reads, and the baseline's
+	// transaction; the listener has its own connection.
+	pool, err := db.pool(ctx, 3)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS bench.checkpoints (
+		name text PRIMARY KEY, transaction_id bigint NOT NULL, global_position bigint NOT NULL)`); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	store, err := conduit.NewStore(pool, cfg)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &catchUp{srv: srv, pool: pool, store: store, events: srv.opts.readEvents, head: srv.lastPosition,
+		last: map[handlerKind]*benchProjection{}}, nil
+}
+
+func (c *catchUp) close() {
+	c.store.Close()
+	c.pool.Close()
 }
 
 // handlerKind is what a benchmark projection does per event.

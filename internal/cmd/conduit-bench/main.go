@@ -10,6 +10,7 @@
 //
 //	go run ./internal/cmd/conduit-bench -out BENCHMARKS.md
 //	go run ./internal/cmd/conduit-bench -quick -only=append
+//	go run ./internal/cmd/conduit-bench -quick -only=online -events 50000
 //
 // A workload is a function that adds figures to the results (see
 // workloads). The end-to-end latency workload re-executes this binary as a
@@ -55,6 +56,7 @@ type options struct {
 func parseFlags() options {
 	var o options
 	var only string
+	var events int
 	flag.StringVar(&o.url, "db", cmp.Or(os.Getenv("DATABASE_URL"), defaultURL), "server URL (defaults to DATABASE_URL); the benchmark creates and drops its own databases there")
 	flag.StringVar(&o.out, "out", "", "write the report to this file (default: stdout)")
 	flag.BoolVar(&o.quick, "quick", false, "short run: fewer, shorter runs and a 100,000-event global log")
@@ -62,6 +64,7 @@ func parseFlags() options {
 	flag.IntVar(&o.runs, "runs", 0, "measured runs per variant (default 5, quick 3)")
 	flag.DurationVar(&o.duration, "duration", 0, "length of one timed run (default 1.5s, quick 1s)")
 	flag.BoolVar(&o.diagnose, "diagnose", true, "also measure diagnostic variants that split Conduit's cost")
+	flag.IntVar(&events, "events", 0, "events in the shared global log (default 1,000,000, quick 100,000)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the benchmark databases instead of dropping them")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
 	flag.Parse()
@@ -77,6 +80,9 @@ func parseFlags() options {
 		o.duration = min(o.duration, time.Second)
 		o.warmup = 500 * time.Millisecond
 		o.readEvents = 100_000
+	}
+	if events > 0 {
+		o.readEvents = events
 	}
 	if only != "" {
 		for name := range strings.SplitSeq(only, ",") {

@@ -78,6 +78,19 @@ func (r report) markdown() string {
 		p("\n")
 	}
 
+	if len(r.readers) > 0 {
+		p("## Readers during the online rebuild\n\n")
+		p("| Reader's queries | Queries | p50 | p99 | Max | Target | Met |\n|---|---:|---:|---:|---:|---:|:-:|\n")
+		for _, q := range r.readers {
+			target, met := "–", "–"
+			if q.target > 0 {
+				target, met = "max ≤ "+ms(q.target), yesNo(q.met())
+			}
+			p("| %s | %d | %s | %s | %s | %s | %s |\n", q.name, q.reads, ms(q.p50), ms(q.p99), ms(q.max), target, met)
+		}
+		p("\n")
+	}
+
 	if len(r.status) > 0 {
 		p("## Status at a large lag\n\n| Query | Runs | Time (median) | Target | Met |\n|---|---:|---:|---:|:-:|\n")
 		for _, s := range r.status {
@@ -157,6 +170,11 @@ func (r report) missed() []string {
 		if !l.met() {
 			out = append(out, fmt.Sprintf("end-to-end latency, %s, %s (p50 %s, p99 %s against %s)", l.load, l.mode,
 				ms(l.visible.p50), ms(l.visible.p99), l.targetText()))
+		}
+	}
+	for _, q := range r.readers {
+		if !q.met() {
+			out = append(out, fmt.Sprintf("online rebuild, reader %s (max %s against ≤ %s)", q.name, ms(q.max), ms(q.target)))
 		}
 	}
 	for _, s := range r.status {
@@ -319,8 +337,13 @@ const methodText = `Procedure, in one run of the program:
   afterwards. *Online rebuild*: ` + "`Store.RebuildProjectionOnline`" + ` on a caught-up batch upsert projection while 8
   writers append single events in a closed loop and a reader polls ` + "`SELECT sum(events)`" + ` of the read table on
   its own connection; timed from the call to the swap (the status polled every 10 ms), its events/s are the
-  events replayed into the shadow table; the reader's totals must never go down, and its slowest read bounds
-  how long the swap blocked it.
+  events replayed into the shadow table; the reader's totals must never go down. The reader times each of its
+  queries and notes the table's oid it read (` + "`tableoid`" + `), so the swap is between the last query that saw the
+  old table and the first that saw the new one: *around the swap* are the queries begun within 1 s of it (a
+  query queued behind the swap's lock waits in it; the target is that none takes over 100 ms: the swap waits
+  50 ms at most for readers' locks, its ` + "`lock_timeout`" + `, then holds them for its short transaction),
+  *away from the swap* the others, for contrast (the machine's load from the writers
+  and the replay is in every time).
 - **Status**: ` + "`conduit.projection_status()`" + ` for a projection 10,000,000 events behind (loaded with one
   ` + "`INSERT … SELECT … generate_series`" + `, then ` + "`VACUUM ANALYZE`" + `), 11 calls, median; against migration 2's
   version (kept as ` + "`conduit.projection_status_00002`" + `), which counts every event behind, 3 calls.
@@ -330,8 +353,8 @@ const methodText = `Procedure, in one run of the program:
   the median run's events/s, and for appends the medians of the runs' p50 and p99 latencies. The upsert
   catch-up takes over a minute per run, so it gets %[4]d runs per variant and no warm-up (the log was just
   read in full), and the rebuild %[5]d.
-- ` + "`-quick`" + ` (3 runs of 1 s, a 100,000-event log, 1 upsert catch-up run) and ` + "`-only=<workloads>`" + ` give shorter
-  runs for development; ` + "`-cpuprofile`" + ` writes a Go CPU profile whose samples are labelled with the variant
+- ` + "`-quick`" + ` (3 runs of 1 s, a 100,000-event log, 1 upsert catch-up run), ` + "`-events=N`" + ` (the log's size)
+  and ` + "`-only=<workloads>`" + ` give shorter runs for development; ` + "`-cpuprofile`" + ` writes a Go CPU profile whose samples are labelled with the variant
   (` + "`go tool pprof -tagfocus 'variant=…'`" + `); ` + "`-diagnose=false`" + ` skips the diagnostic variants.
 `
 

@@ -29,6 +29,7 @@ var workloads = []workload{
 	{"read", "reading one 10,000-event stream and the whole global log", rowsOf(benchReads)},
 	{"status", "conduit.projection_status() with 10,000,000 events of lag", benchStatus},
 	{"catchup", "projector catch-up of the global log (upsert and no-op handlers), and its rebuild", benchCatchUp},
+	{"online", "online rebuild of a batch upsert projection while 8 writers append and a reader times its queries (appends to the log: last)", benchOnline},
 }
 
 // rowsOf adapts a workload that only makes comparison rows.
@@ -46,6 +47,7 @@ type results struct {
 	latency  []latencyRow // end-to-end latency
 	timings  []timingRow  // one-off operations (rebuild)
 	status   []statusRow  // projection_status at a large lag
+	readers  []readerRow  // a reader's queries during the online rebuild
 	findings []string     // measured facts for the analysis (notification counts, ...)
 }
 
