@@ -387,7 +387,7 @@ this 2-core machine), so at 1 writer nothing changes.
   single-event ` + "`EventAppendOne`" + ` about 160–180 µs, and ` + "`conduit.append_batch`" + ` with 8 single-event appends about
   60–110 µs per append: a batch of 8 cost the server about what 8 raw INSERTs with their commits do. Most
   batches hold single-event appends without outbox messages; they now go through
-  ` + "`conduit.append_batch_one`" + ` (migration 10): one array entry per append, event included, so no window function
+  ` + "`conduit.append_batch_one`" + ` (migration 11): one array entry per append, event included, so no window function
   to number each append's events, no join of events to appends and no sort to find each append's last
   event. Measured the same way, interleaved (4 rounds of 400 batches of 8): about 110 µs per append through
   ` + "`append_batch`" + `, about 78 µs through ` + "`append_batch_one`" + `.
