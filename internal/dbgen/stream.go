@@ -3,8 +3,9 @@
 // file is not generated: it adds row-by-row twins of the :many queries that
 // read events, for the read paths that stream. sqlc's :many methods build a
 // page's slice before they return it; these run the same generated query
-// text, scan each row as the generated method does, and hand it to fn as it
-// comes off the wire, so a reader converts each row once and holds no page.
+// text, decode each row (see EventDecoder: from the wire, or scanned as the
+// generated method does), and hand it to fn as it comes off the wire, so a
+// reader converts each row once and holds no page.
 // The connection is busy until they return: fn must not use it. An error
 // from fn ends the read (the rest of the result is discarded) and is
 // returned.
@@ -14,6 +15,7 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // EventListAllEach is EventListAll, row by row.
@@ -34,25 +36,25 @@ func (q *Queries) EventListForProjectionEach(ctx context.Context, arg EventListF
 	return eachEvent(rows, err, fn)
 }
 
-// eachEvent scans rows of the events table's columns, in its order.
+// eachEvent decodes rows of the events table's columns, in its order.
 func eachEvent(rows pgx.Rows, err error, fn func(ConduitEvent) error) error {
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
+	var d EventDecoder
+	started := false
 	for rows.Next() {
+		if !started {
+			var m *pgtype.Map
+			if c := rows.Conn(); c != nil {
+				m = c.TypeMap()
+			}
+			d.Start(rows.FieldDescriptions(), m)
+			started = true
+		}
 		var i ConduitEvent
-		if err := rows.Scan(
-			&i.GlobalPosition,
-			&i.TransactionID,
-			&i.StreamID,
-			&i.StreamVersion,
-			&i.EventID,
-			&i.EventType,
-			&i.Data,
-			&i.Metadata,
-			&i.RecordedAt,
-		); err != nil {
+		if err := d.Decode(rows, &i); err != nil {
 			return err
 		}
 		if err := fn(i); err != nil {
