@@ -39,3 +39,7 @@ func QueuedAppends(s *Store) int {
 	defer s.batcher.mu.Unlock()
 	return len(s.batcher.queue)
 }
+
+// ReadAheadBatches returns how many of p's batches took events it had read
+// ahead.
+func ReadAheadBatches(p *Projector) int64 { return p.aheadUsed.Load() }

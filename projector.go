@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -218,6 +219,11 @@ type Projector struct {
 	// shadow batch of an online rebuild.
 	shadowBackoff *engine.Backoff
 	shadowRetryAt time.Time
+	// ahead is the next batch's events being read while the current batch
+	// applies and commits; reading counts the reads in flight.
+	ahead     *readAhead
+	reading   sync.WaitGroup
+	aheadUsed atomic.Int64 // batches whose events were read ahead (for tests)
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -306,6 +312,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		defer p.store.listener.Release()
 	}
 	defer p.lease.Release()
+	defer p.dropReadAhead()
 
 	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
 	failures := p.cfg.retryBackoff()
@@ -504,6 +511,7 @@ type batchResult struct {
 // A stalled projection's event is tried again when p.retryStalled allows.
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
+	runCtx := ctx // outlives the batch: for its read-ahead
 	release, err := p.store.takeProjectorConn(ctx)
 	if err != nil {
 		return res, err
@@ -518,10 +526,11 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
+		epoch := p.lease.Epoch()
 		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
-			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
+			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: epoch,
 		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
@@ -544,9 +553,15 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				return err
 			}
 		}
-		events, err := p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize)
-		if err != nil {
-			return err
+		events, ok := p.takeReadAhead(ctx, runCtx, checkpoint, epoch)
+		if !ok {
+			if events, err = p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize); err != nil {
+				return err
+			}
+			if len(events) == p.cfg.BatchSize {
+				// More to come: read it while this batch applies and commits.
+				p.startReadAhead(runCtx, events[len(events)-1].Position, epoch)
+			}
 		}
 		res.caughtUp = len(events) < p.cfg.BatchSize
 		res.passed = len(events)
@@ -714,6 +729,131 @@ func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Posit
 		return nil
 	})
 	return events, err
+}
+
+// readAheadEvents is how many events a read ahead fetches in one statement
+// (a whole number of batches, at least one): fewer statements per event
+// than one per batch. A projector holds at most two such fetches.
+const readAheadEvents = 10_000
+
+// readAhead is the events after from, read ahead under the lease of epoch:
+// events already fetched (handed out a batch at a time), and the statement
+// in flight that fetches those after them.
+type readAhead struct {
+	from   Position
+	epoch  int64
+	events []Event
+	fetch  *fetchAhead // nil: none in flight
+	ended  bool        // a fetch came back short: the log's end, for now
+	cancel context.CancelFunc
+}
+
+// fetchAhead is one statement of a read ahead, in flight.
+type fetchAhead struct {
+	limit int
+	done  chan fetchedAhead
+}
+
+type fetchedAhead struct {
+	events []Event
+	err    error
+}
+
+// startReadAhead starts reading the events after from (the end of a full
+// batch) on a connection of its own while the current batch applies and
+// commits, so that catching up reads and commits at the same time. Each
+// statement fetches up to readAheadEvents (a whole number of batches); the
+// next one starts as soon as the batches take the events of the last. Each
+// is one statement below the safe horizon, like the batch's own: the events
+// it returns are the log's next ones whenever they are used. A fetch starts
+// only when the pool has a connection idle, or room for one, so it never
+// makes an append wait.
+func (p *Projector) startReadAhead(ctx context.Context, from Position, epoch int64) {
+	p.dropReadAheadBuffer()
+	ctx, cancel := context.WithCancel(ctx)
+	p.ahead = &readAhead{from: from, epoch: epoch, cancel: cancel}
+	p.fetchAhead(ctx, from)
+}
+
+// fetchAhead starts the read ahead's next statement, after from, unless the
+// pool is short of connections.
+func (p *Projector) fetchAhead(ctx context.Context, from Position) {
+	a := p.ahead
+	if st := p.store.pool.Stat(); st.IdleConns() == 0 && st.TotalConns() >= st.MaxConns() {
+		return
+	}
+	f := &fetchAhead{limit: max(1, readAheadEvents/p.cfg.BatchSize) * p.cfg.BatchSize, done: make(chan fetchedAhead, 1)}
+	a.fetch = f
+	p.reading.Add(1)
+	go func() {
+		defer p.reading.Done()
+		events, err := p.readBatch(ctx, p.store.queries, from, f.limit)
+		f.done <- fetchedAhead{events, err}
+	}()
+}
+
+// takeReadAhead returns the next batch's events from the read ahead if it
+// starts at checkpoint, the batch's committed checkpoint, under the same
+// lease, and holds a whole batch; else (the previous batch stopped short
+// of its end: cut by time, a failing event, a rollback; or a rebuild, a new
+// lease, a failed read, the log's end) it drops the read ahead, and the
+// batch reads its own events.
+func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
+	a := p.ahead
+	if a == nil {
+		return nil, false
+	}
+	if a.from != checkpoint || a.epoch != epoch {
+		p.dropReadAheadBuffer()
+		return nil, false
+	}
+	n := p.cfg.BatchSize
+	if len(a.events) < n && a.fetch != nil {
+		select {
+		case r := <-a.fetch.done:
+			if r.err != nil {
+				p.dropReadAheadBuffer()
+				return nil, false
+			}
+			a.ended = len(r.events) < a.fetch.limit
+			a.fetch = nil
+			a.events = append(a.events, r.events...)
+		case <-ctx.Done():
+			p.dropReadAheadBuffer()
+			return nil, false
+		}
+	}
+	if len(a.events) < n {
+		p.dropReadAheadBuffer()
+		return nil, false
+	}
+	events := a.events[:n:n]
+	a.events = a.events[n:]
+	a.from = events[n-1].Position
+	p.aheadUsed.Add(1)
+	if a.fetch == nil && !a.ended {
+		end := a.from
+		if len(a.events) > 0 {
+			end = a.events[len(a.events)-1].Position
+		}
+		p.fetchAhead(runCtx, end)
+	}
+	return events, true
+}
+
+// dropReadAheadBuffer drops the read ahead, cancelling its statement if one
+// is still running.
+func (p *Projector) dropReadAheadBuffer() {
+	if p.ahead != nil {
+		p.ahead.cancel()
+		p.ahead = nil
+	}
+}
+
+// dropReadAhead drops the read ahead and waits for the reads in flight.
+func (p *Projector) dropReadAhead() {
+	p.dropReadAheadBuffer()
+	p.reading.Wait()
 }
 
 func (p *Projector) handles(eventType string) bool {
