@@ -69,9 +69,11 @@ type ProjectorConfig struct {
 	// BatchSize is the most events applied in one transaction, 1 to
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
-	// (see BENCHMARKS.md). A batch also stops taking events after
-	// HandlerTimeout/10 (1s by default), which bounds the latency a large
-	// batch adds under load; a BatchProjection's batch goes to ApplyBatch
+	// (see BENCHMARKS.md). While catching up it may also hold events read
+	// ahead: two reads of up to 10,000 events each (a whole number of
+	// batches, one if BatchSize is larger; see Config.MaxProjectorConns).
+	// A batch also stops taking events after HandlerTimeout/10 (1s by
+	// default), which bounds the latency a large batch adds under load; a BatchProjection's batch goes to ApplyBatch
 	// whole, in one call that HandlerTimeout bounds. Defaults to
 	// BatchSizeDefault.
 	BatchSize int
@@ -224,6 +226,9 @@ type Projector struct {
 	ahead     *readAhead
 	reading   sync.WaitGroup
 	aheadUsed atomic.Int64 // batches whose events were read ahead (for tests)
+	// committed is the checkpoint this instance's last batch committed; nil
+	// when unknown (first batch, after an error, a stall or a pause).
+	committed *committedCheckpoint
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -512,6 +517,7 @@ type batchResult struct {
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
 	runCtx := ctx // outlives the batch: for its read-ahead
+	epoch := p.lease.Epoch()
 	release, err := p.store.takeProjectorConn(ctx)
 	if err != nil {
 		return res, err
@@ -526,12 +532,30 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
-		epoch := p.lease.Epoch()
-		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
+		lock := dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
 			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: epoch,
-		})
+		}
+		var (
+			row    dbgen.ProjectionLockForBatchRow
+			listed []Event   // read with the lock, after listedFrom
+			guess  *Position // listedFrom: the checkpoint the last batch committed
+		)
+		if c := p.committed; c != nil && c.epoch == epoch && p.ahead == nil {
+			// One round trip for the lock and the read, after the checkpoint
+			// this instance committed last; used if the lock finds it there.
+			guess = &c.checkpoint
+			listed = make([]Event, 0, min(p.cfg.BatchSize, 256))
+			row, err = dbgen.ProjectionLockForBatchThenList(ctx, tx, lock, p.listParams(*guess, p.cfg.BatchSize),
+				func(r dbgen.ConduitEvent) error {
+					listed = append(listed, eventFromRow(r))
+					return nil
+				})
+		} else {
+			row, err = q.ProjectionLockForBatch(ctx, lock)
+		}
+		p.committed = nil // known again once this batch commits
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
 		}
@@ -555,7 +579,9 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		}
 		events, ok := p.takeReadAhead(ctx, runCtx, checkpoint, epoch)
 		if !ok {
-			if events, err = p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize); err != nil {
+			if guess != nil && *guess == checkpoint {
+				events = listed
+			} else if events, err = p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize); err != nil {
 				return err
 			}
 			if len(events) == p.cfg.BatchSize {
@@ -631,6 +657,9 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp, failing == 0)
 		return err
 	})
+	if err == nil && res.stalled == nil && !res.paused {
+		p.committed = &committedCheckpoint{checkpoint: res.checkpoint, epoch: epoch}
+	}
 	if err == nil {
 		p.store.progress.Notify() // also wakes WaitFor to report a stall
 	} else if errors.Is(context.Cause(bctx), errLeaseLost) {
@@ -713,18 +742,29 @@ func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Pos
 	return eventsAfter, err
 }
 
-func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {
+// committedCheckpoint is the checkpoint an instance's last batch committed,
+// under the lease of epoch.
+type committedCheckpoint struct {
+	checkpoint Position
+	epoch      int64
+}
+
+func (p *Projector) listParams(after Position, limit int) dbgen.EventListForProjectionParams {
 	types := p.types
 	if types == nil {
 		types = []string{} // all
 	}
+	return dbgen.EventListForProjectionParams{
+		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	}
+}
+
+func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {
 	// Into the batch straight from the wire: its handlers use the
 	// connection, so the batch is read whole first, but no page of rows is
 	// built to be copied.
 	events := make([]Event, 0, min(limit, 256))
-	err := q.EventListForProjectionEach(ctx, dbgen.EventListForProjectionParams{
-		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
-	}, func(r dbgen.ConduitEvent) error {
+	err := q.EventListForProjectionEach(ctx, p.listParams(after, limit), func(r dbgen.ConduitEvent) error {
 		events = append(events, eventFromRow(r))
 		return nil
 	})
@@ -765,9 +805,10 @@ type fetchedAhead struct {
 // statement fetches up to readAheadEvents (a whole number of batches); the
 // next one starts as soon as the batches take the events of the last. Each
 // is one statement below the safe horizon, like the batch's own: the events
-// it returns are the log's next ones whenever they are used. A fetch starts
-// only when the pool has a connection idle, or room for one, so it never
-// makes an append wait.
+// it returns are the log's next ones whenever they are used. A fetch holds a
+// connection of the projectors' budget (Config.MaxProjectorConns), and
+// starts only if a slot is free at once: with a budget of 1 (the default
+// for pools of up to 7 connections) a lone projector does not read ahead.
 func (p *Projector) startReadAhead(ctx context.Context, from Position, epoch int64) {
 	p.dropReadAheadBuffer()
 	ctx, cancel := context.WithCancel(ctx)
@@ -776,10 +817,11 @@ func (p *Projector) startReadAhead(ctx context.Context, from Position, epoch int
 }
 
 // fetchAhead starts the read ahead's next statement, after from, unless the
-// pool is short of connections.
+// projectors' connection budget is spent.
 func (p *Projector) fetchAhead(ctx context.Context, from Position) {
 	a := p.ahead
-	if st := p.store.pool.Stat(); st.IdleConns() == 0 && st.TotalConns() >= st.MaxConns() {
+	release, ok := p.store.tryTakeProjectorConn()
+	if !ok {
 		return
 	}
 	f := &fetchAhead{limit: max(1, readAheadEvents/p.cfg.BatchSize) * p.cfg.BatchSize, done: make(chan fetchedAhead, 1)}
@@ -787,6 +829,7 @@ func (p *Projector) fetchAhead(ctx context.Context, from Position) {
 	p.reading.Add(1)
 	go func() {
 		defer p.reading.Done()
+		defer release()
 		events, err := p.readBatch(ctx, p.store.queries, from, f.limit)
 		f.done <- fetchedAhead{events, err}
 	}()

@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
 	"github.com/conduit-es/conduit"
 )
 
@@ -33,7 +36,7 @@ func appendStreams(t testing.TB, store *conduit.Store, streams, n int) conduit.A
 // events read ahead while the previous one committed, and every event is
 // applied once, in log order.
 func TestProjectorReadAhead(t *testing.T) {
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, &conduit.Config{MaxProjectorConns: 2}) // one for the batch, one to read ahead
 	createLedger(t, pool)
 	appendStreams(t, store, 10, 50)
 	p, err := conduit.NewProjector(store, &ledger{name: "ra"}, &conduit.ProjectorConfig{BatchSize: 7})
@@ -54,15 +57,22 @@ func TestProjectorReadAhead(t *testing.T) {
 // are dropped, the events before the poison one are committed, it is
 // parked, and the rest applied once each, in order.
 func TestProjectorReadAheadPoisonEvent(t *testing.T) {
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, &conduit.Config{MaxProjectorConns: 2}) // one for the batch, one to read ahead
 	createLedger(t, pool)
 	appendStreams(t, store, 4, 100)
-	var events []conduit.Event
-	for e, err := range store.ReadAll(testContext(t), conduit.Position{}) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		events = append(events, e)
+	// The log in order (not ReadAll: it stops at the cluster's safe horizon,
+	// which other tests' transactions may hold back).
+	rows, err := pool.Query(testContext(t), `SELECT event_id FROM conduit.events ORDER BY transaction_id, global_position`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make([]conduit.Event, len(ids))
+	for i, id := range ids {
+		events[i].ID = id
 	}
 	poison := events[233] // in the middle of a batch, read ahead
 	p, err := conduit.NewProjector(store, &ledger{name: "ra_poison", fail: func(e conduit.Event) error {
@@ -106,7 +116,7 @@ func TestProjectorReadAheadPoisonEvent(t *testing.T) {
 // resets the checkpoint, so the events read ahead no longer follow it: they
 // are dropped, and the replay applies every event once.
 func TestProjectorReadAheadRebuild(t *testing.T) {
-	store, pool := newStore(t, nil)
+	store, pool := newStore(t, &conduit.Config{MaxProjectorConns: 2}) // one for the batch, one to read ahead
 	createLedger(t, pool)
 	head := appendStreams(t, store, 4, 100)
 	var (

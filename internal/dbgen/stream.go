@@ -63,3 +63,45 @@ func eachEvent(rows pgx.Rows, err error, fn func(ConduitEvent) error) error {
 	}
 	return rows.Err()
 }
+
+// ProjectionLockForBatchThenList sends ProjectionLockForBatch and then
+// EventListForProjection on tx together, in one round trip, and hands the
+// events to fn row by row (see EventListForProjectionEach). The list runs
+// after the lock, in the same transaction; the caller decides from the lock's
+// row whether the events it listed are the ones it wants (list.AfterTx and
+// AfterPosition are a guess of the checkpoint the lock returns).
+func ProjectionLockForBatchThenList(ctx context.Context, tx pgx.Tx, lock ProjectionLockForBatchParams,
+	list EventListForProjectionParams, fn func(ConduitEvent) error) (ProjectionLockForBatchRow, error) {
+	b := &pgx.Batch{}
+	b.Queue(projectionLockForBatch, lock.IdleTimeout, lock.Durable, lock.Name, lock.Owner, lock.Epoch)
+	b.Queue(eventListForProjection, list.Types, list.AfterTx, list.AfterPosition, list.MaxCount)
+	br := tx.SendBatch(ctx, b)
+	var i ProjectionLockForBatchRow
+	err := br.QueryRow().Scan(
+		&i.CheckpointTx,
+		&i.CheckpointPosition,
+		&i.State,
+		&i.StalledEventID,
+		&i.StallReason,
+		&i.FailingEventID,
+		&i.FailedAttempts,
+		&i.LastError,
+		&i.IdleTimeout,
+		&i.SynchronousCommit,
+		&i.RetryPending,
+		&i.Paused,
+		&i.ShadowActive,
+		&i.ShadowCheckpointTx,
+		&i.ShadowCheckpointPosition,
+		&i.ReadTables,
+		&i.ShadowTables,
+	)
+	if err == nil {
+		rows, qerr := br.Query()
+		err = eachEvent(rows, qerr, fn)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return i, err
+}
