@@ -73,9 +73,9 @@ type ProjectorConfig struct {
 	// ahead: two reads of up to 10,000 events each (a whole number of
 	// batches, one if BatchSize is larger; see Config.MaxProjectorConns).
 	// A batch also stops taking events after HandlerTimeout/10 (1s by
-	// default), which bounds the latency a large batch adds under load; a BatchProjection's batch goes to ApplyBatch
-	// whole, in one call that HandlerTimeout bounds. Defaults to
-	// BatchSizeDefault.
+	// default), which bounds the latency a large batch adds under load; a
+	// BatchProjection's batch goes to ApplyBatch whole, in one call that
+	// HandlerTimeout bounds. Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease. The owner renews it every LeaseDuration/3
@@ -516,8 +516,8 @@ type batchResult struct {
 // A stalled projection's event is tried again when p.retryStalled allows.
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
-	runCtx := ctx // outlives the batch: for its read-ahead
-	epoch := p.lease.Epoch()
+	runCtx := ctx   // outlives the batch: for its read-ahead
+	var epoch int64 // the lease's, as the batch found it
 	release, err := p.store.takeProjectorConn(ctx)
 	if err != nil {
 		return res, err
@@ -532,6 +532,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
+		epoch = p.lease.Epoch()
 		lock := dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
@@ -539,8 +540,8 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		}
 		var (
 			row    dbgen.ProjectionLockForBatchRow
-			listed []Event   // read with the lock, after listedFrom
-			guess  *Position // listedFrom: the checkpoint the last batch committed
+			listed []Event   // read with the lock, after guess
+			guess  *Position // the checkpoint this instance's last batch committed
 		)
 		if c := p.committed; c != nil && c.epoch == epoch && p.ahead == nil {
 			// One round trip for the lock and the read, after the checkpoint
@@ -659,6 +660,10 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	})
 	if err == nil && res.stalled == nil && !res.paused {
 		p.committed = &committedCheckpoint{checkpoint: res.checkpoint, epoch: epoch}
+	} else {
+		// The checkpoint stays short of any read ahead: drop it now rather
+		// than hold it through a retry's wait, a stall or a pause.
+		p.dropReadAheadBuffer()
 	}
 	if err == nil {
 		p.store.progress.Notify() // also wakes WaitFor to report a stall
