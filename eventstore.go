@@ -122,6 +122,9 @@ type Config struct {
 	// connection while it applies its events (at most
 	// ProjectorConfig.HandlerTimeout/10 and one handler call); projectors
 	// beyond the budget wait their turn, keeping their leases. A
+	// projector catching up also reads its next events ahead while a batch
+	// commits, on a second connection of the budget when one is free at
+	// once (so with a budget of 1 it does not). A
 	// projector's other statements (taking and renewing its lease,
 	// counting a failure) are single short statements on the pool. To give
 	// projectors a pool of their own, run them on a Store made over that
@@ -252,6 +255,17 @@ func (s *Store) takeProjectorConn(ctx context.Context) (release func(), err erro
 		return sync.OnceFunc(func() { <-s.projectorConns }), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// tryTakeProjectorConn takes a slot of the projectors' connection budget if
+// one is free at once.
+func (s *Store) tryTakeProjectorConn() (release func(), ok bool) {
+	select {
+	case s.projectorConns <- struct{}{}:
+		return sync.OnceFunc(func() { <-s.projectorConns }), true
+	default:
+		return nil, false
 	}
 }
 

@@ -47,3 +47,7 @@ func AppendSends(s *Store) (sends, appends int64) {
 	defer s.batcher.mu.Unlock()
 	return s.batcher.sends, s.batcher.sent
 }
+
+// ReadAheadBatches returns how many of p's batches took events it had read
+// ahead.
+func ReadAheadBatches(p *Projector) int64 { return p.aheadUsed.Load() }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,11 +69,13 @@ type ProjectorConfig struct {
 	// BatchSize is the most events applied in one transaction, 1 to
 	// BatchSizeLimit (100,000): a batch holds its events, data included, in
 	// memory, and the cost per batch is already a small share at 10,000
-	// (see BENCHMARKS.md). A batch also stops taking events after
-	// HandlerTimeout/10 (1s by default), which bounds the latency a large
-	// batch adds under load; a BatchProjection's batch goes to ApplyBatch
-	// whole, in one call that HandlerTimeout bounds. Defaults to
-	// BatchSizeDefault.
+	// (see BENCHMARKS.md). While catching up it may also hold events read
+	// ahead: two reads of up to 10,000 events each (a whole number of
+	// batches, one if BatchSize is larger; see Config.MaxProjectorConns).
+	// A batch also stops taking events after HandlerTimeout/10 (1s by
+	// default), which bounds the latency a large batch adds under load; a
+	// BatchProjection's batch goes to ApplyBatch whole, in one call that
+	// HandlerTimeout bounds. Defaults to BatchSizeDefault.
 	BatchSize int
 	// LeaseDuration is how long an instance keeps the projection after it
 	// last renewed its lease. The owner renews it every LeaseDuration/3
@@ -221,6 +224,14 @@ type Projector struct {
 	// swapBackoff spaces the tries of a swap that timed out waiting for
 	// readers (it also sets shadowRetryAt).
 	swapBackoff *engine.Backoff
+	// ahead is the next batch's events being read while the current batch
+	// applies and commits; reading counts the reads in flight.
+	ahead     *readAhead
+	reading   sync.WaitGroup
+	aheadUsed atomic.Int64 // batches whose events were read ahead (for tests)
+	// committed is the checkpoint this instance's last batch committed; nil
+	// when unknown (first batch, after an error, a stall or a pause).
+	committed *committedCheckpoint
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -310,6 +321,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		defer p.store.listener.Release()
 	}
 	defer p.lease.Release()
+	defer p.dropReadAhead()
 
 	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
 	failures := p.cfg.retryBackoff()
@@ -508,6 +520,8 @@ type batchResult struct {
 // A stalled projection's event is tried again when p.retryStalled allows.
 func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
+	runCtx := ctx   // outlives the batch: for its read-ahead
+	var epoch int64 // the lease's, as the batch found it
 	release, err := p.store.takeProjectorConn(ctx)
 	if err != nil {
 		return res, err
@@ -522,11 +536,31 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
-		row, err := q.ProjectionLockForBatch(ctx, dbgen.ProjectionLockForBatchParams{
+		epoch = p.lease.Epoch()
+		lock := dbgen.ProjectionLockForBatchParams{
 			IdleTimeout: strconv.FormatInt(p.batchIdleTimeout().Milliseconds(), 10),
 			Durable:     p.cfg.DurableCommit,
-			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
-		})
+			Name:        p.name, Owner: p.cfg.InstanceID, Epoch: epoch,
+		}
+		var (
+			row    dbgen.ProjectionLockForBatchRow
+			listed []Event   // read with the lock, after guess
+			guess  *Position // the checkpoint this instance's last batch committed
+		)
+		if c := p.committed; c != nil && c.epoch == epoch && p.ahead == nil {
+			// One round trip for the lock and the read, after the checkpoint
+			// this instance committed last; used if the lock finds it there.
+			guess = &c.checkpoint
+			listed = make([]Event, 0, min(p.cfg.BatchSize, 256))
+			row, err = dbgen.ProjectionLockForBatchThenList(ctx, tx, lock, p.listParams(*guess, p.cfg.BatchSize),
+				func(r dbgen.ConduitEvent) error {
+					listed = append(listed, eventFromRow(r))
+					return nil
+				})
+		} else {
+			row, err = q.ProjectionLockForBatch(ctx, lock)
+		}
+		p.committed = nil // known again once this batch commits
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errLeaseLost
 		}
@@ -548,9 +582,17 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				return err
 			}
 		}
-		events, err := p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize)
-		if err != nil {
-			return err
+		events, ok := p.takeReadAhead(ctx, runCtx, checkpoint, epoch)
+		if !ok {
+			if guess != nil && *guess == checkpoint {
+				events = listed
+			} else if events, err = p.readBatch(ctx, q, checkpoint, p.cfg.BatchSize); err != nil {
+				return err
+			}
+			if len(events) == p.cfg.BatchSize {
+				// More to come: read it while this batch applies and commits.
+				p.startReadAhead(runCtx, events[len(events)-1].Position, epoch)
+			}
 		}
 		res.caughtUp = len(events) < p.cfg.BatchSize
 		res.passed = len(events)
@@ -620,6 +662,13 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp, failing == 0)
 		return err
 	})
+	if err == nil && res.stalled == nil && !res.paused {
+		p.committed = &committedCheckpoint{checkpoint: res.checkpoint, epoch: epoch}
+	} else {
+		// The checkpoint stays short of any read ahead: drop it now rather
+		// than hold it through a retry's wait, a stall or a pause.
+		p.dropReadAheadBuffer()
+	}
 	if err == nil {
 		p.store.progress.Notify() // also wakes WaitFor to report a stall
 	} else if errors.Is(context.Cause(bctx), errLeaseLost) {
@@ -702,22 +751,161 @@ func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Pos
 	return eventsAfter, err
 }
 
-func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {
+// committedCheckpoint is the checkpoint an instance's last batch committed,
+// under the lease of epoch.
+type committedCheckpoint struct {
+	checkpoint Position
+	epoch      int64
+}
+
+func (p *Projector) listParams(after Position, limit int) dbgen.EventListForProjectionParams {
 	types := p.types
 	if types == nil {
 		types = []string{} // all
 	}
+	return dbgen.EventListForProjectionParams{
+		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
+	}
+}
+
+func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Position, limit int) ([]Event, error) {
 	// Into the batch straight from the wire: its handlers use the
 	// connection, so the batch is read whole first, but no page of rows is
 	// built to be copied.
 	events := make([]Event, 0, min(limit, 256))
-	err := q.EventListForProjectionEach(ctx, dbgen.EventListForProjectionParams{
-		Types: types, AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(limit),
-	}, func(r dbgen.ConduitEvent) error {
+	err := q.EventListForProjectionEach(ctx, p.listParams(after, limit), func(r dbgen.ConduitEvent) error {
 		events = append(events, eventFromRow(r))
 		return nil
 	})
 	return events, err
+}
+
+// readAheadEvents is how many events a read ahead fetches in one statement
+// (a whole number of batches, at least one): fewer statements per event
+// than one per batch. A projector holds at most two such fetches.
+const readAheadEvents = 10_000
+
+// readAhead is the events after from, read ahead under the lease of epoch:
+// events already fetched (handed out a batch at a time), and the statement
+// in flight that fetches those after them.
+type readAhead struct {
+	from   Position
+	epoch  int64
+	events []Event
+	fetch  *fetchAhead // nil: none in flight
+	ended  bool        // a fetch came back short: the log's end, for now
+	cancel context.CancelFunc
+}
+
+// fetchAhead is one statement of a read ahead, in flight.
+type fetchAhead struct {
+	limit int
+	done  chan fetchedAhead
+}
+
+type fetchedAhead struct {
+	events []Event
+	err    error
+}
+
+// startReadAhead starts reading the events after from (the end of a full
+// batch) on a connection of its own while the current batch applies and
+// commits, so that catching up reads and commits at the same time. Each
+// statement fetches up to readAheadEvents (a whole number of batches); the
+// next one starts as soon as the batches take the events of the last. Each
+// is one statement below the safe horizon, like the batch's own: the events
+// it returns are the log's next ones whenever they are used. A fetch holds a
+// connection of the projectors' budget (Config.MaxProjectorConns), and
+// starts only if a slot is free at once: with a budget of 1 (the default
+// for pools of up to 7 connections) a lone projector does not read ahead.
+func (p *Projector) startReadAhead(ctx context.Context, from Position, epoch int64) {
+	p.dropReadAheadBuffer()
+	ctx, cancel := context.WithCancel(ctx)
+	p.ahead = &readAhead{from: from, epoch: epoch, cancel: cancel}
+	p.fetchAhead(ctx, from)
+}
+
+// fetchAhead starts the read ahead's next statement, after from, unless the
+// projectors' connection budget is spent.
+func (p *Projector) fetchAhead(ctx context.Context, from Position) {
+	a := p.ahead
+	release, ok := p.store.tryTakeProjectorConn()
+	if !ok {
+		return
+	}
+	f := &fetchAhead{limit: max(1, readAheadEvents/p.cfg.BatchSize) * p.cfg.BatchSize, done: make(chan fetchedAhead, 1)}
+	a.fetch = f
+	p.reading.Add(1)
+	go func() {
+		defer p.reading.Done()
+		defer release()
+		events, err := p.readBatch(ctx, p.store.queries, from, f.limit)
+		f.done <- fetchedAhead{events, err}
+	}()
+}
+
+// takeReadAhead returns the next batch's events from the read ahead if it
+// starts at checkpoint, the batch's committed checkpoint, under the same
+// lease, and holds a whole batch; else (the previous batch stopped short
+// of its end: cut by time, a failing event, a rollback; or a rebuild, a new
+// lease, a failed read, the log's end) it drops the read ahead, and the
+// batch reads its own events.
+func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
+	a := p.ahead
+	if a == nil {
+		return nil, false
+	}
+	if a.from != checkpoint || a.epoch != epoch {
+		p.dropReadAheadBuffer()
+		return nil, false
+	}
+	n := p.cfg.BatchSize
+	if len(a.events) < n && a.fetch != nil {
+		select {
+		case r := <-a.fetch.done:
+			if r.err != nil {
+				p.dropReadAheadBuffer()
+				return nil, false
+			}
+			a.ended = len(r.events) < a.fetch.limit
+			a.fetch = nil
+			a.events = append(a.events, r.events...)
+		case <-ctx.Done():
+			p.dropReadAheadBuffer()
+			return nil, false
+		}
+	}
+	if len(a.events) < n {
+		p.dropReadAheadBuffer()
+		return nil, false
+	}
+	events := a.events[:n:n]
+	a.events = a.events[n:]
+	a.from = events[n-1].Position
+	p.aheadUsed.Add(1)
+	if a.fetch == nil && !a.ended {
+		end := a.from
+		if len(a.events) > 0 {
+			end = a.events[len(a.events)-1].Position
+		}
+		p.fetchAhead(runCtx, end)
+	}
+	return events, true
+}
+
+// dropReadAheadBuffer drops the read ahead, cancelling its statement if one
+// is still running.
+func (p *Projector) dropReadAheadBuffer() {
+	if p.ahead != nil {
+		p.ahead.cancel()
+		p.ahead = nil
+	}
+}
+
+// dropReadAhead drops the read ahead and waits for the reads in flight.
+func (p *Projector) dropReadAhead() {
+	p.dropReadAheadBuffer()
+	p.reading.Wait()
 }
 
 func (p *Projector) handles(eventType string) bool {

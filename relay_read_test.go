@@ -34,7 +34,7 @@ func TestOutboxListForRelayLeanMatchesGenerated(t *testing.T) {
 	big := []byte(strings.Repeat("payload ", 1<<17)) // 1 MiB
 	msgs := []Message{
 		NewMessage("orders", "order-1", []byte(`{"a":1}`)),
-		NewMessage("orders", "", []byte{}),                        // no key, empty payload
+		NewMessage("orders", "", []byte{}),                          // no key, empty payload
 		NewMessage("zürich.événements", "clé-ü-日本", []byte{0, 255}), // unicode, binary payload
 		NewMessage("big", "k", big),
 		{ID: uuid.New(), Topic: "headers", Key: "k", Payload: []byte("x"), Headers: map[string]string{"a": "1", "b": "ü"}},

@@ -3,8 +3,9 @@
 // file is not generated: it adds row-by-row twins of the :many queries that
 // read events, for the read paths that stream. sqlc's :many methods build a
 // page's slice before they return it; these run the same generated query
-// text, scan each row as the generated method does, and hand it to fn as it
-// comes off the wire, so a reader converts each row once and holds no page.
+// text, decode each row (see EventDecoder: from the wire, or scanned as the
+// generated method does), and hand it to fn as it comes off the wire, so a
+// reader converts each row once and holds no page.
 // The connection is busy until they return: fn must not use it. An error
 // from fn ends the read (the rest of the result is discarded) and is
 // returned.
@@ -14,6 +15,7 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // EventListAllEach is EventListAll, row by row.
@@ -34,25 +36,25 @@ func (q *Queries) EventListForProjectionEach(ctx context.Context, arg EventListF
 	return eachEvent(rows, err, fn)
 }
 
-// eachEvent scans rows of the events table's columns, in its order.
+// eachEvent decodes rows of the events table's columns, in its order.
 func eachEvent(rows pgx.Rows, err error, fn func(ConduitEvent) error) error {
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
+	var d EventDecoder
+	started := false
 	for rows.Next() {
+		if !started {
+			var m *pgtype.Map
+			if c := rows.Conn(); c != nil {
+				m = c.TypeMap()
+			}
+			d.Start(rows.FieldDescriptions(), m)
+			started = true
+		}
 		var i ConduitEvent
-		if err := rows.Scan(
-			&i.GlobalPosition,
-			&i.TransactionID,
-			&i.StreamID,
-			&i.StreamVersion,
-			&i.EventID,
-			&i.EventType,
-			&i.Data,
-			&i.Metadata,
-			&i.RecordedAt,
-		); err != nil {
+		if err := d.Decode(rows, &i); err != nil {
 			return err
 		}
 		if err := fn(i); err != nil {
@@ -60,4 +62,46 @@ func eachEvent(rows pgx.Rows, err error, fn func(ConduitEvent) error) error {
 		}
 	}
 	return rows.Err()
+}
+
+// ProjectionLockForBatchThenList sends ProjectionLockForBatch and then
+// EventListForProjection on tx together, in one round trip, and hands the
+// events to fn row by row (see EventListForProjectionEach). The list runs
+// after the lock, in the same transaction; the caller decides from the lock's
+// row whether the events it listed are the ones it wants (list.AfterTx and
+// AfterPosition are a guess of the checkpoint the lock returns).
+func ProjectionLockForBatchThenList(ctx context.Context, tx pgx.Tx, lock ProjectionLockForBatchParams,
+	list EventListForProjectionParams, fn func(ConduitEvent) error) (ProjectionLockForBatchRow, error) {
+	b := &pgx.Batch{}
+	b.Queue(projectionLockForBatch, lock.IdleTimeout, lock.Durable, lock.Name, lock.Owner, lock.Epoch)
+	b.Queue(eventListForProjection, list.Types, list.AfterTx, list.AfterPosition, list.MaxCount)
+	br := tx.SendBatch(ctx, b)
+	var i ProjectionLockForBatchRow
+	err := br.QueryRow().Scan(
+		&i.CheckpointTx,
+		&i.CheckpointPosition,
+		&i.State,
+		&i.StalledEventID,
+		&i.StallReason,
+		&i.FailingEventID,
+		&i.FailedAttempts,
+		&i.LastError,
+		&i.IdleTimeout,
+		&i.SynchronousCommit,
+		&i.RetryPending,
+		&i.Paused,
+		&i.ShadowActive,
+		&i.ShadowCheckpointTx,
+		&i.ShadowCheckpointPosition,
+		&i.ReadTables,
+		&i.ShadowTables,
+	)
+	if err == nil {
+		rows, qerr := br.Query()
+		err = eachEvent(rows, qerr, fn)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return i, err
 }

@@ -35,12 +35,22 @@ import (
 // Every run uses a fresh projection name and fresh tables.
 func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 	o := srv.opts
-	c, err := newCatchUp(ctx, srv, nil)
+	// Two connections for projectors: one for the batch, one for reading
+	// ahead while it commits (with the default budget for a pool of 4, 1,
+	// a projector does not read ahead: see the diagnostic variant).
+	c, err := newCatchUp(ctx, srv, &conduit.Config{MaxProjectorConns: 2})
 	if err != nil {
 		return err
 	}
 	defer c.close()
 	pool := c.pool
+	// The same pool with the default budget for a pool of 4: one projector
+	// connection, so no read ahead (the diagnostic variant).
+	oneConn, err := conduit.NewStore(pool, nil)
+	if err != nil {
+		return err
+	}
+	defer oneConn.Close()
 
 	// No-op handler: a few seconds per run.
 	noop := []variant{
@@ -52,6 +62,8 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 		noop = append(noop,
 			c.projectorVariant("conduit projector, no-op handler, BatchSize 10000", noopHandler, 10_000, false),
 			c.projectorVariant("conduit projector, no-op handler, DurableCommit", noopHandler, conduit.BatchSizeDefault, true),
+			c.withStore(oneConn, "_one_conn").projectorVariant("conduit projector, no-op handler, MaxProjectorConns 1 (no read ahead)",
+				noopHandler, conduit.BatchSizeDefault, false),
 			c.loopVariant("hand-written loop: page, checkpoint row, commit (no upserts)", noopHandler, conduit.BatchSizeDefault))
 	}
 	st, err := compare(ctx, o, "catch-up, no-op handler", 1, 0, noop...)
@@ -129,9 +141,9 @@ func newCatchUp(ctx context.Context, srv *server, cfg *conduit.Config) (*catchUp
 	if err != nil {
 		return nil, err
 	}
-	// The projector's batches, WaitFor's checkpoint reads, and the baseline's
-	// transaction; the listener has its own connection.
-	pool, err := db.pool(ctx, 3)
+	// The projector's batches and its read ahead, WaitFor's checkpoint reads,
+	// and the baseline's transaction; the listener has its own connection.
+	pool, err := db.pool(ctx, 4)
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +200,7 @@ type catchUp struct {
 	store  *conduit.Store
 	events int
 	head   conduit.Position // the log's last event
+	tag    string           // added to projection names
 
 	// last is the last conduit projection of each upsert kind, caught up
 	// (for the rebuilds).
@@ -298,6 +311,14 @@ func (c *catchUp) dropOld(ctx context.Context, p *benchProjection) {
 	}
 }
 
+// withStore is c with projectors on store instead.
+// tag sets its projections' names apart.
+func (c *catchUp) withStore(store *conduit.Store, tag string) *catchUp {
+	d := *c
+	d.store, d.tag = store, tag
+	return &d
+}
+
 // projectorVariant times a new projector from Run to caught up (its
 // checkpoint at the log's last event, seen through Store.WaitFor).
 func (c *catchUp) projectorVariant(name string, h handlerKind, batchSize int, durable bool) variant {
@@ -305,6 +326,7 @@ func (c *catchUp) projectorVariant(name string, h handlerKind, batchSize int, du
 	if durable {
 		kind += "_durable"
 	}
+	kind += c.tag
 	var prev *benchProjection
 	return variant{name: name, start: func(ctx context.Context, run string, _ int) ([]func(context.Context) (int, error), error) {
 		if prev != c.last[h] {

@@ -322,7 +322,8 @@ const methodText = `Procedure, in one run of the program:
   ` + "`ReadAll(ctx, Position{})`" + ` with the default ` + "`ReadPageSize`" + ` (1000). Baseline: one ` + "`SELECT`" + ` per read,
   streaming every row.
 - **Projector catch-up**: over the same log, a new ` + "`conduit.Projector`" + ` (default ` + "`ProjectorConfig`" + `, BatchSize
-  1000) from ` + "`Run`" + ` until ` + "`Store.WaitFor`" + ` sees its checkpoint at the log's last event; fresh projection
+  1000; its ` + "`Store`" + ` on a pool of 4 with ` + "`Config.MaxProjectorConns`" + ` 2, so that a projector has a connection to
+  read ahead on: the default budget for that pool is 1, measured as a diagnostic) from ` + "`Run`" + ` until ` + "`Store.WaitFor`" + ` sees its checkpoint at the log's last event; fresh projection
   name and read table per run. *Upsert handler*: ` + "`INSERT INTO <table> (stream_id, events) VALUES ($1, 1) ON\n  CONFLICT (stream_id) DO UPDATE SET events = events + 1`" + ` per event (the log's 1000-event appends put
   1000 events of one stream in a row, so most batches update one row 1000 times); the read table is checked
   to count every event once. Baseline: a hand-written pgx loop — per transaction one page of 1000 events
@@ -455,8 +456,10 @@ check one, repeat ` + "`-only=notify -runs 9`" + `.
 a quiet spell and is notified at once. The path is: NOTIFY statement and commit (one round trip), delivery
 to the child's listener connection, the in-process wake-up of its projector, then one batch: BEGIN, the
 lease lock (` + "`SELECT … FOR KEY SHARE`" + `, which also sets the idle timeout and says whether parked events wait for
-a retry), the page read, the handler's INSERT, the checkpoint UPDATE (which also says whether events follow
-the checkpoint) and COMMIT (asynchronous: no WAL flush wait) — six round trips — then the report. The *row written* column (the handler's clock, same
+a retry) and the page read sent together (one round trip: the page is read after the checkpoint the
+instance committed last, and used if the lock finds the checkpoint there), the handler's INSERT, the
+checkpoint UPDATE (which also says whether events follow the checkpoint) and COMMIT (asynchronous: no WAL
+flush wait) — five round trips — then the report. The *row written* column (the handler's clock, same
 start) shows that a little under half of it passes before the handler runs, the rest after it (the end
 of the batch, the COMMIT's WAL flush, the report). With 8 writers in a closed loop the projector keeps up
 (the *drain* column: tens of ms behind when the writers stop) but it applies one event per round trip and
@@ -465,23 +468,30 @@ about one batch's duration, and the NOTIFY only decides when the first batch sta
 ` + "`BatchSize`" + ` trades catch-up throughput for latency under load. Polling every 100 ms
 gives about half the interval at p50 and the whole interval at p99, as the issue says.
 
-**Reads (target ≥ 0.9×): paging.** ` + "`ReadStream`" + `, ` + "`ReadAll`" + ` and projector batches now take each row straight
-from the wire into an ` + "`Event`" + ` (no page of generated rows built, then copied), and a full read of the log
-reads the primary key. What remains is paging: the diagnostic *ReadAll's page query (1000 rows) from raw
-pgx* runs the same query without the library and stays near 0.8× of the single streaming SELECT (a round
-trip, an executor start-up, the horizon check and an index descent per 1000 rows), and Conduit's
-` + "`ReadAll`" + ` runs at about that diagnostic's rate. ` + "`ReadPageSize`" + ` 10000 narrows the gap (memory no longer grows
-with the page); the one-stream read is at parity.
+**Reads (target ≥ 0.9×): paging, and decoding.** ` + "`ReadStream`" + `, ` + "`ReadAll`" + ` and projector batches take each row
+straight from the wire into an ` + "`Event`" + ` (no page of generated rows built, then copied), and a full read of
+the log reads the primary key. Paging costs: the diagnostic *ReadAll's page query (1000 rows) from raw pgx*
+runs the same query without the library and stays near 0.8× of the single streaming SELECT (a round trip,
+an executor start-up, the horizon check and an index descent per 1000 rows). Conduit makes it up per row:
+it decodes the binary row itself (` + "`internal/dbgen.EventDecoder`" + `: int8, xid8, uuid, timestamptz from their
+binary form, text and jsonb as bytes; data and metadata copied into one shared block per few hundred rows,
+a stream id equal to the previous row's and known event types not allocated again), where the baselines
+call pgx's ` + "`rows.Scan`" + ` (a plan dispatch per value, an allocation per text, jsonb and bytea value). A result
+it does not know (another type or format, a codec of the connection's own) is scanned as before.
+` + "`ReadPageSize`" + ` 10000 spreads the paging over ten times as many rows (memory does not grow with the page).
 
 **Projector catch-up.** With the upsert handler both sides spend their time in the handler's round trip
 per event (and in PostgreSQL following the chain of versions of a row updated up to 1000 times in one
 transaction: the log's appends put 1000 events of a stream in a row), so the ratio is near 1. With the
 no-op handler the baseline is a single streaming SELECT with no transaction per page; any consumer that
 checkpoints must page and commit. The diagnostic *hand-written loop: page, checkpoint row, commit* (four
-round trips and a WAL flush per 1000 events) is the floor for that, and Conduit reaches 85–100% of it in
-the runs behind this file; its batch adds the lease lock (which also sets the idle timeout and looks for parked retries)
-(five statements per batch), and the benchmark's ` + "`WaitFor`" + ` reads the checkpoint once per batch.
-` + "`BatchSize`" + ` 10000 spreads all of it over ten times as many events.
+round trips and a WAL flush per 1000 events, one after the other) shows that cost. The projector does not
+wait for it: while a batch applies and commits, the events after it are read ahead on a second connection
+(when the projectors' connection budget has a slot free), up to 10,000 events per statement, and the next batches
+take them if their committed checkpoint is where the read ahead starts (under the same lease); so reading
+and committing overlap, and the page queries are a tenth as many. Its batch adds the lease lock (which
+also sets the idle timeout and looks for parked retries), and the benchmark's ` + "`WaitFor`" + ` reads the checkpoint
+once per batch. ` + "`BatchSize`" + ` 10000 spreads the batch's round trips over ten times as many events.
 
 **Rebuild** truncates the read table and resets the checkpoint in one transaction, then the running
 projector replays the whole log: its rate is that of the upsert catch-up.
