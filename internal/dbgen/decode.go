@@ -142,12 +142,17 @@ type EventDecoder struct {
 // maxInternedTypes bounds the event types an EventDecoder remembers.
 const maxInternedTypes = 1024
 
-// The result's columns as the decoder reads them from the wire: type OID
-// and format. Text values read the same in either format; jsonb in either.
-var wantColumns = [...]struct {
+// wireColumn is a result column as a decoder reads it from the wire: type
+// OID and format (-1: either; text values read the same in both, jsonb is
+// decoded in both).
+type wireColumn struct {
 	oid    uint32
-	format int16 // -1: either
-}{
+	format int16
+}
+
+// eventColumns are the columns of the events table, as EventDecoder reads
+// them.
+var eventColumns = []wireColumn{
 	{pgtype.Int8OID, pgtype.BinaryFormatCode},
 	{pgtype.XID8OID, pgtype.BinaryFormatCode},
 	{pgtype.TextOID, -1},
@@ -166,6 +171,7 @@ var defaultCodecs = [...]struct {
 }{
 	{pgtype.Int8OID, pgtype.Int8Codec{}}, {pgtype.XID8OID, pgtype.Uint64Codec{}},
 	{pgtype.TextOID, pgtype.TextCodec{}}, {pgtype.UUIDOID, pgtype.UUIDCodec{}},
+	{pgtype.ByteaOID, pgtype.ByteaCodec{}}, {pgtype.BoolOID, pgtype.BoolCodec{}},
 }
 
 // Start readies d for the rows of a new result, whose field descriptions
@@ -174,17 +180,21 @@ var defaultCodecs = [...]struct {
 // and the connection decodes timestamptz in the local time zone with pgx's
 // own codec.
 func (d *EventDecoder) Start(fields []pgconn.FieldDescription, m *pgtype.Map) {
-	d.fast = fastColumns(fields, m)
+	d.fast = fastColumns(fields, m, eventColumns)
 	if d.fast {
 		d.dataFormat, d.metaFormat = fields[6].Format, fields[7].Format
 	}
 }
 
-func fastColumns(fields []pgconn.FieldDescription, m *pgtype.Map) bool {
-	if m == nil || len(fields) != len(wantColumns) {
+// fastColumns reports whether a result whose field descriptions are fields,
+// on a connection with type map m, has the columns want, in the formats
+// want says, decoded by pgx's own codecs (timestamptz in the local time
+// zone): whether a decoder may read its rows from the wire.
+func fastColumns(fields []pgconn.FieldDescription, m *pgtype.Map, want []wireColumn) bool {
+	if m == nil || len(fields) != len(want) {
 		return false
 	}
-	for i, w := range wantColumns {
+	for i, w := range want {
 		f := fields[i]
 		if f.DataTypeOID != w.oid || (w.format >= 0 && f.Format != w.format) ||
 			(w.format < 0 && f.Format != pgtype.TextFormatCode && f.Format != pgtype.BinaryFormatCode) {
@@ -221,8 +231,8 @@ func (d *EventDecoder) Decode(rows pgx.Rows, e *ConduitEvent) error {
 			&e.EventID, &e.EventType, &e.Data, &e.Metadata, &e.RecordedAt)
 	}
 	v := rows.RawValues()
-	if len(v) != len(wantColumns) {
-		return fmt.Errorf("decode event: %d values, want %d", len(v), len(wantColumns))
+	if len(v) != len(eventColumns) {
+		return fmt.Errorf("decode event: %d values, want %d", len(v), len(eventColumns))
 	}
 	for i, b := range v {
 		if b == nil && i != 6 && i != 7 { // only data and metadata may be NULL

@@ -14,10 +14,10 @@ import (
 	"github.com/conduit-es/conduit/internal/pgtest"
 )
 
-// eventColumns selects one row of the events table's column types from
+// eventColumnsQuery selects one row of the events table's column types from
 // parameters sent as text, so that every edge value goes through the
 // server's own input and output functions.
-const eventColumns = `SELECT $1::text::int8, $2::text::xid8, $3::text, $4::text::int8, $5::text::uuid,
+const eventColumnsQuery = `SELECT $1::text::int8, $2::text::xid8, $3::text, $4::text::int8, $5::text::uuid,
 	$6::text, $7::text::jsonb, $8::text::jsonb, $9::text::timestamptz`
 
 type rowText [9]*string
@@ -95,7 +95,7 @@ func decodeAll(t *testing.T, rows pgx.Rows) ([]ConduitEvent, bool) {
 func scanOne(t *testing.T, conn *pgx.Conn, mode pgx.QueryExecMode, args []any) ConduitEvent {
 	t.Helper()
 	var e ConduitEvent
-	if err := conn.QueryRow(context.Background(), eventColumns, append([]any{mode}, args...)...).Scan(
+	if err := conn.QueryRow(context.Background(), eventColumnsQuery, append([]any{mode}, args...)...).Scan(
 		&e.GlobalPosition, &e.TransactionID, &e.StreamID, &e.StreamVersion,
 		&e.EventID, &e.EventType, &e.Data, &e.Metadata, &e.RecordedAt); err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestEventDecoderEdgeValues(t *testing.T) {
 		for _, m := range modes {
 			t.Run(name+"/"+m.mode.String(), func(t *testing.T) {
 				want := scanOne(t, conn, m.mode, r.args())
-				rows, err := conn.Query(ctx, eventColumns, append([]any{m.mode}, r.args()...)...)
+				rows, err := conn.Query(ctx, eventColumnsQuery, append([]any{m.mode}, r.args()...)...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -160,7 +160,7 @@ func TestEventDecoderInfinity(t *testing.T) {
 	for _, inf := range []string{"infinity", "-infinity"} {
 		r := edgeRows()["plain"]
 		r[8] = ptr(inf)
-		rows, err := conn.Query(ctx, eventColumns, r.args()...)
+		rows, err := conn.Query(ctx, eventColumnsQuery, r.args()...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +194,7 @@ func TestEventDecoderFallsBackToScan(t *testing.T) {
 	args := edgeRows()["plain"].args()
 
 	// A timestamp as text: the wrong type.
-	rows, err := conn.Query(ctx, strings.Replace(eventColumns, "$9::text::timestamptz", "$9::text::timestamptz::text", 1), args...)
+	rows, err := conn.Query(ctx, strings.Replace(eventColumnsQuery, "$9::text::timestamptz", "$9::text::timestamptz::text", 1), args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestEventDecoderFallsBackToScan(t *testing.T) {
 	loc := time.FixedZone("test", 3600)
 	conn.TypeMap().RegisterType(&pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID,
 		Codec: &pgtype.TimestamptzCodec{ScanLocation: loc}})
-	rows, err = conn.Query(ctx, eventColumns, args...)
+	rows, err = conn.Query(ctx, eventColumnsQuery, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
