@@ -55,6 +55,9 @@ func TestOutboxListForRelayLeanMatchesGenerated(t *testing.T) {
 	}
 
 	params := dbgen.OutboxListForRelayParams{MaxCount: 10_000}
+	// The read stops at the safe horizon, which transactions of other tests
+	// on the server may hold back for a while.
+	waitReadable(t, ctx, pool, len(msgs)+3)
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
 		t.Run(mode.String(), func(t *testing.T) {
 			q := dbgen.New(poolWithMode(t, url, mode))
@@ -92,6 +95,7 @@ func TestOutboxListForRelayLeanMatchesGenerated(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := dbgen.New(pool)
+	waitReadable(t, ctx, pool, len(msgs)+4)
 	_, wantErr := q.OutboxListForRelay(ctx, params)
 	_, gotErr := q.OutboxListForRelayLean(ctx, params)
 	if wantErr == nil || gotErr == nil || gotErr.Error() != wantErr.Error() {
@@ -118,6 +122,7 @@ func TestOutboxListForRelayLeanAllocations(t *testing.T) {
 	if err := store.Enqueue(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
+	waitReadable(t, ctx, pool, rows)
 	q := dbgen.New(pool)
 	params := dbgen.OutboxListForRelayParams{MaxCount: rows}
 	read := func(list func(context.Context, dbgen.OutboxListForRelayParams) ([]dbgen.OutboxListForRelayRow, error)) func() {
@@ -134,6 +139,27 @@ func TestOutboxListForRelayLeanAllocations(t *testing.T) {
 	if generated < 3*rows || lean > rows/10 {
 		t.Errorf("allocations per read of %d rows: lean %.0f (want at most %d), generated %.0f (want at least %d)",
 			rows, lean, rows/10, generated, 3*rows)
+	}
+}
+
+// waitReadable waits until n messages of the outbox are below the safe
+// horizon, where the relay's read sees them.
+func waitReadable(t *testing.T, ctx context.Context, pool *pgxpool.Pool, n int) {
+	t.Helper()
+	for {
+		var below int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM conduit.outbox
+			WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())`).Scan(&below); err != nil {
+			t.Fatal(err)
+		}
+		if below == n {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d messages below the safe horizon, want %d: %v", below, n, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
