@@ -109,6 +109,14 @@ func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 				&conduit.ProjectorConfig{BatchSize: 1 + rng.IntN(20), PollInterval: 10 * time.Millisecond}))
 			var last conduit.Position
 			var held pgx.Tx
+			defer func() {
+				// A failed step must not leave its transaction open: the pool
+				// would wait for it at cleanup, and its transaction id would
+				// hold the safe horizon of every test on the server.
+				if held != nil {
+					_ = held.Rollback(context.Background())
+				}
+			}()
 			for step := range 60 {
 				stream := fmt.Sprintf("s%d", rng.IntN(6))
 				n := 1 + rng.IntN(5)
@@ -153,7 +161,7 @@ func TestProjectionIncrementalEqualsRebuild(t *testing.T) {
 					}
 				case op == 4:
 					if err := store.RebuildProjectionOnline(ctx, "totals"); err != nil && !errors.Is(err, conduit.ErrNotFound) {
-						t.Fatal(err)
+						t.Fatalf("step %d: online rebuild: %v", step, err)
 					}
 				default:
 					res, err := store.Append(ctx, stream, conduit.Any, events...)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
+	"github.com/conduit-es/conduit/internal/engine"
 )
 
 // An online rebuild replays a projection into shadow copies of its read
@@ -87,8 +88,22 @@ func (s *Store) RebuildProjectionOnline(ctx context.Context, name string) error 
 	if checkName("projection", name) != nil {
 		return fmt.Errorf("conduit: rebuild %q online: %w", name, ErrNotFound)
 	}
-	if err := s.queries.ProjectionRebuildOnline(ctx, name); err != nil {
-		return s.dbError(ctx, err, fmt.Sprintf("rebuild %q online", name))
+	// The call is one statement: one that the server rolled back after a
+	// deadlock or a serialization failure (with the projector's batch, say,
+	// or a rebuild called at the same time) did nothing, and goes again.
+	wait := engine.NewBackoff(10*time.Millisecond, 500*time.Millisecond)
+	for attempt := 1; ; attempt++ {
+		err := s.queries.ProjectionRebuildOnline(ctx, name)
+		if err == nil {
+			break
+		}
+		if attempt == 5 || !dberr.IsTransient(err) || !dberr.RolledBack(err) {
+			return s.dbError(ctx, err, fmt.Sprintf("rebuild %q online", name))
+		}
+		engine.Idle(ctx, nil, wait.Next())
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("conduit: rebuild %q online: %w", name, err)
+		}
 	}
 	s.Notify()
 	return nil
