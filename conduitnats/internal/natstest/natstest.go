@@ -27,6 +27,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -200,6 +201,14 @@ func NewStream(t testing.TB, js jetstream.JetStream, cfg jetstream.StreamConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stream, err := js.CreateStream(ctx, cfg)
+	for try := 1; try < 10 && isStoreCreateError(err); try++ {
+		// The server could not make the stream's store directory: seen when
+		// the account's store directory went away as another test deleted
+		// the last stream at the same moment. It is made again by a later
+		// create.
+		time.Sleep(time.Duration(try) * 20 * time.Millisecond)
+		stream, err = js.CreateStream(ctx, cfg)
+	}
 	if err != nil {
 		t.Fatalf("natstest: create stream %s: %v", cfg.Name, err)
 	}
@@ -216,6 +225,13 @@ func NewStream(t testing.TB, js jetstream.JetStream, cfg jetstream.StreamConfig)
 		}
 	})
 	return stream
+}
+
+// isStoreCreateError reports JetStream's "error creating store for stream"
+// (API error code 10049).
+func isStoreCreateError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10049
 }
 
 // ReadAll reads every message of stream, in order, with an ordered
