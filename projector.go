@@ -522,11 +522,6 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
 	runCtx := ctx   // outlives the batch: for its read-ahead
 	var epoch int64 // the lease's, as the batch found it
-	// A read ahead still in flight is waited for here, before the batch
-	// takes a connection and begins: never inside the transaction, which
-	// would hold the safe horizon (the lock gives it a transaction id) while
-	// the read waits, perhaps for a connection of the pool.
-	p.awaitReadAhead(ctx)
 	release, err := p.store.takeProjectorConn(ctx)
 	if err != nil {
 		return res, err
@@ -587,7 +582,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				return err
 			}
 		}
-		events, ok := p.takeReadAhead(runCtx, checkpoint, epoch)
+		events, ok := p.takeReadAhead(ctx, runCtx, checkpoint, epoch)
 		if !ok {
 			if guess != nil && *guess == checkpoint {
 				events = listed
@@ -849,35 +844,13 @@ func (p *Projector) fetchAhead(ctx context.Context, from Position) {
 	}()
 }
 
-// awaitReadAhead waits for the read ahead's fetch in flight, if the buffer
-// lacks a whole batch without it, and adds what it read to the buffer; it
-// drops the read ahead if the fetch failed or ctx ends first.
-func (p *Projector) awaitReadAhead(ctx context.Context) {
-	a := p.ahead
-	if a == nil || a.fetch == nil || len(a.events) >= p.cfg.BatchSize {
-		return
-	}
-	select {
-	case r := <-a.fetch.done:
-		if r.err != nil {
-			p.dropReadAheadBuffer()
-			return
-		}
-		a.ended = len(r.events) < a.fetch.limit
-		a.fetch = nil
-		a.events = append(a.events, r.events...)
-	case <-ctx.Done():
-		p.dropReadAheadBuffer()
-	}
-}
-
 // takeReadAhead returns the next batch's events from the read ahead if it
 // starts at checkpoint, the batch's committed checkpoint, under the same
 // lease, and holds a whole batch; else (the previous batch stopped short
 // of its end: cut by time, a failing event, a rollback; or a rebuild, a new
 // lease, a failed read, the log's end) it drops the read ahead, and the
 // batch reads its own events.
-func (p *Projector) takeReadAhead(runCtx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
+func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
 	a := p.ahead
 	if a == nil {
 		return nil, false
@@ -887,7 +860,22 @@ func (p *Projector) takeReadAhead(runCtx context.Context, checkpoint Position, e
 		return nil, false
 	}
 	n := p.cfg.BatchSize
-	if len(a.events) < n { // with what awaitReadAhead added: the log's end, for now
+	if len(a.events) < n && a.fetch != nil {
+		select {
+		case r := <-a.fetch.done:
+			if r.err != nil {
+				p.dropReadAheadBuffer()
+				return nil, false
+			}
+			a.ended = len(r.events) < a.fetch.limit
+			a.fetch = nil
+			a.events = append(a.events, r.events...)
+		case <-ctx.Done():
+			p.dropReadAheadBuffer()
+			return nil, false
+		}
+	}
+	if len(a.events) < n {
 		p.dropReadAheadBuffer()
 		return nil, false
 	}

@@ -27,22 +27,22 @@ func TestTakeReadAheadGuards(t *testing.T) {
 		{"checkpoint past it", pos(2), 7},
 	} {
 		p.ahead = ahead()
-		if got, ok := p.takeReadAhead(ctx, c.checkpoint, c.epoch); ok || got != nil || p.ahead != nil {
+		if got, ok := p.takeReadAhead(ctx, ctx, c.checkpoint, c.epoch); ok || got != nil || p.ahead != nil {
 			t.Errorf("%s: took %v (%v), read ahead kept: %v", c.name, got, ok, p.ahead != nil)
 		}
 	}
 
 	p.ahead = ahead()
-	got, ok := p.takeReadAhead(ctx, pos(1), 7)
+	got, ok := p.takeReadAhead(ctx, ctx, pos(1), 7)
 	if !ok || len(got) != 2 || got[1].Position != pos(3) {
 		t.Fatalf("took %v (%v), want events 2 and 3", got, ok)
 	}
-	got, ok = p.takeReadAhead(ctx, pos(3), 7)
+	got, ok = p.takeReadAhead(ctx, ctx, pos(3), 7)
 	if !ok || len(got) != 2 || got[1].Position != pos(5) {
 		t.Fatalf("took %v (%v), want events 4 and 5", got, ok)
 	}
 	// One event left: not a whole batch (the log's end when it was read).
-	if got, ok = p.takeReadAhead(ctx, pos(5), 7); ok || p.ahead != nil {
+	if got, ok = p.takeReadAhead(ctx, ctx, pos(5), 7); ok || p.ahead != nil {
 		t.Fatalf("took %v (%v) from a partial batch", got, ok)
 	}
 }
