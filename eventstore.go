@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -121,7 +122,11 @@ type Config struct {
 	// which never wait for a projector's batch. A batch holds its
 	// connection while it applies its events (at most
 	// ProjectorConfig.HandlerTimeout/10 and one handler call); projectors
-	// beyond the budget wait their turn, keeping their leases. A
+	// beyond the budget wait their turn, keeping their leases. A projector
+	// whose next batch follows at once keeps its connection for it (the
+	// next transaction begun in the round trip of the commit) unless another
+	// projector's batch waits for the budget or every connection of the pool
+	// is taken. A
 	// projector catching up also reads its next events ahead while a batch
 	// commits, on a second connection of the budget when one is free at
 	// once (so with a budget of 1 it does not). A
@@ -201,8 +206,10 @@ type Store struct {
 	notifier *engine.Notifier // NOTIFY after commits
 	listener *engine.Listener // LISTEN for this process's workers
 	// projectorConns holds a token per pool connection a projector's batch
-	// holds (Config.MaxProjectorConns).
-	projectorConns chan struct{}
+	// holds (Config.MaxProjectorConns); projectorWaiters counts the
+	// batches waiting for one.
+	projectorConns   chan struct{}
+	projectorWaiters atomic.Int32
 
 	// outboxRules are Config.Outbox by event type.
 	outboxRules map[string]*OutboxRule
@@ -250,12 +257,29 @@ func NewStore(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 // (Config.MaxProjectorConns), or for ctx's end. release gives it back; it
 // may be called more than once.
 func (s *Store) takeProjectorConn(ctx context.Context) (release func(), err error) {
+	if release, ok := s.tryTakeProjectorConn(); ok {
+		return release, nil
+	}
+	s.projectorWaiters.Add(1)
+	defer s.projectorWaiters.Add(-1)
 	select {
 	case s.projectorConns <- struct{}{}:
 		return sync.OnceFunc(func() { <-s.projectorConns }), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// connsWanted reports that a projector's batch waits for a slot of the
+// budget, or that every connection of the pool is taken (so that an append
+// or a lease's renewal may be waiting for one): a projector then gives its
+// connection back between batches rather than keep it for the next.
+func (s *Store) connsWanted() bool {
+	if s.projectorWaiters.Load() > 0 {
+		return true
+	}
+	st := s.pool.Stat()
+	return st.AcquiredConns() >= st.MaxConns()
 }
 
 // tryTakeProjectorConn takes a slot of the projectors' connection budget if

@@ -51,3 +51,7 @@ func AppendSends(s *Store) (sends, appends int64) {
 // ReadAheadBatches returns how many of p's batches took events it had read
 // ahead.
 func ReadAheadBatches(p *Projector) int64 { return p.aheadUsed.Load() }
+
+// BegunBatches counts the batches that ran in a transaction their previous
+// batch began in the round trip of its commit.
+func BegunBatches(p *Projector) int64 { return p.begunUsed.Load() }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -229,9 +230,13 @@ type Projector struct {
 	ahead     *readAhead
 	reading   sync.WaitGroup
 	aheadUsed atomic.Int64 // batches whose events were read ahead (for tests)
+	begunUsed atomic.Int64 // batches run in a transaction begun by the previous one (for tests)
 	// committed is the checkpoint this instance's last batch committed; nil
 	// when unknown (first batch, after an error, a stall or a pause).
 	committed *committedCheckpoint
+	// next is the transaction the last batch began for the next one, in
+	// the round trip of its commit, when the next batch follows at once.
+	next *projectorConn
 }
 
 // isolation is the span of a batch whose ApplyBatch failed: the events
@@ -322,6 +327,7 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 	}
 	defer p.lease.Release()
 	defer p.dropReadAhead()
+	defer p.dropNext(ctx)
 
 	behindHorizon := engine.NewBackoff(time.Millisecond, horizonWaitMax)
 	failures := p.cfg.retryBackoff()
@@ -331,6 +337,9 @@ func (p *Projector) run(ctx context.Context, catchUp bool) error {
 		wake := p.store.appended.Wait() // taken before reading: no wake-up is lost
 		progressed := p.store.progress.Wait()
 		res, err := p.step(ctx, &registered)
+		if err != nil || res == nil || res.caughtUp || res.held || res.paused {
+			p.dropNext(ctx) // no batch follows at once
+		}
 		var stalled *ProjectionStalledError
 		switch {
 		case err == nil:
@@ -402,6 +411,9 @@ func (p *Projector) step(ctx context.Context, registered *bool) (*batchResult, e
 			return nil, fmt.Errorf("register projection %q: %w", p.name, err)
 		}
 		*registered = true
+	}
+	if p.next != nil && !p.lease.Kept(p.next.epoch) {
+		p.dropNext(ctx) // begun under a lease that is gone (and the pool may be needed to take it again)
 	}
 	acquired, err := p.lease.Acquire(ctx)
 	if errors.Is(err, errStandby) {
@@ -522,18 +534,28 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 	var res batchResult
 	runCtx := ctx   // outlives the batch: for its read-ahead
 	var epoch int64 // the lease's, as the batch found it
-	release, err := p.store.takeProjectorConn(ctx)
+	bc, err := p.batchConn(ctx)
 	if err != nil {
 		return res, err
 	}
-	defer release()
+	release := bc.release
 	start := time.Now()
 	// The batch's statements and its handlers run under bctx, which the
 	// lease keeper cancels when a handler overruns HandlerTimeout; the
 	// transaction itself under ctx, so that its rollback still goes out.
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	err = pgx.BeginFunc(ctx, p.store.pool, func(tx pgx.Tx) error {
+	// end is how the batch's transaction ends: saveCheckpoint commits it
+	// with the checkpoint (and may begin the next one); else it is
+	// committed, or rolled back on an error, here.
+	var end batchEnd
+	defer func() {
+		if v := recover(); v != nil {
+			p.closeBatchConn(ctx, bc, true)
+			panic(v)
+		}
+	}()
+	err = func(tx pgx.Tx) error {
 		ctx := bctx
 		q := p.store.queries.WithTx(tx)
 		epoch = p.lease.Epoch()
@@ -576,6 +598,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			return nil
 		}
 		res.shadow = row.ShadowActive
+		end.noBegin = res.shadow // an online rebuild's shadow batch comes next
 		run := &engine.Batch{Data: checkpoint, Cancel: cancel, Release: release}
 		if row.RetryPending {
 			if err := p.retryParked(ctx, tx, q, run); err != nil {
@@ -612,7 +635,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			stalledHere := ProjectionState(row.State) == StateStalled && row.StalledEventID == e.ID
 			switch {
 			case p.cfg.Poison == PoisonPark:
-				return p.park(ctx, q, e, row, &res)
+				return p.park(ctx, tx, q, e, row, &res, &end)
 			case !stalledHere:
 				if err := q.ProjectionStall(ctx, dbgen.ProjectionStallParams{
 					Reason: reason, EventID: e.ID, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
@@ -636,7 +659,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 		}
 		bp, batched := p.projection.(BatchProjection)
 		if batched && failing != 0 && p.isolate == nil {
-			return p.applyWhole(ctx, tx, q, bp, events, checkpoint, run, &res)
+			return p.applyWhole(ctx, tx, bp, events, checkpoint, run, &res, &end)
 		}
 		if iso := p.isolate; iso != nil {
 			events = events[:countThrough(events, iso.through)]
@@ -659,9 +682,23 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 			checkpoint = e.Position
 		}
 		res.checkpoint = checkpoint
-		res.held, err = p.saveCheckpoint(ctx, q, checkpoint, applied, res.caughtUp, failing == 0)
+		res.held, err = p.saveCheckpoint(ctx, tx, checkpoint, applied, res.caughtUp, failing == 0, &end)
 		return err
-	})
+	}(bc.tx)
+	switch {
+	case err != nil:
+		p.closeBatchConn(ctx, bc, true)
+	case end.committed:
+		if end.begun && ctx.Err() == nil {
+			bc.epoch = epoch
+			p.next = bc // the next batch's transaction, begun
+		} else {
+			p.closeBatchConn(ctx, bc, end.begun)
+		}
+	default:
+		err = bc.tx.Commit(ctx)
+		p.closeBatchConn(ctx, bc, err != nil)
+	}
 	if err == nil && res.stalled == nil && !res.paused {
 		p.committed = &committedCheckpoint{checkpoint: res.checkpoint, epoch: epoch}
 	} else {
@@ -681,8 +718,8 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 // (the types it handles), and moves the checkpoint past them. A failure is
 // a *batchFailure: the batch is then isolated event by event. (It never
 // holds the event the projection is failing on: that one goes alone.)
-func (p *Projector) applyWhole(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, bp BatchProjection, events []Event,
-	from Position, run *engine.Batch, res *batchResult) error {
+func (p *Projector) applyWhole(ctx context.Context, tx pgx.Tx, bp BatchProjection, events []Event,
+	from Position, run *engine.Batch, res *batchResult, end *batchEnd) error {
 	handled := events
 	if p.types != nil {
 		handled = make([]Event, 0, len(events))
@@ -702,7 +739,7 @@ func (p *Projector) applyWhole(ctx context.Context, tx pgx.Tx, q *dbgen.Queries,
 		res.checkpoint = events[len(events)-1].Position
 	}
 	var err error
-	res.held, err = p.saveCheckpoint(ctx, q, res.checkpoint, int64(len(handled)), res.caughtUp, false)
+	res.held, err = p.saveCheckpoint(ctx, tx, res.checkpoint, int64(len(handled)), res.caughtUp, false, end)
 	return err
 }
 
@@ -717,7 +754,8 @@ func countThrough(events []Event, through Position) int {
 
 // park parks e, the poison event at the head of the batch, and moves the
 // checkpoint past it, in the batch's transaction.
-func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbgen.ProjectionLockForBatchRow, res *batchResult) error {
+func (p *Projector) park(ctx context.Context, tx pgx.Tx, q *dbgen.Queries, e Event, row dbgen.ProjectionLockForBatchRow,
+	res *batchResult, end *batchEnd) error {
 	if err := q.ParkedEventInsert(ctx, dbgen.ParkedEventInsertParams{
 		Projection: p.name, EventID: e.ID, TransactionID: e.Position.TransactionID,
 		GlobalPosition: e.Position.GlobalPosition, StreamID: e.StreamID,
@@ -732,23 +770,95 @@ func (p *Projector) park(ctx context.Context, q *dbgen.Queries, e Event, row dbg
 		slog.Int("attempts", int(row.FailedAttempts)), slog.String("error", row.LastError))
 	var err error
 	res.checkpoint = e.Position
-	res.held, err = p.saveCheckpoint(ctx, q, e.Position, 0, false, true)
+	res.held, err = p.saveCheckpoint(ctx, tx, e.Position, 0, false, true, end)
 	return err
 }
 
-// saveCheckpoint ends a batch; it reports whether the batch caught up yet
-// events follow the checkpoint (see batchResult.held). passedFailing says
-// the batch passed the event the projection was failing on.
-func (p *Projector) saveCheckpoint(ctx context.Context, q *dbgen.Queries, cp Position, applied int64, caughtUp, passedFailing bool) (bool, error) {
-	eventsAfter, err := q.ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
+// saveCheckpoint ends a batch: it saves the checkpoint and commits, in one
+// round trip, and reports whether the batch caught up yet events follow the
+// checkpoint (see batchResult.held). passedFailing says the batch passed the
+// event the projection was failing on. When the batch did not catch up (the
+// next one follows at once), the same round trip begins the next batch's
+// transaction. end records what happened to the transaction.
+func (p *Projector) saveCheckpoint(ctx context.Context, tx pgx.Tx, cp Position, applied int64, caughtUp, passedFailing bool,
+	end *batchEnd) (bool, error) {
+	eventsAfter, committed, begun, err := dbgen.ProjectionCheckpointSaveCommit(ctx, tx, dbgen.ProjectionCheckpointSaveParams{
 		CheckpointTx: cp.TransactionID, CheckpointPosition: cp.GlobalPosition,
 		LeaseSeconds: p.cfg.LeaseDuration.Seconds(), Applied: applied, CaughtUp: caughtUp,
 		PassedFailing: passedFailing, Name: p.name, Owner: p.cfg.InstanceID, Epoch: p.lease.Epoch(),
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
+	}, !caughtUp && !end.noBegin && !p.store.connsWanted())
+	end.committed, end.begun = committed, begun
+	if dberr.Classify(err) == dberr.LeaseLost {
 		return false, errLeaseLost
 	}
 	return eventsAfter, err
+}
+
+// batchEnd is how a batch's transaction ended.
+type batchEnd struct {
+	noBegin   bool // begin no transaction for the next batch (it does not follow at once)
+	committed bool // saveCheckpoint committed it
+	begun     bool // and began the next one on the same connection
+}
+
+// projectorConn is a batch's connection, its transaction, and its slot of
+// the projectors' connection budget.
+type projectorConn struct {
+	conn    *pgxpool.Conn
+	tx      pgx.Tx
+	release func()
+	epoch   int64 // the lease's, when its last batch committed
+}
+
+// batchConn returns the transaction the last batch began for this one, or
+// takes a slot of the budget and a connection of the pool, and begins one.
+// (A transaction begun and not used yet has no snapshot and no transaction
+// id: it holds no horizon back.)
+func (p *Projector) batchConn(ctx context.Context) (*projectorConn, error) {
+	if bc := p.next; bc != nil {
+		p.next = nil
+		p.begunUsed.Add(1)
+		return bc, nil
+	}
+	release, err := p.store.takeProjectorConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := p.store.pool.Acquire(ctx)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Release()
+		release()
+		return nil, err
+	}
+	return &projectorConn{conn: conn, tx: tx, release: release}, nil
+}
+
+// closeBatchConn rolls bc's transaction back if rollback (it may be open)
+// and gives its connection and slot back.
+func (p *Projector) closeBatchConn(ctx context.Context, bc *projectorConn, rollback bool) {
+	if rollback {
+		// Even once ctx has ended (a rollback that cannot go out closes the
+		// connection, which rolls back too).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = bc.tx.Rollback(rctx)
+		cancel()
+	}
+	bc.conn.Release() // a connection left in a transaction is closed by the pool
+	bc.release()
+}
+
+// dropNext rolls back the transaction the last batch began for the next,
+// when the next batch is not to follow at once.
+func (p *Projector) dropNext(ctx context.Context) {
+	if bc := p.next; bc != nil {
+		p.next = nil
+		p.closeBatchConn(ctx, bc, true)
+	}
 }
 
 // committedCheckpoint is the checkpoint an instance's last batch committed,

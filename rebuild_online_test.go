@@ -256,10 +256,13 @@ func TestRebuildProjectionOnlineSwapBoundsReaders(t *testing.T) {
 		t.Fatalf("reader: %v (%d reads)", readerErr, reads)
 	}
 	t.Logf("%d reads, the slowest %s", reads, slowest)
-	// ~100ms, with room for a loaded machine; without the lock timeout the
-	// readers would wait for the long reader (seconds).
-	if slowest > 250*time.Millisecond {
-		t.Errorf("a reader waited %s behind the swap; want ~100ms at most", slowest)
+	// Without the swap's lock timeout the readers would queue behind it for
+	// as long as the long reader held the table (over 2s, above); with it,
+	// about 100ms (measured by make bench, where the machine is quiet). The
+	// bound leaves room for a machine loaded by the whole suite under the
+	// race detector (256ms seen).
+	if slowest > time.Second {
+		t.Errorf("a reader waited %s behind the swap; want ~100ms, far from the long reader's 2s", slowest)
 	}
 	var after uint32
 	if err := pool.QueryRow(ctx, `SELECT 'public.ledger'::regclass::oid`).Scan(&after); err != nil {

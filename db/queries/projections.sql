@@ -84,6 +84,10 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
 -- name: ProjectionCheckpointSave :one
 -- Ends a batch, in its transaction: the checkpoint, the renewed lease and
 -- the state. A rebuild's replay is over once the projection is caught up.
+-- Fenced: when the lease is no longer (owner, epoch)'s it raises CDI06
+-- (conduit.lease_lost, migration 12) rather than returning no row, because
+-- the batch sends its COMMIT in the same round trip (see
+-- dbgen.ProjectionCheckpointSaveCommit).
 -- passed_failing: the batch applied or parked the event the projection was
 -- failing on, whose failures are then forgotten.
 -- events_after: the batch caught up, yet committed events follow the
@@ -91,6 +95,7 @@ SELECT p.checkpoint_tx, p.checkpoint_position, p.state,
 -- which may append nothing and so wake nobody, is still open) or have just
 -- committed, so the projector looks again soon rather than at its next poll.
 -- (Testing the horizon instead would race with the batch's read.)
+WITH saved AS (
 UPDATE conduit.projections
    SET checkpoint_tx = sqlc.arg(checkpoint_tx)::xid8,
        checkpoint_position = sqlc.arg(checkpoint_position),
@@ -106,10 +111,19 @@ UPDATE conduit.projections
        last_error = CASE WHEN sqlc.arg(passed_failing)::boolean THEN NULL ELSE last_error END,
        updated_at = now()
  WHERE name = sqlc.arg(name) AND owner = sqlc.arg(owner)::text AND epoch = sqlc.arg(epoch)
-RETURNING (sqlc.arg(caught_up)::boolean AND EXISTS (
-              SELECT 1 FROM conduit.events e
-               WHERE (e.transaction_id, e.global_position) > (sqlc.arg(checkpoint_tx)::xid8, sqlc.arg(checkpoint_position)::bigint)))::boolean
-          AS events_after;
+RETURNING (sqlc.arg(caught_up)::boolean AND (
+              -- The first event after the checkpoint, by the index, not
+              -- EXISTS: the generic plan of an EXISTS over this row
+              -- comparison is a sequential scan from the log's first event
+              -- (see OutboxAfter).
+              SELECT true FROM conduit.events e
+               WHERE (e.transaction_id, e.global_position) > (sqlc.arg(checkpoint_tx)::xid8, sqlc.arg(checkpoint_position)::bigint)
+               ORDER BY e.transaction_id, e.global_position
+               LIMIT 1) IS NOT NULL)::boolean
+          AS events_after
+)
+SELECT COALESCE((SELECT s.events_after FROM saved AS s),
+                conduit.lease_lost('projection', sqlc.arg(name)::text))::boolean AS events_after;
 
 -- name: ProjectionStall :exec
 -- Reports a poison event under the stop policy; the checkpoint stays put.

@@ -41,6 +41,9 @@ const (
 	// CodeOnlineRebuildRefused: conduit.check_online_rebuild found a read
 	// table that an online rebuild cannot replace soundly.
 	CodeOnlineRebuildRefused = "CDI05"
+	// CodeLeaseLost: conduit.lease_lost, called by a statement fenced by
+	// a lease's (owner, epoch) that found the lease held by another.
+	CodeLeaseLost = "CDI06"
 
 	// EventsChannel is the NOTIFY channel that wakes projectors.
 	EventsChannel = "conduit_events"
@@ -90,6 +93,8 @@ const (
 	RestoredDatabase
 	// OnlineRebuildRefused: CodeOnlineRebuildRefused.
 	OnlineRebuildRefused
+	// LeaseLost: CodeLeaseLost.
+	LeaseLost
 	// PreparedStatementMismatch: the server connection lacked a statement
 	// its client connection had prepared by name (26000), or already had
 	// one of the name it was preparing (42P05). Conduit prepares nothing by
@@ -149,6 +154,8 @@ func classifyPg(e *pgconn.PgError) Kind {
 		return RestoredDatabase
 	case CodeOnlineRebuildRefused:
 		return OnlineRebuildRefused
+	case CodeLeaseLost:
+		return LeaseLost
 	}
 	switch e.Code[:2] {
 	case "08", "53", "57", "58": // connection, resources, operator intervention, system

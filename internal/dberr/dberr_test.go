@@ -41,6 +41,7 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "42P05"}, dberr.PreparedStatementMismatch}, // prepared statement already exists
 		{fmt.Errorf("conduit: x: %w", &pgconn.PgError{Code: dberr.CodeRestoredDatabase}), dberr.RestoredDatabase},
 		{&pgconn.PgError{Code: dberr.CodeOnlineRebuildRefused}, dberr.OnlineRebuildRefused},
+		{&pgconn.PgError{Code: dberr.CodeLeaseLost}, dberr.LeaseLost},
 	} {
 		if got := dberr.Classify(c.err); got != c.want {
 			t.Errorf("Classify(%v) = %d, want %d", c.err, got, c.want)
@@ -143,6 +144,19 @@ func TestNamesMatchCatalog(t *testing.T) {
 	raises(`SELECT conduit.pause_projection('no such projection')`, dberr.NoProjection)
 	raises(`SELECT conduit.resume_projection('no such projection')`, dberr.NoProjection)
 	raises(`SELECT conduit.abort_transaction('test')`, dberr.TransactionAborted)
+	raises(`SELECT conduit.lease_lost('projection', 'test')`, dberr.LeaseLost)
+	// The projector's checkpoint save, fenced by a lease nobody holds.
+	if _, err := pool.Exec(ctx, `INSERT INTO conduit.projections (name) VALUES ('fenced')`); err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := dbgen.New(tx).ProjectionCheckpointSave(ctx, dbgen.ProjectionCheckpointSaveParams{
+			Name: "fenced", Owner: "nobody", Epoch: 7, CheckpointTx: 1})
+		return err
+	})
+	if got := dberr.Classify(err); got != dberr.LeaseLost {
+		t.Errorf("checkpoint save under a lease not held: %v classified %d, want LeaseLost", err, got)
+	}
 	raises(`INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
 	        SELECT 's', 1, gen_random_uuid(), 't', '1'`, dberr.StreamVersionTaken)
 	raises(`INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)

@@ -185,41 +185,55 @@ func (q *Queries) ProjectionCheckpointGet(ctx context.Context, name string) (Pro
 }
 
 const projectionCheckpointSave = `-- name: ProjectionCheckpointSave :one
+WITH saved AS (
 UPDATE conduit.projections
-   SET checkpoint_tx = $1::xid8,
-       checkpoint_position = $2,
-       lease_expires_at = now() + make_interval(secs => $3::double precision),
-       events_applied = events_applied + $4::bigint,
-       last_progress_at = CASE WHEN $4::bigint > 0 OR last_progress_at IS NULL
+   SET checkpoint_tx = $2::xid8,
+       checkpoint_position = $3,
+       lease_expires_at = now() + make_interval(secs => $4::double precision),
+       events_applied = events_applied + $5::bigint,
+       last_progress_at = CASE WHEN $5::bigint > 0 OR last_progress_at IS NULL
                                THEN now() ELSE last_progress_at END,
-       state = CASE WHEN $5::boolean THEN 'caught_up' ELSE 'running' END,
-       rebuild_started_at = CASE WHEN $5::boolean THEN NULL ELSE rebuild_started_at END,
+       state = CASE WHEN $6::boolean THEN 'caught_up' ELSE 'running' END,
+       rebuild_started_at = CASE WHEN $6::boolean THEN NULL ELSE rebuild_started_at END,
        stall_reason = NULL, stalled_event_id = NULL,
-       failing_event_id = CASE WHEN $6::boolean THEN NULL ELSE failing_event_id END,
-       failed_attempts = CASE WHEN $6::boolean THEN 0 ELSE failed_attempts END,
-       last_error = CASE WHEN $6::boolean THEN NULL ELSE last_error END,
+       failing_event_id = CASE WHEN $7::boolean THEN NULL ELSE failing_event_id END,
+       failed_attempts = CASE WHEN $7::boolean THEN 0 ELSE failed_attempts END,
+       last_error = CASE WHEN $7::boolean THEN NULL ELSE last_error END,
        updated_at = now()
- WHERE name = $7 AND owner = $8::text AND epoch = $9
-RETURNING ($5::boolean AND EXISTS (
-              SELECT 1 FROM conduit.events e
-               WHERE (e.transaction_id, e.global_position) > ($1::xid8, $2::bigint)))::boolean
+ WHERE name = $1 AND owner = $8::text AND epoch = $9
+RETURNING ($6::boolean AND (
+              -- The first event after the checkpoint, by the index, not
+              -- EXISTS: the generic plan of an EXISTS over this row
+              -- comparison is a sequential scan from the log's first event
+              -- (see OutboxAfter).
+              SELECT true FROM conduit.events e
+               WHERE (e.transaction_id, e.global_position) > ($2::xid8, $3::bigint)
+               ORDER BY e.transaction_id, e.global_position
+               LIMIT 1) IS NOT NULL)::boolean
           AS events_after
+)
+SELECT COALESCE((SELECT s.events_after FROM saved AS s),
+                conduit.lease_lost('projection', $1::text))::boolean AS events_after
 `
 
 type ProjectionCheckpointSaveParams struct {
+	Name               string
 	CheckpointTx       uint64
 	CheckpointPosition int64
 	LeaseSeconds       float64
 	Applied            int64
 	CaughtUp           bool
 	PassedFailing      bool
-	Name               string
 	Owner              string
 	Epoch              int64
 }
 
 // Ends a batch, in its transaction: the checkpoint, the renewed lease and
 // the state. A rebuild's replay is over once the projection is caught up.
+// Fenced: when the lease is no longer (owner, epoch)'s it raises CDI06
+// (conduit.lease_lost, migration 12) rather than returning no row, because
+// the batch sends its COMMIT in the same round trip (see
+// dbgen.ProjectionCheckpointSaveCommit).
 // passed_failing: the batch applied or parked the event the projection was
 // failing on, whose failures are then forgotten.
 // events_after: the batch caught up, yet committed events follow the
@@ -229,13 +243,13 @@ type ProjectionCheckpointSaveParams struct {
 // (Testing the horizon instead would race with the batch's read.)
 func (q *Queries) ProjectionCheckpointSave(ctx context.Context, arg ProjectionCheckpointSaveParams) (bool, error) {
 	row := q.db.QueryRow(ctx, projectionCheckpointSave,
+		arg.Name,
 		arg.CheckpointTx,
 		arg.CheckpointPosition,
 		arg.LeaseSeconds,
 		arg.Applied,
 		arg.CaughtUp,
 		arg.PassedFailing,
-		arg.Name,
 		arg.Owner,
 		arg.Epoch,
 	)

@@ -15,6 +15,7 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -105,3 +106,48 @@ func ProjectionLockForBatchThenList(ctx context.Context, tx pgx.Tx, lock Project
 	}
 	return i, err
 }
+
+// ProjectionCheckpointSaveCommit ends a projector's batch in one round trip:
+// ProjectionCheckpointSave, then COMMIT, then, if begin, BEGIN of the next
+// batch's transaction on the same connection. The save raises CDI06 when the
+// lease is lost, so the COMMIT never runs after a save that matched nothing.
+//
+// committed reports that the server committed. Then pgx's tx does not know
+// it: the caller must neither commit nor roll tx back, and with begun, tx's
+// statements run in the new transaction (end it with tx.Commit or
+// tx.Rollback, or with this function again). An error after the commit (the
+// BEGIN's) only leaves begun false. Without committed, err says why, and the
+// caller rolls tx back.
+func ProjectionCheckpointSaveCommit(ctx context.Context, tx pgx.Tx, arg ProjectionCheckpointSaveParams, begin bool) (eventsAfter, committed, begun bool, err error) {
+	b := &pgx.Batch{}
+	b.Queue(projectionCheckpointSave, arg.Name, arg.CheckpointTx, arg.CheckpointPosition, arg.LeaseSeconds,
+		arg.Applied, arg.CaughtUp, arg.PassedFailing, arg.Owner, arg.Epoch)
+	b.Queue("COMMIT")
+	if begin {
+		b.Queue("BEGIN")
+	}
+	br := tx.SendBatch(ctx, b)
+	err = br.QueryRow().Scan(&eventsAfter)
+	if err == nil {
+		var tag pgconn.CommandTag
+		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
+			err = pgx.ErrTxCommitRollback // it was rolled back
+		}
+		committed = err == nil
+	}
+	if committed && begin {
+		_, berr := br.Exec()
+		begun = berr == nil
+	}
+	if cerr := br.Close(); !committed && err == nil {
+		err = cerr
+	}
+	if committed {
+		err = nil
+	}
+	return eventsAfter, committed, begun, err
+}
+
+// ProjectionCheckpointSaveSQL is ProjectionCheckpointSave's text, for the
+// test of its cached (generic) plan.
+const ProjectionCheckpointSaveSQL = projectionCheckpointSave

@@ -107,6 +107,12 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// Kept reports that the lease of epoch is held and its keeper has not found
+// it lost.
+func (l *Lease) Kept(epoch int64) bool {
+	return epoch != 0 && l.epoch == epoch && (l.keeper == nil || !l.keeper.lost.Load())
+}
+
 // Held reports whether the lease is held and has not run out by this
 // process's clock (Duration after the start of the last acquisition or
 // renewal that succeeded). The keeper renews it long before that, unless

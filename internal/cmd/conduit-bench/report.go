@@ -457,9 +457,11 @@ a quiet spell and is notified at once. The path is: NOTIFY statement and commit 
 to the child's listener connection, the in-process wake-up of its projector, then one batch: BEGIN, the
 lease lock (` + "`SELECT … FOR KEY SHARE`" + `, which also sets the idle timeout and says whether parked events wait for
 a retry) and the page read sent together (one round trip: the page is read after the checkpoint the
-instance committed last, and used if the lock finds the checkpoint there), the handler's INSERT, the
-checkpoint UPDATE (which also says whether events follow the checkpoint) and COMMIT (asynchronous: no WAL
-flush wait) — five round trips — then the report. The *row written* column (the handler's clock, same
+instance committed last, and used if the lock finds the checkpoint there), the handler's INSERT, then the
+checkpoint UPDATE (which also says whether events follow the checkpoint, and fails if the lease is gone) and
+COMMIT (asynchronous: no WAL flush wait) sent together — four round trips — then the report. A batch
+followed at once by another (under load) also sends the next batch's BEGIN with its COMMIT, so the next
+batch takes three. The *row written* column (the handler's clock, same
 start) shows that a little under half of it passes before the handler runs, the rest after it (the end
 of the batch, the COMMIT's WAL flush, the report). With 8 writers in a closed loop the projector keeps up
 (the *drain* column: tens of ms behind when the writers stop) but it applies one event per round trip and
@@ -498,7 +500,8 @@ projector replays the whole log: its rate is that of the upsert catch-up.
 
 **Changes made after the investigation** (measured in this file): the projector's lock query sets the idle
 timeout and reports pending parked retries, and its checkpoint UPDATE reports whether events follow (five
-statements per batch instead of seven); ` + "`Append`" + ` without synchronous projections takes only the last row
+statements per batch instead of seven); later the checkpoint UPDATE and the COMMIT went out together, with
+the next batch's BEGIN when one follows at once (three round trips per batch under load, four from idle); ` + "`Append`" + ` without synchronous projections takes only the last row
 back; transaction ids travel as binary ` + "`xid8`" + ` instead of through text casts; and projector batches commit
 with ` + "`synchronous_commit`" + ` off unless ` + "`ProjectorConfig.DurableCommit`" + ` (no WAL flush wait per batch: a server
 crash loses only whole batches, rows and checkpoint together, which the projector then re-applies). The
