@@ -129,7 +129,7 @@
 // [Store.ReadStream] yields a stream's events in version order;
 // [Store.ReadAll] yields the global log of every stream. Both are
 // iter.Seq2[Event, error] values that page through the table
-// ([Config.ReadPageSize] events per statement) and yield each event as its
+// ([Config.ReadPageSize] events for the first statement, more while the loop keeps up) and yield each event as its
 // row comes off the wire: no page is held in memory.
 //
 // Positions in the global log are taken when a row is inserted but become

@@ -67,11 +67,14 @@ type Config struct {
 	// MaxAppendSizeDefault (16 MiB), or MaxEventSize if that is larger.
 	MaxAppendSize int
 
-	// ReadPageSize is how many events ReadStream and ReadAll fetch per
-	// statement. Their rows stream from the wire, so memory use does not
-	// grow with it; a larger page costs fewer round trips and keeps one
-	// statement, and its snapshot, open longer. 1 to ReadPageSizeLimit.
-	// Defaults to ReadPageSizeDefault (1,000).
+	// ReadPageSize is how many events ReadStream and ReadAll fetch with
+	// their first statement. Their rows stream from the wire, so memory use
+	// does not grow with it; a larger page costs fewer round trips and keeps
+	// one statement, and its snapshot, open longer. A read's later pages
+	// double while its loop keeps up (each page read and handled within
+	// 20ms), up to 16 times ReadPageSize, and halve again, down to it,
+	// after a page that took over 100ms. 1 to ReadPageSizeLimit. Defaults
+	// to ReadPageSizeDefault (1,000).
 	ReadPageSize int
 
 	// Projections run synchronously inside every append's transaction, in
@@ -739,7 +742,7 @@ func (s *Store) streamVersion(ctx context.Context, q *dbgen.Queries, streamID st
 }
 
 // ReadStream yields the stream's events from fromVersion (1: the start) in
-// version order, fetching Config.ReadPageSize events per round trip. A
+// version order, in pages of Config.ReadPageSize events and more (see there). A
 // stream with no events yields nothing. The first error ends the sequence.
 func (s *Store) ReadStream(ctx context.Context, streamID string, fromVersion int64) iter.Seq2[Event, error] {
 	return s.readStream(ctx, s.queries, streamID, fromVersion)
@@ -760,10 +763,11 @@ func (s *Store) readStream(ctx context.Context, q *dbgen.Queries, streamID strin
 			return
 		}
 		from := max(fromVersion, 1)
+		pages := newPageSizer(s.cfg.ReadPageSize)
 		for {
-			n, stopped := 0, false
+			n, stopped, size := 0, false, pages.begin()
 			err := q.EventListByStreamEach(ctx, dbgen.EventListByStreamParams{
-				StreamID: streamID, FromVersion: from, MaxCount: int32(s.cfg.ReadPageSize),
+				StreamID: streamID, FromVersion: from, MaxCount: int32(size),
 			}, func(r dbgen.ConduitEvent) error {
 				n++
 				from = r.StreamVersion + 1
@@ -779,10 +783,50 @@ func (s *Store) readStream(ctx context.Context, q *dbgen.Queries, streamID strin
 			case err != nil:
 				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read stream %q", streamID)))
 				return
-			case n < s.cfg.ReadPageSize:
+			case n < size:
 				return
 			}
+			pages.end()
 		}
+	}
+}
+
+// A read's pages grow while its reader keeps up: see pageSizer.
+const (
+	readPageGrowth = 16                    // the largest page, in ReadPageSizes
+	readPageQuick  = 20 * time.Millisecond // a page read and consumed faster than this: the next is twice as large
+	readPageSlow   = 100 * time.Millisecond
+)
+
+// pageSizer sizes the pages of one ReadStream or ReadAll: the first of
+// Config.ReadPageSize events, then twice the last while the reader took
+// less than readPageQuick over each (statement and loop body together), up
+// to readPageGrowth times ReadPageSize; a page that took more than
+// readPageSlow halves the next, down to ReadPageSize. A reader that keeps up
+// pays fewer round trips and executor start-ups; a slow one keeps each
+// statement, and the snapshot it holds, short.
+type pageSizer struct {
+	base, size, max int
+	start           time.Time
+}
+
+func newPageSizer(base int) pageSizer {
+	return pageSizer{base: base, size: base, max: max(base, min(base*readPageGrowth, ReadPageSizeLimit))}
+}
+
+// begin starts a page and returns its size.
+func (p *pageSizer) begin() int {
+	p.start = time.Now()
+	return p.size
+}
+
+// end sizes the next page after a full one.
+func (p *pageSizer) end() {
+	switch took := time.Since(p.start); {
+	case took < readPageQuick:
+		p.size = min(p.size*2, p.max)
+	case took > readPageSlow:
+		p.size = max(p.size/2, p.base)
 	}
 }
 
@@ -791,7 +835,7 @@ var errStopReading = errors.New("conduit: reader stopped")
 
 // ReadAll yields the global log after position after (the zero Position:
 // from the start), in (transaction id, global position) order, fetching
-// Config.ReadPageSize events per round trip.
+// Config.ReadPageSize events and more per round trip (see there).
 //
 // It yields only events below the safe horizon: while any transaction that
 // could still commit events before them is open, it stops short of them
@@ -808,10 +852,11 @@ var errStopReading = errors.New("conduit: reader stopped")
 // tx is busy reading, hence its rule: finish iterating before using tx.
 func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
+		pages := newPageSizer(s.cfg.ReadPageSize)
 		for {
-			n, stopped := 0, false
+			n, stopped, size := 0, false, pages.begin()
 			err := s.queries.EventListAllEach(ctx, dbgen.EventListAllParams{
-				AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(s.cfg.ReadPageSize),
+				AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(size),
 			}, func(r dbgen.ConduitEvent) error {
 				n++
 				e := eventFromRow(r)
@@ -828,9 +873,10 @@ func (s *Store) ReadAll(ctx context.Context, after Position) iter.Seq2[Event, er
 			case err != nil:
 				yield(Event{}, s.dbError(ctx, err, fmt.Sprintf("read all after %s", after)))
 				return
-			case n < s.cfg.ReadPageSize:
+			case n < size:
 				return
 			}
+			pages.end()
 		}
 	}
 }

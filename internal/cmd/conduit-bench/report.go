@@ -480,7 +480,10 @@ binary form, text and jsonb as bytes; data and metadata copied into one shared b
 a stream id equal to the previous row's and known event types not allocated again), where the baselines
 call pgx's ` + "`rows.Scan`" + ` (a plan dispatch per value, an allocation per text, jsonb and bytea value). A result
 it does not know (another type or format, a codec of the connection's own) is scanned as before.
-` + "`ReadPageSize`" + ` 10000 spreads the paging over ten times as many rows (memory does not grow with the page).
+A read's pages grow: the first has ` + "`ReadPageSize`" + ` rows, and each next one twice the last while the loop keeps up
+(a page read and handled within 20 ms), up to 16 times ` + "`ReadPageSize`" + `; so a long read pays for few page queries,
+and a slow loop still holds each statement's snapshot briefly. ` + "`ReadPageSize`" + ` 10000 starts there (memory does not
+grow with the page).
 
 **Projector catch-up.** With the upsert handler both sides spend their time in the handler's round trip
 per event (and in PostgreSQL following the chain of versions of a row updated up to 1000 times in one
