@@ -142,9 +142,6 @@ func ProjectionCheckpointSaveCommit(ctx context.Context, tx pgx.Tx, arg Projecti
 	if cerr := br.Close(); !committed && err == nil {
 		err = cerr
 	}
-	if committed {
-		err = nil
-	}
 	return eventsAfter, committed, begun, err
 }
 
