@@ -319,8 +319,9 @@
 // projectors beyond the budget wait their turn and keep their leases. A
 // projector catching up (its batches full) reads the next events ahead
 // while a batch applies and commits, on a second connection of the budget,
-// when a slot is free at once (with the default budget of 1, for pools of
-// up to 7 connections, it does not). Its lease (taking it, the keeper's renewals every LeaseDuration/3, counting
+// and on a third at the same time, when slots are free at once (with the
+// default budget of 1, for pools of up to 7 connections, it does not read
+// ahead; with 2, on one connection). Its lease (taking it, the keeper's renewals every LeaseDuration/3, counting
 // failures) costs short statements on the pool. For a pool of their own,
 // run the projectors on a second Store over a second pool.
 //

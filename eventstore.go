@@ -132,7 +132,8 @@ type Config struct {
 	// is taken. A
 	// projector catching up also reads its next events ahead while a batch
 	// commits, on a second connection of the budget when one is free at
-	// once (so with a budget of 1 it does not). A
+	// once (so with a budget of 1 it does not), and with two statements at
+	// once on a second and a third when both are. A
 	// projector's other statements (taking and renewing its lease,
 	// counting a failure) are single short statements on the pool. To give
 	// projectors a pool of their own, run them on a Store made over that

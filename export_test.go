@@ -52,6 +52,14 @@ func AppendSends(s *Store) (sends, appends int64) {
 // ahead.
 func ReadAheadBatches(p *Projector) int64 { return p.aheadUsed.Load() }
 
+// ReadAheadSecondStatements counts p's read-ahead statements that skipped
+// the events of the statement before them, run at the same time.
+func ReadAheadSecondStatements(p *Projector) int64 { return p.aheadSecond.Load() }
+
+// SetReadAheadEvents sets how many events one statement of p's read ahead
+// fetches. Call it before p runs.
+func SetReadAheadEvents(p *Projector, n int) { p.aheadEvents = n }
+
 // BegunBatches counts the batches that ran in a transaction their previous
 // batch began in the round trip of its commit.
 func BegunBatches(p *Projector) int64 { return p.begunUsed.Load() }

@@ -52,6 +52,20 @@ type handlerCall struct {
 	batch  bool // ApplyBatch with a whole batch: no one event to blame
 }
 
+// watchedCall is a handler call and its data in one allocation: the
+// call's Data points at data.
+type watchedCall struct {
+	call engine.Call
+	data handlerCall
+}
+
+// newCall returns a call of h starting now.
+func newCall(b *engine.Batch, h handlerCall) *engine.Call {
+	w := &watchedCall{call: engine.Call{Start: time.Now(), Batch: b}, data: h}
+	w.call.Data = &w.data
+	return &w.call
+}
+
 // errHandlerTimeout is what a handler that overran HandlerTimeout failed with.
 var errHandlerTimeout = errors.New("handler ran longer than ProjectorConfig.HandlerTimeout")
 
@@ -88,7 +102,7 @@ func (p *Projector) renew(ctx context.Context, epoch int64, c *engine.Call) erro
 // cancels its batch and counts the failure (for a parked event being
 // retried, parks it again).
 func (p *Projector) overrun(ctx context.Context, epoch int64, c *engine.Call) error {
-	h := c.Data.(handlerCall)
+	h := c.Data.(*handlerCall)
 	o := &handlerOverrun{err: fmt.Errorf("%w (%s)", errHandlerTimeout, p.cfg.HandlerTimeout), parked: h.parked}
 	c.Batch.Cancel(o)
 	switch {
@@ -105,7 +119,7 @@ func (p *Projector) overrun(ctx context.Context, epoch int64, c *engine.Call) er
 // handler that overruns HandlerTimeout returns a *handlerOverrun, whatever
 // it returned itself.
 func (p *Projector) apply(ctx context.Context, tx pgx.Tx, e Event, b *engine.Batch, parked bool) error {
-	c := &engine.Call{Start: time.Now(), Batch: b, Data: handlerCall{event: e, parked: parked}}
+	c := newCall(b, handlerCall{event: e, parked: parked})
 	if bp, ok := p.projection.(BatchProjection); ok {
 		return p.lease.Watch(c, func() error { return bp.ApplyBatch(ctx, tx, []Event{e}) })
 	}
@@ -115,6 +129,6 @@ func (p *Projector) apply(ctx context.Context, tx pgx.Tx, e Event, b *engine.Bat
 // applyBatch runs bp.ApplyBatch on events under the keeper's watch, as
 // apply does for one event; an overrun counts no attempt at any event.
 func (p *Projector) applyBatch(ctx context.Context, tx pgx.Tx, bp BatchProjection, events []Event, b *engine.Batch) error {
-	c := &engine.Call{Start: time.Now(), Batch: b, Data: handlerCall{event: events[0], batch: true}}
+	c := newCall(b, handlerCall{event: events[0], batch: true})
 	return p.lease.Watch(c, func() error { return bp.ApplyBatch(ctx, tx, events) })
 }

@@ -1,6 +1,7 @@
 package conduit
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -230,7 +231,13 @@ type Projector struct {
 	ahead     *readAhead
 	reading   sync.WaitGroup
 	aheadUsed atomic.Int64 // batches whose events were read ahead (for tests)
-	begunUsed atomic.Int64 // batches run in a transaction begun by the previous one (for tests)
+	// aheadSecond counts the read ahead's statements that skipped the
+	// events of the one before them, read at the same time (for tests).
+	aheadSecond atomic.Int64
+	// aheadEvents is how many events one statement of the read ahead
+	// fetches: readAheadEvents (tests set fewer).
+	aheadEvents int
+	begunUsed   atomic.Int64 // batches run in a transaction begun by the previous one (for tests)
 	// committed is the checkpoint this instance's last batch committed; nil
 	// when unknown (first batch, after an error, a stall or a pause).
 	committed *committedCheckpoint
@@ -605,7 +612,7 @@ func (p *Projector) batch(ctx context.Context) (batchResult, error) {
 				return err
 			}
 		}
-		events, ok := p.takeReadAhead(ctx, runCtx, checkpoint, epoch)
+		events, ok := p.takeReadAhead(ctx, checkpoint, epoch)
 		if !ok {
 			if guess != nil && *guess == checkpoint {
 				events = listed
@@ -892,24 +899,37 @@ func (p *Projector) readBatch(ctx context.Context, q *dbgen.Queries, after Posit
 
 // readAheadEvents is how many events a read ahead fetches in one statement
 // (a whole number of batches, at least one): fewer statements per event
-// than one per batch. A projector holds at most two such fetches.
+// than one per batch.
 const readAheadEvents = 10_000
 
+// Bounds of a read ahead: at most readAheadStatements statements in flight,
+// and at most readAheadHeld fetches' worth of events held (fetched, and in
+// flight) at once.
+const (
+	readAheadStatements = 2
+	readAheadHeld       = 3
+)
+
 // readAhead is the events after from, read ahead under the lease of epoch:
-// events already fetched (handed out a batch at a time), and the statement
-// in flight that fetches those after them.
+// events already fetched (handed out a batch at a time), and the statements
+// in flight that fetch those after them.
 type readAhead struct {
 	from   Position
 	epoch  int64
 	events []Event
-	fetch  *fetchAhead // nil: none in flight
-	ended  bool        // a fetch came back short: the log's end, for now
-	cancel context.CancelFunc
+	// The statements in flight (or done, not yet taken), in log order.
+	// The first reads the events after end, the second those after its.
+	fetches []*fetchAhead
+	end     Position // the last event fetched (from, before any)
+	ended   bool     // a fetch came back short: the log's end, for now
+	ctx     context.Context
+	cancel  context.CancelFunc
 }
 
 // fetchAhead is one statement of a read ahead, in flight.
 type fetchAhead struct {
 	limit int
+	skip  bool // skips the events of the statement before it
 	done  chan fetchedAhead
 }
 
@@ -919,39 +939,104 @@ type fetchedAhead struct {
 }
 
 // startReadAhead starts reading the events after from (the end of a full
-// batch) on a connection of its own while the current batch applies and
+// batch) on connections of their own while the current batch applies and
 // commits, so that catching up reads and commits at the same time. Each
-// statement fetches up to readAheadEvents (a whole number of batches); the
-// next one starts as soon as the batches take the events of the last. Each
-// is one statement below the safe horizon, like the batch's own: the events
-// it returns are the log's next ones whenever they are used. A fetch holds a
-// connection of the projectors' budget (Config.MaxProjectorConns), and
-// starts only if a slot is free at once: with a budget of 1 (the default
-// for pools of up to 7 connections) a lone projector does not read ahead.
+// statement fetches up to readAheadEvents (a whole number of batches), and
+// up to two run at once, on two connections: one for the events after the
+// last fetched, one for those after its (the same statement, skipping as
+// many events as the first fetches). Each is one statement below the safe
+// horizon, like the batch's own: the events below one statement's horizon
+// are a prefix, in log order, of those below a later one's, so the second
+// statement's events follow the first's whenever the first comes back full
+// (when it does not, the log has ended for now: the second's are dropped).
+// The events they return are the log's next ones whenever they are used.
+// Each statement holds a connection of the projectors' budget
+// (Config.MaxProjectorConns) and starts only if a slot is free at once:
+// with a budget of 1 (the default for pools of up to 7 connections) a lone
+// projector does not read ahead, with 2 it reads on one connection.
 func (p *Projector) startReadAhead(ctx context.Context, from Position, epoch int64) {
 	p.dropReadAheadBuffer()
 	ctx, cancel := context.WithCancel(ctx)
-	p.ahead = &readAhead{from: from, epoch: epoch, cancel: cancel}
-	p.fetchAhead(ctx, from)
+	p.ahead = &readAhead{from: from, end: from, epoch: epoch, ctx: ctx, cancel: cancel}
+	p.fetchAhead()
 }
 
-// fetchAhead starts the read ahead's next statement, after from, unless the
-// projectors' connection budget is spent.
-func (p *Projector) fetchAhead(ctx context.Context, from Position) {
+// fetchAhead starts the read ahead's next statements, while fewer than
+// readAheadStatements are in flight, the events held stay within
+// readAheadHeld fetches, and the projectors' connection budget has a slot
+// free.
+func (p *Projector) fetchAhead() {
 	a := p.ahead
-	release, ok := p.store.tryTakeProjectorConn()
-	if !ok {
-		return
+	limit := max(1, cmp.Or(p.aheadEvents, readAheadEvents)/p.cfg.BatchSize) * p.cfg.BatchSize
+	for !a.ended && len(a.fetches) < readAheadStatements && len(a.events)+(len(a.fetches)+1)*limit <= readAheadHeld*limit {
+		release, ok := p.store.tryTakeProjectorConn()
+		if !ok {
+			return
+		}
+		f := &fetchAhead{limit: limit, skip: len(a.fetches) > 0, done: make(chan fetchedAhead, 1)}
+		arg := dbgen.EventListForProjectionSkipParams{
+			Types: p.listParams(a.end, limit).Types, AfterTx: a.end.TransactionID, AfterPosition: a.end.GlobalPosition,
+			Skip: int32(len(a.fetches) * limit), MaxCount: int32(limit),
+		}
+		a.fetches = append(a.fetches, f)
+		p.reading.Add(1)
+		go func(ctx context.Context) {
+			defer p.reading.Done()
+			defer release()
+			events := make([]Event, 0, limit)
+			err := p.store.queries.EventListForProjectionSkipEach(ctx, arg, func(r dbgen.ConduitEvent) error {
+				events = append(events, eventFromRow(r))
+				return nil
+			})
+			f.done <- fetchedAhead{events, err}
+		}(a.ctx)
 	}
-	f := &fetchAhead{limit: max(1, readAheadEvents/p.cfg.BatchSize) * p.cfg.BatchSize, done: make(chan fetchedAhead, 1)}
-	a.fetch = f
-	p.reading.Add(1)
-	go func() {
-		defer p.reading.Done()
-		defer release()
-		events, err := p.readBatch(ctx, p.store.queries, from, f.limit)
-		f.done <- fetchedAhead{events, err}
-	}()
+}
+
+// collectAhead moves the first statement's events into the read ahead's
+// buffer: at once if wait is set (returning false if ctx ends first), else
+// only if it is done. It returns false if the read ahead was dropped (a
+// failed statement, or events that do not follow those before them).
+func (p *Projector) collectAhead(ctx context.Context, wait bool) (ok bool) {
+	a := p.ahead
+	f := a.fetches[0]
+	var r fetchedAhead
+	if wait {
+		select {
+		case r = <-f.done:
+		case <-ctx.Done():
+			p.dropReadAheadBuffer()
+			return false
+		}
+	} else {
+		select {
+		case r = <-f.done:
+		default:
+			return true
+		}
+	}
+	if r.err != nil || (len(r.events) > 0 && !a.end.Before(r.events[0].Position)) {
+		p.dropReadAheadBuffer()
+		return false
+	}
+	a.fetches = a.fetches[1:]
+	a.events = append(a.events, r.events...)
+	if f.skip {
+		p.aheadSecond.Add(1)
+	}
+	if len(r.events) > 0 {
+		a.end = r.events[len(r.events)-1].Position
+	}
+	if len(r.events) < f.limit {
+		// The log's end, for now: a statement after this one skipped
+		// events it did not see. Drop it.
+		a.ended = true
+		if len(a.fetches) > 0 {
+			a.cancel()
+			a.fetches = nil
+		}
+	}
+	return true
 }
 
 // takeReadAhead returns the next batch's events from the read ahead if it
@@ -960,7 +1045,7 @@ func (p *Projector) fetchAhead(ctx context.Context, from Position) {
 // of its end: cut by time, a failing event, a rollback; or a rebuild, a new
 // lease, a failed read, the log's end) it drops the read ahead, and the
 // batch reads its own events.
-func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
+func (p *Projector) takeReadAhead(ctx context.Context, checkpoint Position, epoch int64) ([]Event, bool) {
 	a := p.ahead
 	if a == nil {
 		return nil, false
@@ -970,19 +1055,12 @@ func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Positi
 		return nil, false
 	}
 	n := p.cfg.BatchSize
-	if len(a.events) < n && a.fetch != nil {
-		select {
-		case r := <-a.fetch.done:
-			if r.err != nil {
-				p.dropReadAheadBuffer()
-				return nil, false
-			}
-			a.ended = len(r.events) < a.fetch.limit
-			a.fetch = nil
-			a.events = append(a.events, r.events...)
-		case <-ctx.Done():
-			p.dropReadAheadBuffer()
+	for len(a.fetches) > 0 {
+		if !p.collectAhead(ctx, len(a.events) < n) {
 			return nil, false
+		}
+		if len(a.events) >= n {
+			break
 		}
 	}
 	if len(a.events) < n {
@@ -993,13 +1071,7 @@ func (p *Projector) takeReadAhead(ctx, runCtx context.Context, checkpoint Positi
 	a.events = a.events[n:]
 	a.from = events[n-1].Position
 	p.aheadUsed.Add(1)
-	if a.fetch == nil && !a.ended {
-		end := a.from
-		if len(a.events) > 0 {
-			end = a.events[len(a.events)-1].Position
-		}
-		p.fetchAhead(runCtx, end)
-	}
+	p.fetchAhead()
 	return events, true
 }
 

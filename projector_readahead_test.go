@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -49,6 +50,99 @@ func TestProjectorReadAhead(t *testing.T) {
 	checkLedgerMatchesLog(t, store, pool)
 	if n := conduit.ReadAheadBatches(p); n == 0 {
 		t.Error("no batch took events read ahead")
+	}
+}
+
+// TestProjectorReadAheadTwoStatements: with a budget of three connections
+// a projector catching up reads ahead with two statements at once, the
+// second skipping the first's events; every event is applied once, in log
+// order.
+func TestProjectorReadAheadTwoStatements(t *testing.T) {
+	store, pool := newStore(t, &conduit.Config{MaxProjectorConns: 3}) // the batch, and two to read ahead
+	createLedger(t, pool)
+	appendStreams(t, store, 10, 50)
+	p, err := conduit.NewProjector(store, &ledger{name: "ra2"}, &conduit.ProjectorConfig{BatchSize: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conduit.SetReadAheadEvents(p, 20)
+	if err := p.CatchUp(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	checkLedgerMatchesLog(t, store, pool)
+	if n := conduit.ReadAheadSecondStatements(p); n == 0 {
+		t.Error("no read-ahead statement ran beside another")
+	}
+}
+
+// TestProjectorReadAheadTwoStatementsLateCommits: two read-ahead statements
+// at once, each below its own safe horizon, while writers append and
+// transactions that began before others commit after them: every event is
+// applied once, in log order, none skipped at the seam of two statements.
+func TestProjectorReadAheadTwoStatementsLateCommits(t *testing.T) {
+	store, pool := newStore(t, &conduit.Config{MaxProjectorConns: 3})
+	createLedger(t, pool)
+	ctx := testContext(t)
+	appendStreams(t, store, 4, 50)
+	p, err := conduit.NewProjector(store, &ledger{name: "ra2late"}, &conduit.ProjectorConfig{BatchSize: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conduit.SetReadAheadEvents(p, 9)
+	stop := runProjector(t, p)
+	defer stop()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 60 {
+				// Every fifth append holds its transaction open while the
+				// others commit, then commits: a late commit.
+				if i%5 == 0 {
+					tx, err := pool.Begin(ctx)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if _, err := store.AppendTx(ctx, tx, fmt.Sprintf("late-%d", w), conduit.Any,
+						mustEvent(t, "tick", map[string]int{"n": i})); err != nil {
+						errs <- err
+						return
+					}
+					time.Sleep(3 * time.Millisecond)
+					if err := tx.Commit(ctx); err != nil {
+						errs <- err
+						return
+					}
+					continue
+				}
+				if _, err := store.Append(ctx, fmt.Sprintf("w-%d", w), conduit.Any,
+					mustEvent(t, "tick", map[string]int{"n": i}), mustEvent(t, "tick", map[string]int{"n": i})); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.WaitFor(ctx, "ra2late", head); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	checkLedgerMatchesLog(t, store, pool)
+	if n := conduit.ReadAheadSecondStatements(p); n == 0 {
+		t.Error("no read-ahead statement ran beside another")
 	}
 }
 

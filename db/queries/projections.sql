@@ -251,6 +251,27 @@ SELECT global_position,
  ORDER BY e.transaction_id, e.global_position
  LIMIT sqlc.arg(max_count);
 
+-- name: EventListForProjectionSkip :many
+-- EventListForProjection after skipping skip events: a projector reading
+-- ahead on two connections at once reads, beside the statement for the
+-- events after a position, the ones after those (skip = that statement's
+-- max_count). Both see the events below their own safe horizon; the
+-- events below the lower one are a prefix of those below the higher, in
+-- this order, so the two line up whenever the first comes back full.
+SELECT global_position,
+       transaction_id,
+       stream_id, stream_version, event_id, event_type,
+       (CASE WHEN cardinality(sqlc.arg(types)::text[]) = 0 OR event_type = ANY (sqlc.arg(types)::text[])
+             THEN data END)::jsonb AS data,
+       (CASE WHEN cardinality(sqlc.arg(types)::text[]) = 0 OR event_type = ANY (sqlc.arg(types)::text[])
+             THEN metadata END)::jsonb AS metadata,
+       recorded_at
+  FROM conduit.events e
+ WHERE (e.transaction_id, e.global_position) > (sqlc.arg(after_tx)::xid8, sqlc.arg(after_position)::bigint)
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY e.transaction_id, e.global_position
+ LIMIT sqlc.arg(max_count) OFFSET sqlc.arg(skip);
+
 -- name: NotifyEvents :exec
 -- Wakes listening projectors after appends committed. Sent on its own, after
 -- the appends' commits and coalesced, never inside an append's transaction

@@ -89,6 +89,84 @@ func (q *Queries) EventListForProjection(ctx context.Context, arg EventListForPr
 	return items, nil
 }
 
+const eventListForProjectionSkip = `-- name: EventListForProjectionSkip :many
+SELECT global_position,
+       transaction_id,
+       stream_id, stream_version, event_id, event_type,
+       (CASE WHEN cardinality($1::text[]) = 0 OR event_type = ANY ($1::text[])
+             THEN data END)::jsonb AS data,
+       (CASE WHEN cardinality($1::text[]) = 0 OR event_type = ANY ($1::text[])
+             THEN metadata END)::jsonb AS metadata,
+       recorded_at
+  FROM conduit.events e
+ WHERE (e.transaction_id, e.global_position) > ($2::xid8, $3::bigint)
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY e.transaction_id, e.global_position
+ LIMIT $5 OFFSET $4
+`
+
+type EventListForProjectionSkipParams struct {
+	Types         []string
+	AfterTx       uint64
+	AfterPosition int64
+	Skip          int32
+	MaxCount      int32
+}
+
+type EventListForProjectionSkipRow struct {
+	GlobalPosition int64
+	TransactionID  uint64
+	StreamID       string
+	StreamVersion  int64
+	EventID        uuid.UUID
+	EventType      string
+	Data           json.RawMessage
+	Metadata       json.RawMessage
+	RecordedAt     time.Time
+}
+
+// EventListForProjection after skipping skip events: a projector reading
+// ahead on two connections at once reads, beside the statement for the
+// events after a position, the ones after those (skip = that statement's
+// max_count). Both see the events below their own safe horizon; the
+// events below the lower one are a prefix of those below the higher, in
+// this order, so the two line up whenever the first comes back full.
+func (q *Queries) EventListForProjectionSkip(ctx context.Context, arg EventListForProjectionSkipParams) ([]EventListForProjectionSkipRow, error) {
+	rows, err := q.db.Query(ctx, eventListForProjectionSkip,
+		arg.Types,
+		arg.AfterTx,
+		arg.AfterPosition,
+		arg.Skip,
+		arg.MaxCount,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []EventListForProjectionSkipRow
+	for rows.Next() {
+		var i EventListForProjectionSkipRow
+		if err := rows.Scan(
+			&i.GlobalPosition,
+			&i.TransactionID,
+			&i.StreamID,
+			&i.StreamVersion,
+			&i.EventID,
+			&i.EventType,
+			&i.Data,
+			&i.Metadata,
+			&i.RecordedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listenEvents = `-- name: ListenEvents :exec
 LISTEN conduit_events
 `

@@ -37,6 +37,12 @@ func (q *Queries) EventListForProjectionEach(ctx context.Context, arg EventListF
 	return eachEvent(rows, err, fn)
 }
 
+// EventListForProjectionSkipEach is EventListForProjectionSkip, row by row.
+func (q *Queries) EventListForProjectionSkipEach(ctx context.Context, arg EventListForProjectionSkipParams, fn func(ConduitEvent) error) error {
+	rows, err := q.db.Query(ctx, eventListForProjectionSkip, arg.Types, arg.AfterTx, arg.AfterPosition, arg.Skip, arg.MaxCount)
+	return eachEvent(rows, err, fn)
+}
+
 // eachEvent decodes rows of the events table's columns, in its order.
 func eachEvent(rows pgx.Rows, err error, fn func(ConduitEvent) error) error {
 	if err != nil {

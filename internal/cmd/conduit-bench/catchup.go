@@ -15,53 +15,31 @@ import (
 	"github.com/conduit-es/conduit"
 )
 
-// benchCatchUp: a conduit.Projector catching up with the shared global log
-// from its start, against hand-written pgx loops doing the same work; then
-// rebuilds of the projection, timed.
-//
-//   - Upsert handler: one INSERT … ON CONFLICT (stream_id) DO UPDATE per event
-//     into a read table, against a loop that reads a page of BatchSize events
-//     below the safe horizon with the projector's query shape, applies the
-//     same upserts in one transaction, writes a checkpoint row and commits.
-//   - No-op handler: against one SELECT streaming the whole log (the raw
-//     global read of the read workload).
-//   - Batch upsert handler: a conduit.BatchProjection writing a batch's
-//     events with one multi-row upsert (counts per stream from unnest),
-//     against the same loop doing the same multi-row upsert per page.
-//   - Rebuild: conduit.rebuild_projection on the caught-up upsert
-//     projections (per event, and batch) while their projector runs, then
-//     the replay to caught up.
-//
-// Every run uses a fresh projection name and fresh tables.
-func benchCatchUp(ctx context.Context, srv *server, out *results) error {
+// benchCatchUpNoop: a conduit.Projector with a no-op handler catching up
+// with the shared global log from its start, against one SELECT streaming
+// the whole log (the raw global read of the read workload), and
+// diagnostic variants that split the projector's cost. A few seconds per
+// run. Every run uses a fresh projection name.
+func benchCatchUpNoop(ctx context.Context, srv *server, out *results) error {
 	o := srv.opts
-	// Two connections for projectors: one for the batch, one for reading
-	// ahead while it commits (with the default budget for a pool of 4, 1,
-	// a projector does not read ahead: see the diagnostic variant).
-	c, err := newCatchUp(ctx, srv, &conduit.Config{MaxProjectorConns: 2})
+	c, twoConns, oneConn, err := newCatchUpStores(ctx, srv)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	pool := c.pool
-	// The same pool with the default budget for a pool of 4: one projector
-	// connection, so no read ahead (the diagnostic variant).
-	oneConn, err := conduit.NewStore(pool, nil)
-	if err != nil {
-		return err
-	}
+	defer twoConns.Close()
 	defer oneConn.Close()
-
-	// No-op handler: a few seconds per run.
 	noop := []variant{
 		c.projectorVariant("conduit projector, no-op handler", noopHandler, conduit.BatchSizeDefault, false),
-		rawReadVariant("raw global read", pool, o.readEvents, `SELECT `+rawColumns+`
+		rawReadVariant("raw global read", c.pool, o.readEvents, `SELECT `+rawColumns+`
 			FROM conduit.events e ORDER BY e.transaction_id, e.global_position`),
 	}
 	if o.diagnose {
 		noop = append(noop,
 			c.projectorVariant("conduit projector, no-op handler, BatchSize 10000", noopHandler, 10_000, false),
 			c.projectorVariant("conduit projector, no-op handler, DurableCommit", noopHandler, conduit.BatchSizeDefault, true),
+			c.withStore(twoConns, "_two_conns").projectorVariant("conduit projector, no-op handler, MaxProjectorConns 2 (one read-ahead statement at a time)",
+				noopHandler, conduit.BatchSizeDefault, false),
 			c.withStore(oneConn, "_one_conn").projectorVariant("conduit projector, no-op handler, MaxProjectorConns 1 (no read ahead)",
 				noopHandler, conduit.BatchSizeDefault, false),
 			c.loopVariant("hand-written loop: page, checkpoint row, commit (no upserts)", noopHandler, conduit.BatchSizeDefault))
@@ -72,10 +50,57 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 	}
 	noopRow := row{group: "Projector catch-up", name: fmt.Sprintf("%s events, no-op handler", rate(float64(o.readEvents))),
 		baseline: "raw global read: one SELECT … ORDER BY (transaction_id, global_position) streaming every row",
-		conduit:  st[0], raw: st[1], target: 0.9}
+		conduit:  st[0], raw: st[1], target: 0.9, runs: o.runs}
 	for i := 2; i < len(noop); i++ {
 		noopRow.diagnostics = append(noopRow.diagnostics, diagnostic{noop[i].name, st[i]})
 	}
+	out.rows = append(out.rows, noopRow)
+	return nil
+}
+
+// newCatchUpStores connects to the shared log for the catch-up workloads:
+// a store whose projectors may take three connections (one for the batch,
+// two for reading ahead while it commits), and for diagnostic variants two
+// more stores on the same pool: one with a budget of 2 (one read-ahead
+// statement at a time), one with the default budget for a pool of 4, one
+// connection, so no read ahead.
+func newCatchUpStores(ctx context.Context, srv *server) (c *catchUp, two, one *conduit.Store, err error) {
+	if c, err = newCatchUp(ctx, srv, &conduit.Config{MaxProjectorConns: 3}); err != nil {
+		return nil, nil, nil, err
+	}
+	if two, err = conduit.NewStore(c.pool, &conduit.Config{MaxProjectorConns: 2}); err == nil {
+		one, err = conduit.NewStore(c.pool, nil)
+	}
+	if err != nil {
+		c.close()
+		return nil, nil, nil, err
+	}
+	return c, two, one, nil
+}
+
+// benchCatchUp: a conduit.Projector catching up with the shared global log
+// from its start, against hand-written pgx loops doing the same work; then
+// rebuilds of the projection, timed.
+//
+//   - Upsert handler: one INSERT … ON CONFLICT (stream_id) DO UPDATE per event
+//     into a read table, against a loop that reads a page of BatchSize events
+//     below the safe horizon with the projector's query shape, applies the
+//     same upserts in one transaction, writes a checkpoint row and commits.
+//   - Batch upsert handler: a conduit.BatchProjection writing a batch's
+//     events with one multi-row upsert (counts per stream from unnest),
+//     against the same loop doing the same multi-row upsert per page.
+//   - Rebuild: conduit.rebuild_projection on the caught-up upsert
+//     projections (per event, and batch) while their projector runs, then
+//     the replay to caught up.
+//
+// Every run uses a fresh projection name and fresh tables.
+func benchCatchUp(ctx context.Context, srv *server, out *results) error {
+	o := srv.opts
+	c, err := newCatchUp(ctx, srv, &conduit.Config{MaxProjectorConns: 3})
+	if err != nil {
+		return err
+	}
+	defer c.close()
 
 	// Upsert handler: a minute or more per run, so no warm-up run (the log
 	// was just read in full) and fewer runs.
@@ -85,7 +110,7 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 	}
 	uo := o
 	uo.warmup, uo.runs = 0, o.catchUpRuns
-	st, err = compare(ctx, uo, "catch-up, upsert handler", 1, 0, upsert...)
+	st, err := compare(ctx, uo, "catch-up, upsert handler", 1, 0, upsert...)
 	if err != nil {
 		return err
 	}
@@ -93,7 +118,6 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 		baseline: "hand-written pgx loop: page of 1000 events below the safe horizon (the projector's query shape), " +
 			"the same upserts and a checkpoint row in one transaction",
 		conduit: st[0], raw: st[1], target: 0.8, runs: uo.runs}
-	noopRow.runs = o.runs
 
 	// Batch upsert handler: seconds per run.
 	batch := []variant{
@@ -108,7 +132,7 @@ func benchCatchUp(ctx context.Context, srv *server, out *results) error {
 		baseline: "hand-written pgx loop: page of 1000 events below the safe horizon, one multi-row upsert of the " +
 			"page's counts per stream (the handler's statement) and a checkpoint row in one transaction",
 		conduit: st[0], raw: st[1], target: 0.8, runs: o.runs}
-	out.rows = append(out.rows, upsertRow, batchRow, noopRow)
+	out.rows = append(out.rows, upsertRow, batchRow)
 
 	// Rebuild the last upsert projections, which are caught up.
 	for _, h := range []handlerKind{upsertHandler, batchUpsertHandler} {

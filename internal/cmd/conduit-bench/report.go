@@ -322,8 +322,8 @@ const methodText = `Procedure, in one run of the program:
   ` + "`ReadAll(ctx, Position{})`" + ` with the default ` + "`ReadPageSize`" + ` (1000). Baseline: one ` + "`SELECT`" + ` per read,
   streaming every row.
 - **Projector catch-up**: over the same log, a new ` + "`conduit.Projector`" + ` (default ` + "`ProjectorConfig`" + `, BatchSize
-  1000; its ` + "`Store`" + ` on a pool of 4 with ` + "`Config.MaxProjectorConns`" + ` 2, so that a projector has a connection to
-  read ahead on: the default budget for that pool is 1, measured as a diagnostic) from ` + "`Run`" + ` until ` + "`Store.WaitFor`" + ` sees its checkpoint at the log's last event; fresh projection
+  1000; its ` + "`Store`" + ` on a pool of 4 with ` + "`Config.MaxProjectorConns`" + ` 3, so that a projector has two connections
+  to read ahead on: budgets of 2, and the pool's default of 1, are measured as diagnostics) from ` + "`Run`" + ` until ` + "`Store.WaitFor`" + ` sees its checkpoint at the log's last event; fresh projection
   name and read table per run. *Upsert handler*: ` + "`INSERT INTO <table> (stream_id, events) VALUES ($1, 1) ON\n  CONFLICT (stream_id) DO UPDATE SET events = events + 1`" + ` per event (the log's 1000-event appends put
   1000 events of one stream in a row, so most batches update one row 1000 times); the read table is checked
   to count every event once. Baseline: a hand-written pgx loop — per transaction one page of 1000 events
@@ -492,7 +492,8 @@ no-op handler the baseline is a single streaming SELECT with no transaction per 
 checkpoints must page and commit. The diagnostic *hand-written loop: page, checkpoint row, commit* (four
 round trips and a WAL flush per 1000 events, one after the other) shows that cost. The projector does not
 wait for it: while a batch applies and commits, the events after it are read ahead on a second connection
-(when the projectors' connection budget has a slot free), up to 10,000 events per statement, and the next batches
+and a third at the same time (when the projectors' connection budget has slots free; the second statement
+skips the events of the first), up to 10,000 events per statement, and the next batches
 take them if their committed checkpoint is where the read ahead starts (under the same lease); so reading
 and committing overlap, and the page queries are a tenth as many. Its batch adds the lease lock (which
 also sets the idle timeout and looks for parked retries), and the benchmark's ` + "`WaitFor`" + ` reads the checkpoint

@@ -28,7 +28,8 @@ var workloads = []workload{
 	{"latency", "end-to-end latency to a projector in another process", benchLatency},
 	{"read", "reading one 10,000-event stream and the whole global log", rowsOf(benchReads)},
 	{"status", "conduit.projection_status() with 10,000,000 events of lag", benchStatus},
-	{"catchup", "projector catch-up of the global log (upsert and no-op handlers), and its rebuild", benchCatchUp},
+	{"noop", "projector catch-up of the global log with a no-op handler, against one streaming SELECT", benchCatchUpNoop},
+	{"catchup", "projector catch-up of the global log with upsert handlers (per event and batch), and its rebuild", benchCatchUp},
 	{"online", "online rebuild of a batch upsert projection while 8 writers append and a reader times its queries (appends to the log: last)", benchOnline},
 }
 
