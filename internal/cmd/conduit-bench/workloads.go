@@ -20,7 +20,7 @@ type workload struct {
 
 var workloads = []workload{
 	{"append", "single-event appends at 1, 8 and 32 writers", rowsOf(benchAppends)},
-	{"batch", "100-event appends", rowsOf(benchBatchAppends)},
+	{"batch", "100-event appends", benchBatchAppends},
 	{"syncproj", "single-event appends with a synchronous projection, alone (as Append sends them) against savepoint batches", rowsOf(benchSyncProjection)},
 	{"outbox", "single-event appends that also enqueue an outbox message, against the same appends without", rowsOf(benchOutboxAppends)},
 	{"telemetry", "single-event appends with OpenTelemetry SDK meter and tracer providers, against none", rowsOf(benchTelemetry)},
