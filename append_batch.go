@@ -393,16 +393,18 @@ func (s *Store) sendBatch(batch []*queuedAppend, t *sendToken) {
 	}
 }
 
-// appendBatch runs the batch's statement: conduit.append_batch_one when
-// every append has one event and no outbox message, else
-// conduit.append_batch.
+// appendBatch runs the batch's statement: when every append has one event,
+// conduit.append_batch_one, or conduit.append_batch_one_outbox if some
+// enqueue outbox messages; else conduit.append_batch.
 func (s *Store) appendBatch(ctx context.Context, batch []*queuedAppend) ([]dbgen.EventAppendBatchRow, error) {
+	msgs := 0
 	for _, q := range batch {
-		if len(q.a.ids) != 1 || q.a.msgs.len() > 0 {
+		if len(q.a.ids) != 1 {
 			return s.queries.EventAppendBatch(ctx, batchParams(batch))
 		}
+		msgs += q.a.msgs.len()
 	}
-	p := dbgen.EventAppendBatchOneParams{
+	p := dbgen.EventAppendBatchOneOutboxParams{
 		Streams:  make([]string, len(batch)),
 		Expected: make([]int64, len(batch)),
 		EventIds: make([]string, len(batch)),
@@ -410,12 +412,33 @@ func (s *Store) appendBatch(ctx context.Context, batch []*queuedAppend) ([]dbgen
 		Data:     make([]string, len(batch)),
 		Metadata: make([]string, len(batch)),
 	}
+	if msgs > 0 {
+		p.MessageAppends = make([]int32, 0, msgs)
+	}
 	for i, q := range batch {
 		a := &q.a
 		p.Streams[i], p.Expected[i] = a.StreamID, a.Expected
 		p.EventIds[i], p.Types[i], p.Data[i], p.Metadata[i] = a.EventIds[0], a.Types[0], a.Data[0], a.Metadata[0]
+		for range a.msgs.len() {
+			p.MessageAppends = append(p.MessageAppends, int32(i+1))
+		}
+		p.MessageIds = append(p.MessageIds, a.msgs.ids...)
+		p.Topics = append(p.Topics, a.msgs.topics...)
+		p.Keys = append(p.Keys, a.msgs.keys...)
+		p.Payloads = append(p.Payloads, a.msgs.payloads...)
+		p.Headers = append(p.Headers, a.msgs.headers...)
 	}
-	one, err := s.queries.EventAppendBatchOne(ctx, p)
+	if msgs > 0 {
+		rows, err := s.queries.EventAppendBatchOneOutbox(ctx, p)
+		out := make([]dbgen.EventAppendBatchRow, len(rows))
+		for i, r := range rows {
+			out[i] = dbgen.EventAppendBatchRow(r)
+		}
+		return out, err
+	}
+	one, err := s.queries.EventAppendBatchOne(ctx, dbgen.EventAppendBatchOneParams{
+		Streams: p.Streams, Expected: p.Expected, EventIds: p.EventIds, Types: p.Types, Data: p.Data, Metadata: p.Metadata,
+	})
 	rows := make([]dbgen.EventAppendBatchRow, len(one))
 	for i, r := range one {
 		rows[i] = dbgen.EventAppendBatchRow(r)

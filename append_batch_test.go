@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -395,5 +396,76 @@ func TestAppendBatchSingleEventsMixedOutcomes(t *testing.T) {
 	}
 	if n := countEvents(t, ctx, pool, ""); n != 2+2+3 { // stored, c1, gate's two, a1, c2, f1
 		t.Errorf("%d events stored, want 7", n)
+	}
+}
+
+// A batch of single-event appends some of which enqueue outbox messages
+// (sent with conduit.append_batch_one_outbox): each caller gets its own
+// result, and the messages of the appends written, only those, are
+// enqueued in the batch's transaction, in call order.
+func TestAppendBatchSingleEventsOutboxMixedOutcomes(t *testing.T) {
+	t.Parallel()
+	cfg := &conduit.Config{Outbox: []conduit.OutboxRule{{EventType: "paid", Topic: "orders.paid"}}}
+	store0, pool := newStore(t, cfg)
+	ctx := testContext(t)
+	if _, err := store0.Append(ctx, "b", conduit.NoStream, mustEvent(t, "e", "b1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "TRUNCATE conduit.outbox"); err != nil {
+		t.Fatal(err)
+	}
+
+	b := newBatchSetupOn(t, pool, cfg)
+	a := b.queue(ctx, "a", conduit.NoStream, mustEvent(t, "paid", "a"))
+	refused := b.queue(ctx, "b", conduit.Exactly(0), mustEvent(t, "paid", "refused")) // b is at 1
+	plain := b.queue(ctx, "c", conduit.NoStream, mustEvent(t, "e", "c1"))             // no message
+	d := b.queue(ctx, "d", conduit.Any, mustEvent(t, "paid", "d"))
+	b.open()
+
+	ra, rr, rc, rd := <-a, <-refused, <-plain, <-d
+	for name, o := range map[string]batchOutcome{"a": ra, "c": rc, "d": rd} {
+		if o.err != nil || o.res.Version != 1 {
+			t.Fatalf("%s: %+v, want version 1", name, o)
+		}
+	}
+	var vc *conduit.VersionConflictError
+	if !errors.As(rr.err, &vc) || vc.Actual != 1 {
+		t.Errorf("refused: %v, want a version conflict at 1", rr.err)
+	}
+	if ra.res.Position.TransactionID != rd.res.Position.TransactionID {
+		t.Errorf("a at %v, d at %v: want one transaction", ra.res.Position, rd.res.Position)
+	}
+	// Each message is its event's (the rule's default: the event's id, the
+	// stream as key).
+	rows, err := pool.Query(ctx, `SELECT e.stream_id, o.topic, o.key, o.transaction_id::text::bigint
+		FROM conduit.outbox o LEFT JOIN conduit.events e ON e.event_id = o.message_id ORDER BY o.position`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type msg struct {
+		stream, topic, key string
+		tx                 int64
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (msg, error) {
+		var m msg
+		var stream *string
+		err := r.Scan(&stream, &m.topic, &m.key, &m.tx)
+		if stream != nil {
+			m.stream = *stream
+		}
+		return m, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []msg{
+		{"a", "orders.paid", "a", int64(ra.res.Position.TransactionID)},
+		{"d", "orders.paid", "d", int64(rd.res.Position.TransactionID)},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("outbox holds %+v, want %+v", got, want)
+	}
+	if sends, _ := conduit.AppendSends(b.store); sends == 0 {
+		t.Error("no batch was sent")
 	}
 }

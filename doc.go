@@ -45,8 +45,9 @@
 //
 // Appends of one Store that arrive while another is in flight go to the
 // database together: one statement (conduit.append_batch, or
-// conduit.append_batch_one when every append has one event and no outbox
-// message) in one transaction, so one commit for many appends. The batching
+// conduit.append_batch_one when every append has one event,
+// conduit.append_batch_one_outbox when some of those also enqueue outbox
+// messages) in one transaction, so one commit for many appends. The batching
 // is natural: an append that finds nothing in flight is sent at once (no
 // added latency when idle); those that arrive meanwhile wait, and are sent
 // together as soon as the database answers, up to [Config.MaxAppendBatch]

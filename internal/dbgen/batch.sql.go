@@ -153,3 +153,82 @@ func (q *Queries) EventAppendBatchOne(ctx context.Context, arg EventAppendBatchO
 	}
 	return items, nil
 }
+
+const eventAppendBatchOneOutbox = `-- name: EventAppendBatchOneOutbox :many
+SELECT b.r_append::integer AS append_index,
+       b.r_status::text AS status,
+       COALESCE(b.r_stream_version, 0)::bigint AS stream_version,
+       COALESCE(b.r_transaction_id, '0')::xid8 AS transaction_id,
+       COALESCE(b.r_global_position, 0)::bigint AS global_position
+  FROM conduit.append_batch_one_outbox($1::text[], $2::bigint[],
+                                       $3::text[]::uuid[], $4::text[], $5::text[],
+                                       $6::text[],
+                                       $7::integer[], $8::text[]::uuid[],
+                                       $9::text[], $10::text[], $11::bytea[],
+                                       $12::text[]) AS b
+`
+
+type EventAppendBatchOneOutboxParams struct {
+	Streams        []string
+	Expected       []int64
+	EventIds       []string
+	Types          []string
+	Data           []string
+	Metadata       []string
+	MessageAppends []int32
+	MessageIds     []string
+	Topics         []string
+	Keys           []string
+	Payloads       [][]byte
+	Headers        []string
+}
+
+type EventAppendBatchOneOutboxRow struct {
+	AppendIndex    int32
+	Status         string
+	StreamVersion  int64
+	TransactionID  uint64
+	GlobalPosition int64
+}
+
+// EventAppendBatchOne for a batch of single-event appends some of which
+// enqueue outbox messages: see conduit.append_batch_one_outbox. The streams
+// are distinct. One row per append, in call order.
+func (q *Queries) EventAppendBatchOneOutbox(ctx context.Context, arg EventAppendBatchOneOutboxParams) ([]EventAppendBatchOneOutboxRow, error) {
+	rows, err := q.db.Query(ctx, eventAppendBatchOneOutbox,
+		arg.Streams,
+		arg.Expected,
+		arg.EventIds,
+		arg.Types,
+		arg.Data,
+		arg.Metadata,
+		arg.MessageAppends,
+		arg.MessageIds,
+		arg.Topics,
+		arg.Keys,
+		arg.Payloads,
+		arg.Headers,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []EventAppendBatchOneOutboxRow
+	for rows.Next() {
+		var i EventAppendBatchOneOutboxRow
+		if err := rows.Scan(
+			&i.AppendIndex,
+			&i.Status,
+			&i.StreamVersion,
+			&i.TransactionID,
+			&i.GlobalPosition,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
