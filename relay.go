@@ -183,6 +183,12 @@ type Relay struct {
 	// head is where Drain stops (nil in Run): the batch that reaches it is
 	// saved before Drain returns.
 	head *Position
+	// pages are the read buffers not in use: a batch's rows are read into
+	// one, the batch after it into another while it is published, and each
+	// goes back once its batch is done (see dbgen.OutboxPage).
+	pagesMu sync.Mutex
+	pages   []*dbgen.OutboxPage
+	index   []int // batch's, kept for the next batch
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -432,10 +438,11 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 	}
 	st := *r.state
 	res := relayResult{checkpoint: Position{TransactionID: st.CheckpointTx, GlobalPosition: st.CheckpointPosition}}
-	rows, err := r.read(ctx, res.checkpoint)
+	rows, page, err := r.read(ctx, res.checkpoint)
 	if err != nil {
 		return res, err
 	}
+	defer r.putPage(page) // rows are not used after the batch
 	res.caughtUp = len(rows) < r.cfg.BatchSize
 	if !res.caughtUp {
 		// Read the batch after this one while this one is published.
@@ -445,8 +452,9 @@ func (r *Relay) batch(ctx context.Context) (relayResult, error) {
 		res.more, err = q.OutboxAfter(ctx, dbgen.OutboxAfterParams{AfterTx: st.CheckpointTx, AfterPosition: st.CheckpointPosition})
 		return res, err
 	}
-	msgs := make([]Message, 0, len(rows))
-	index := make([]int, 0, len(rows)) // msgs[i] is rows[index[i]]
+	msgs := make([]Message, 0, len(rows)) // handed to the publisher: never reused
+	index := r.index[:0]                  // msgs[i] is rows[index[i]]
+	defer func() { r.index = index }()
 	for i, row := range rows {
 		if row.Blocked {
 			continue
@@ -709,6 +717,7 @@ type prefetch struct {
 
 type prefetched struct {
 	rows []dbgen.OutboxListForRelayRow
+	page *dbgen.OutboxPage
 	err  error
 }
 
@@ -716,31 +725,62 @@ type prefetched struct {
 // own, while the current batch is published.
 func (r *Relay) prefetch(ctx context.Context, from Position) *prefetch {
 	p := &prefetch{from: from, done: make(chan prefetched, 1)}
+	page := r.getPage()
 	r.reading.Add(1)
 	go func() {
 		defer r.reading.Done()
-		rows, err := r.list(ctx, from)
-		p.done <- prefetched{rows, err}
+		rows, err := r.list(ctx, from, page)
+		p.done <- prefetched{rows, page, err}
 	}()
 	return p
 }
 
-// read returns the batch after cp: the one read ahead if it starts there,
-// else one read now.
-func (r *Relay) read(ctx context.Context, cp Position) ([]dbgen.OutboxListForRelayRow, error) {
+// read returns the batch after cp, and the page holding it: the one read
+// ahead if it starts there, else one read now. (A batch read ahead that is
+// not taken keeps its page: it is left to the garbage collector.)
+func (r *Relay) read(ctx context.Context, cp Position) ([]dbgen.OutboxListForRelayRow, *dbgen.OutboxPage, error) {
 	if next := r.next; next != nil {
 		r.next = nil
 		if next.from == cp {
-			if got := <-next.done; got.err == nil {
-				return got.rows, nil
+			got := <-next.done
+			if got.err == nil {
+				return got.rows, got.page, nil
 			}
+			r.putPage(got.page)
 		}
 	}
-	return r.list(ctx, cp)
+	page := r.getPage()
+	rows, err := r.list(ctx, cp, page)
+	if err != nil {
+		r.putPage(page)
+		return nil, nil, err
+	}
+	return rows, page, nil
 }
 
-func (r *Relay) list(ctx context.Context, after Position) ([]dbgen.OutboxListForRelayRow, error) {
-	return r.store.queries.OutboxListForRelayLean(ctx, dbgen.OutboxListForRelayParams{
+func (r *Relay) list(ctx context.Context, after Position, page *dbgen.OutboxPage) ([]dbgen.OutboxListForRelayRow, error) {
+	return r.store.queries.OutboxListForRelayInto(ctx, dbgen.OutboxListForRelayParams{
 		AfterTx: after.TransactionID, AfterPosition: after.GlobalPosition, MaxCount: int32(r.cfg.BatchSize),
-	})
+	}, page)
+}
+
+// getPage returns a read buffer not in use.
+func (r *Relay) getPage() *dbgen.OutboxPage {
+	r.pagesMu.Lock()
+	defer r.pagesMu.Unlock()
+	if n := len(r.pages); n > 0 {
+		p := r.pages[n-1]
+		r.pages = r.pages[:n-1]
+		return p
+	}
+	return &dbgen.OutboxPage{}
+}
+
+// putPage gives back a read buffer whose rows are no longer used.
+func (r *Relay) putPage(p *dbgen.OutboxPage) {
+	r.pagesMu.Lock()
+	defer r.pagesMu.Unlock()
+	if len(r.pages) < 2 {
+		r.pages = append(r.pages, p)
+	}
 }

@@ -22,16 +22,52 @@ import (
 // QueryExecModeExec or the simple protocol, used behind PgBouncer) or where
 // a value is one it does not take (a NULL, an infinite timestamp).
 func (q *Queries) OutboxListForRelayLean(ctx context.Context, arg OutboxListForRelayParams) ([]OutboxListForRelayRow, error) {
+	return q.OutboxListForRelayInto(ctx, arg, nil)
+}
+
+// OutboxPage holds the buffers of OutboxListForRelayInto that outlive a
+// page: the rows' slice, the offsets of their values, the buffer their texts
+// are gathered in before they become one string, and the size of the last
+// page's payloads. A page's rows are valid until the next read into the same
+// OutboxPage; their texts and payloads are never reused (they live in memory
+// of their own, handed on with the messages). The zero value is ready; an
+// OutboxPage is used by one read at a time.
+type OutboxPage struct {
+	rows         []OutboxListForRelayRow
+	spans        []outboxSpans
+	texts        []byte
+	payloadBytes int
+}
+
+// outboxPageKeepBytes bounds the text buffer an OutboxPage keeps, and the
+// payload buffer a page starts with, for the next page: a page of large
+// values leaves no large buffer behind, and grows its own as it reads.
+const outboxPageKeepBytes = 4 << 20
+
+// OutboxListForRelayInto is OutboxListForRelayLean reading into page (nil:
+// buffers of its own), whose rows' slice and text buffer it reuses and
+// whose last payload size sizes this page's payload buffer at once. The
+// rows it returns are page's: a second read into page overwrites them.
+func (q *Queries) OutboxListForRelayInto(ctx context.Context, arg OutboxListForRelayParams, page *OutboxPage) ([]OutboxListForRelayRow, error) {
+	if page == nil {
+		page = &OutboxPage{}
+	}
 	rows, err := q.db.Query(ctx, outboxListForRelay, arg.AfterTx, arg.AfterPosition, arg.MaxCount)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := make([]OutboxListForRelayRow, 0, max(min(int(arg.MaxCount), 10_000), 0))
-	spans := make([]outboxSpans, 0, cap(items)) // spans[i] locates items[i]'s texts and payload
+	want := max(min(int(arg.MaxCount), 10_000), 0)
+	items, spans := page.rows[:0], page.spans[:0] // spans[i] locates items[i]'s texts and payload
+	if cap(items) < want {
+		items, spans = make([]OutboxListForRelayRow, 0, want), make([]outboxSpans, 0, want)
+	}
+	previous := len(page.rows)
+	page.rows, page.spans = nil, nil // until this read succeeds
 	var (
-		texts, payloads []byte
-		fast, started   bool
+		texts         = page.texts[:0]
+		payloads      = make([]byte, 0, min(page.payloadBytes, outboxPageKeepBytes))
+		fast, started bool
 	)
 	for rows.Next() {
 		if !started {
@@ -72,6 +108,17 @@ func (q *Queries) OutboxListForRelayLean(ctx context.Context, arg OutboxListForR
 		} else {
 			it.Payload = []byte{}
 		}
+	}
+	// The rows of a longer previous page beyond this one's would keep its
+	// texts and payloads alive.
+	if previous > len(items) {
+		clear(items[len(items):previous])
+	}
+	page.rows, page.spans, page.payloadBytes = items, spans, len(payloads)
+	if cap(texts) <= outboxPageKeepBytes {
+		page.texts = texts
+	} else {
+		page.texts = nil
 	}
 	return items, nil
 }

@@ -29,6 +29,9 @@ type env struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	dbs   int // databases made so far, for their names
+	// payload is every message's payload (opts.payloadBytes); never
+	// written after connect.
+	payload []byte
 }
 
 func connect(ctx context.Context, o options) (*env, error) {
@@ -47,7 +50,11 @@ func connect(ctx context.Context, o options) (*env, error) {
 		admin.Close(ctx)
 		return nil, err
 	}
-	return &env{opts: o, admin: admin, nc: nc, js: js}, nil
+	payload := make([]byte, o.payloadBytes)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	return &env{opts: o, admin: admin, nc: nc, js: js, payload: payload}, nil
 }
 
 func (e *env) close() {
@@ -161,16 +168,13 @@ func (e *env) publisher(s *stream) (*conduitnats.Publisher, error) {
 	return conduitnats.NewPublisher(e.js, &conduitnats.Config{SubjectPrefix: s.prefix()})
 }
 
-// messages returns n messages spread over the option's keys, with payloads
-// of the option's size.
-func (e *env) messages(n int) []conduit.Message {
-	payload := make([]byte, e.opts.payloadBytes)
-	for i := range payload {
-		payload[i] = 'a' + byte(i%26)
-	}
+// messages returns messages from, from+1, ... from+n-1 of a run: spread
+// over the option's keys (message i's key is i modulo keys), with payloads of
+// the option's size.
+func (e *env) messages(from, n int) []conduit.Message {
 	msgs := make([]conduit.Message, n)
 	for i := range msgs {
-		msgs[i] = conduit.NewMessage("deposits", "account-"+strconv.Itoa(i%e.opts.keys), payload)
+		msgs[i] = conduit.NewMessage("deposits", "account-"+strconv.Itoa((from+i)%e.opts.keys), e.payload)
 	}
 	return msgs
 }

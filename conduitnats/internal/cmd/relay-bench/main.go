@@ -55,6 +55,7 @@ type options struct {
 	payloadBytes   int
 	keys           int
 	cpuProfile     string
+	memProfile     string
 	verbose        bool
 	only           string // one workload: throughput, latency or size
 	keep           bool   // keep the databases
@@ -75,6 +76,7 @@ func parseFlags() options {
 	flag.IntVar(&o.payloadBytes, "payload", 128, "payload bytes per message")
 	flag.IntVar(&o.keys, "keys", 100, "distinct keys the messages are spread over")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write a profile of the allocations of this process to the file")
 	flag.BoolVar(&o.verbose, "v", false, "log where the relay's time goes in each throughput run (time per statement and in Publish, per batch)")
 	flag.StringVar(&o.only, "only", "", "run one workload only: throughput, latency or size (the report then lacks the others)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the databases for inspection (they are dropped by default)")
@@ -118,6 +120,19 @@ func profiled(o options) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.memProfile != "" {
+		defer func() {
+			f, err := os.Create(o.memProfile)
+			if err != nil {
+				log.Printf("memprofile: %v", err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				log.Printf("memprofile: %v", err)
+			}
+		}()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

@@ -60,10 +60,25 @@ func (r report) throughputSection(p func(string, ...any)) {
 	p("reads a backlog enqueued beforehand (%d-byte payloads over %d keys, a transaction per 1,000) and hands it to\n", o.payloadBytes, o.keys)
 	p("`conduitnats.Publisher` (its defaults: up to %d acknowledgements in flight); the plain loop publishes as many\n", 256)
 	p("messages with the same publisher in batches of the same size, each after the previous one is acknowledged: the\n")
-	p("relay's publishing without its database. Each run has a stream of its own. Per relay batch: %.1f database\n", median(t.statementsPerBatch))
-	p("statements (read, fenced save; retiring generations at most once a second), of which the read of the next batch\n")
-	p("and the save of the previous one run on connections of their own while a batch is published; %.0f%% of the\n", 100*median(t.publishShare))
-	p("relay's time is spent in `Publish`.\n\n")
+	p("relay's publishing without its database. The plain loop makes each batch's messages just before publishing it,\n")
+	p("as a producer makes them, so its process holds a batch at a time, as the relay's does. Each run has a stream of\n")
+	p("its own. Per relay batch: %.1f database statements (read, fenced save; retiring generations at most once a\n", median(t.statementsPerBatch))
+	p("second), of which the read of the next batch and the save of the previous one run on connections of their own\n")
+	p("while a batch is published; %.0f%% of the relay's time is spent in `Publish`. Garbage collections per run\n", 100*median(t.publishShare))
+	p("(medians): relay %.0f, plain loop %.0f.\n\n", median(t.gcRelay), median(t.gcPlain))
+	if len(t.prebuilt) > 0 {
+		prebuilt := median(t.prebuilt)
+		p("Measured alongside, not the target's baseline: the plain loop publishing from the whole backlog made beforehand\n")
+		p("(untimed) reaches %s msg/s (the relay at %.2f× of it), with %.0f garbage collections per run: a process holding\n",
+			count(int(prebuilt)), relay/prebuilt, median(t.gcPrebuilt))
+		p("%s messages has a heap the collector paces itself by, and runs far less often; no relay or producer holds\n", count(o.messages))
+		p("its whole backlog. The publisher allocates about 35 objects per message (nats.go's acknowledgement futures,\n")
+		p("headers and JSON-decoded acknowledgements among them), so in a process with a small heap the collector's work\n")
+		p("is a large share of publishing. The relay run with `GOGC=%d` (`debug.SetGCPercent`) reaches %s msg/s, with %.0f\n",
+			tunedGOGC, count(int(median(t.relayGOGC))), median(t.gcRelayGOGC))
+		p("garbage collections per run: a process that runs a relay and little else gains from a larger `GOGC` or a\n")
+		p("`GOMEMLIMIT`.\n\n")
+	}
 }
 
 func (r report) latencySection(p func(string, ...any)) {

@@ -153,7 +153,7 @@ func benchSize(ctx context.Context, e *env) (sizeResult, error) {
 				for pending.Load() > sizeMaxBacklog && ctx.Err() == nil {
 					time.Sleep(5 * time.Millisecond)
 				}
-				if err := writers.Enqueue(ctx, e.messages(sizeTxMessages)...); err != nil {
+				if err := writers.Enqueue(ctx, e.messages(0, sizeTxMessages)...); err != nil {
 					errMu.Lock()
 					werr = err
 					errMu.Unlock()
