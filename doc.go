@@ -322,9 +322,10 @@
 // while a batch applies and commits, on a second connection of the budget,
 // and on a third at the same time, when slots are free at once (with the
 // default budget of 1, for pools of up to 7 connections, it does not read
-// ahead; with 2, on one connection). Its lease (taking it, the keeper's renewals every LeaseDuration/3, counting
-// failures) costs short statements on the pool. For a pool of their own,
-// run the projectors on a second Store over a second pool.
+// ahead; with 2, on one connection; Config's example "MaxProjectorConns").
+// Its lease (taking it, the keeper's renewals every LeaseDuration/3,
+// counting failures) costs short statements on the pool. For a pool of
+// their own, run the projectors on a second Store over a second pool.
 //
 // # The outbox
 //

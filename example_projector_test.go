@@ -185,3 +185,59 @@ func ExampleOnWrite() {
 	fmt.Println("bolts:", bolts)
 	// Output: bolts: 125
 }
+
+// A projector catching up on a backlog reads the events after its batch
+// while the batch applies: on one more connection of the projectors'
+// budget, and on two when the budget has room (Config.MaxProjectorConns 3
+// or more), the second statement reading the events after the first's.
+// The budget is the store's, shared by all its projectors; appends and reads
+// keep the rest of the pool.
+func ExampleConfig_maxProjectorConns() {
+	store, done, ok := exampleStore(&conduit.Config{MaxProjectorConns: 3})
+	if !ok {
+		return
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := store.Pool().Exec(ctx, `CREATE TABLE public.visits (page text PRIMARY KEY, n int NOT NULL)`); err != nil {
+		fmt.Println(err)
+		return
+	}
+	type Visited struct {
+		Page string `json:"page"`
+	}
+	visits := conduit.NewRouter("visits", "public.visits")
+	conduit.OnWrite(visits, "visited", func(ctx context.Context, e conduit.Event, d Visited, b *pgx.Batch) error {
+		b.Queue(`INSERT INTO `+conduit.Table(ctx, "public.visits")+` AS v VALUES ($1, 1)
+			ON CONFLICT (page) DO UPDATE SET n = v.n + 1`, d.Page)
+		return nil
+	})
+	// A backlog of 30,000 events: three appends of 10,000.
+	for s := range 3 {
+		events := make([]conduit.EventData, 10_000)
+		for i := range events {
+			events[i], _ = conduit.NewEvent("visited", Visited{Page: fmt.Sprintf("/page/%d", i%4)})
+		}
+		if _, err := store.Append(ctx, fmt.Sprintf("session-%d", s), conduit.NoStream, events...); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	projector, err := conduit.NewProjector(store, visits, &conduit.ProjectorConfig{BatchSize: 1000})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := projector.CatchUp(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	var pages, total int
+	if err := store.Pool().QueryRow(ctx, `SELECT count(*), sum(n) FROM public.visits`).Scan(&pages, &total); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("pages:", pages, "visits:", total)
+	// Output: pages: 4 visits: 30000
+}
