@@ -185,6 +185,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs []conduit.Message) (int, e
 
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	acked := 0 // msgs[:acked] are acknowledged; futures[acked:] are outstanding
+	// Made once for the batch, not once a message: the options' slice, and
+	// the subject of the last topic (a batch's topics are few).
+	opts := []jetstream.PublishOpt{noRetry, nil}
+	var topic, subject string
+	var subjectErr error
 	awaitNext := func() error {
 		err := p.await(ctx, acked, &msgs[acked], futures[acked])
 		if err == nil {
@@ -199,7 +204,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs []conduit.Message) (int, e
 				return acked, err
 			}
 		}
-		f, err := p.send(ctx, i, &msgs[i])
+		if m := &msgs[i]; subject == "" || m.Topic != topic {
+			topic, subject = m.Topic, p.cfg.SubjectPrefix+m.Topic
+			subjectErr = checkSubject(subject)
+		}
+		f, err := p.send(ctx, i, &msgs[i], subject, subjectErr, opts)
 		if err != nil {
 			// Nothing after a message that was not sent is sent; the ones
 			// before it still count once acknowledged.
@@ -216,10 +225,13 @@ func (p *Publisher) Publish(ctx context.Context, msgs []conduit.Message) (int, e
 	return acked, sendErr
 }
 
+// noRetry is the publish option that turns off nats.go's own retry.
+var noRetry = jetstream.WithRetryAttempts(0)
+
 // send hands msgs[i] to the connection and returns the future of its
-// acknowledgement.
-func (p *Publisher) send(ctx context.Context, i int, m *conduit.Message) (jetstream.PubAckFuture, error) {
-	subject := p.cfg.SubjectPrefix + m.Topic
+// acknowledgement. subject is its subject, subjectErr what checkSubject
+// said of it; opts holds noRetry and a slot for the stall wait.
+func (p *Publisher) send(ctx context.Context, i int, m *conduit.Message, subject string, subjectErr error, opts []jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	notSent := func(err error) error { return &PublishError{Index: i, ID: m.ID, Subject: subject, Err: err} }
 	if ctx.Err() != nil {
 		return nil, notSent(context.Cause(ctx))
@@ -227,8 +239,8 @@ func (p *Publisher) send(ctx context.Context, i int, m *conduit.Message) (jetstr
 	if m.ID == uuid.Nil {
 		return nil, notSent(ErrNoMessageID)
 	}
-	if err := checkSubject(subject); err != nil {
-		return nil, notSent(err)
+	if subjectErr != nil {
+		return nil, notSent(subjectErr)
 	}
 	header, err := natsHeader(m)
 	if err != nil {
@@ -243,15 +255,13 @@ func (p *Publisher) send(ctx context.Context, i int, m *conduit.Message) (jetstr
 		return nil, notSent(fmt.Errorf("%w (%s)", ErrNotConnected, status))
 	}
 	deadline, _ := ctx.Deadline()
-	f, err := p.js.PublishMsgAsync(&nats.Msg{Subject: subject, Header: header, Data: m.Payload},
-		jetstream.WithMsgID(m.ID.String()),
-		// No retry behind the relay's back: a message retried after "no
-		// responders" could be stored after a later message of its key.
-		// The relay retries, with backoff, in order.
-		jetstream.WithRetryAttempts(0),
-		// Waiting for room under the connection's own limit of pending
-		// acknowledgements counts against AckTimeout.
-		jetstream.WithStallWait(max(time.Until(deadline), time.Millisecond)))
+	// opts[0], noRetry: no retry behind the relay's back: a message retried
+	// after "no responders" could be stored after a later message of its
+	// key. The relay retries, with backoff, in order. opts[1]: waiting for
+	// room under the connection's own limit of pending acknowledgements
+	// counts against AckTimeout.
+	opts[1] = jetstream.WithStallWait(max(time.Until(deadline), time.Millisecond))
+	f, err := p.js.PublishMsgAsync(&nats.Msg{Subject: subject, Header: header, Data: m.Payload}, opts...)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 			// The wait for room lasted until ctx's deadline, so ctx ends
@@ -292,8 +302,9 @@ func (p *Publisher) await(ctx context.Context, i int, m *conduit.Message, f jets
 	}
 }
 
-// natsHeader returns m's Headers and Key as NATS headers. The message ID
-// is added by jetstream.WithMsgID.
+// natsHeader returns m's Headers, Key and ID as NATS headers: the ID as
+// JetStream's de-duplication ID (jetstream.MsgIDHeader, what
+// jetstream.WithMsgID sets; set here, it costs no option a message).
 func natsHeader(m *conduit.Message) (nats.Header, error) {
 	h := make(nats.Header, len(m.Headers)+2)
 	for k, v := range m.Headers {
@@ -311,6 +322,7 @@ func natsHeader(m *conduit.Message) (nats.Header, error) {
 		}
 		h.Set(KeyHeader, m.Key)
 	}
+	h[jetstream.MsgIDHeader] = []string{m.ID.String()} // replaces a header of that name in m.Headers
 	return h, nil
 }
 

@@ -106,9 +106,13 @@ func TestPublishBatchReadBack(t *testing.T) {
 	name := stream.CachedInfo().Config.Name
 
 	// More messages than MaxInFlight, so the bound is reached over and
-	// over; keys of two orders interleaved, and one message with no key.
+	// over; keys of two orders interleaved, one message with no key, and
+	// topics that change every three messages.
 	msgs := messages(name+".orders", "", 50)
 	for i := range msgs {
+		if i/3%2 == 1 {
+			msgs[i].Topic = name + ".payments"
+		}
 		msgs[i].Key = "order-" + strconv.Itoa(i%2)
 		msgs[i].Headers = map[string]string{"Content-Type": "text/plain", "Index": strconv.Itoa(i)}
 	}
@@ -187,6 +191,7 @@ func TestPublishReservedHeaders(t *testing.T) {
 	m.Headers = map[string]string{
 		conduitnats.KeyHeader:          "forged",
 		jetstream.MsgIDHeader:          "forged",
+		"nats-msg-id":                  "forged", // the same header, not in canonical form
 		jetstream.ExpectedStreamHeader: name,
 	}
 	if n, err := p.Publish(t.Context(), []conduit.Message{m}); n != 1 || err != nil {

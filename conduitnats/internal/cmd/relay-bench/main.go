@@ -67,7 +67,7 @@ func parseFlags() options {
 	flag.StringVar(&o.natsURL, "nats", cmp.Or(os.Getenv("NATS_URL"), defaultNATSURL), "NATS server URL with JetStream (defaults to NATS_URL); the benchmark creates and deletes its own streams")
 	flag.StringVar(&o.appendTo, "append", "", "append the report's section to this markdown file, replacing the section if the file has it (default: print it)")
 	flag.BoolVar(&o.quick, "quick", false, "short run: smaller backlogs, shorter latency runs, 250,000 messages for the size run")
-	flag.IntVar(&o.runs, "runs", 3, "measured runs per variant (at least 3)")
+	flag.IntVar(&o.runs, "runs", 5, "measured runs per variant (at least 3)")
 	flag.IntVar(&o.messages, "messages", 0, "messages in the backlog of one throughput run (default 200,000; 50,000 with -quick)")
 	flag.IntVar(&o.batchSize, "batch", 1000, "the relay's BatchSize, and the size of the plain loop's batches")
 	flag.IntVar(&o.latencyRate, "latency-rate", 100, "appends per second in the latency runs")

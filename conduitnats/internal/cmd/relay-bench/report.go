@@ -72,12 +72,12 @@ func (r report) throughputSection(p func(string, ...any)) {
 		p("(untimed) reaches %s msg/s (the relay at %.2f× of it), with %.0f garbage collections per run: a process holding\n",
 			count(int(prebuilt)), relay/prebuilt, median(t.gcPrebuilt))
 		p("%s messages has a heap the collector paces itself by, and runs far less often; no relay or producer holds\n", count(o.messages))
-		p("its whole backlog. The publisher allocates about 35 objects per message (nats.go's acknowledgement futures,\n")
-		p("headers and JSON-decoded acknowledgements among them), so in a process with a small heap the collector's work\n")
-		p("is a large share of publishing. The relay run with `GOGC=%d` (`debug.SetGCPercent`) reaches %s msg/s, with %.0f\n",
-			tunedGOGC, count(int(median(t.relayGOGC))), median(t.gcRelayGOGC))
-		p("garbage collections per run: a process that runs a relay and little else gains from a larger `GOGC` or a\n")
-		p("`GOMEMLIMIT`.\n\n")
+		p("its whole backlog. The relay's process allocates %.0f objects per message during a drain, most of them the\n", median(t.allocsPerMessage))
+		p("publisher's (nats.go's acknowledgement futures, headers and JSON-decoded acknowledgements among them), so in a\n")
+		p("process with a small heap the collector's work is a large share of publishing. The relay run with `GOGC=%d`\n", tunedGOGC)
+		p("(`debug.SetGCPercent`) reaches %s msg/s, with %.0f garbage collections per run: a process that runs a relay\n",
+			count(int(median(t.relayGOGC))), median(t.gcRelayGOGC))
+		p("and little else gains from a larger `GOGC` or a `GOMEMLIMIT`.\n\n")
 	}
 }
 

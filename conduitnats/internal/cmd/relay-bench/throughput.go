@@ -29,6 +29,9 @@ type throughputResult struct {
 	// Per relay run: database statements per batch handed to the
 	// publisher, and the share of the drain's time spent in Publish.
 	statementsPerBatch, publishShare []float64
+	// allocsPerMessage: the process's allocations per message during a
+	// relay's drain.
+	allocsPerMessage []float64
 }
 
 // tunedGOGC is the garbage collector's GOGC of the diagnostic relay run.
@@ -60,7 +63,7 @@ func benchThroughput(ctx context.Context, e *env) (throughputResult, error) {
 		if run < 0 {
 			n = max(n/10, e.opts.batchSize)
 		}
-		rate, stmts, share, gcRelay, err := relayRun(ctx, e, store, counter, n)
+		rate, stmts, share, gcRelay, allocs, err := relayRun(ctx, e, store, counter, n)
 		if err != nil {
 			return res, fmt.Errorf("relay run: %w", err)
 		}
@@ -73,7 +76,7 @@ func benchThroughput(ctx context.Context, e *env) (throughputResult, error) {
 			return res, fmt.Errorf("plain run from the prebuilt backlog: %w", err)
 		}
 		old := debug.SetGCPercent(tunedGOGC)
-		tuned, _, _, gcTuned, err := relayRun(ctx, e, store, counter, n)
+		tuned, _, _, gcTuned, _, err := relayRun(ctx, e, store, counter, n)
 		debug.SetGCPercent(old)
 		if err != nil {
 			return res, fmt.Errorf("relay run with GOGC=%d: %w", tunedGOGC, err)
@@ -84,6 +87,7 @@ func benchThroughput(ctx context.Context, e *env) (throughputResult, error) {
 		log.Printf("  run %d: relay %.0f msg/s (%.1f statements per batch, %.0f%% in Publish, %d GCs), plain loop %.0f msg/s (%d GCs); from the prebuilt backlog %.0f (%d GCs); relay with GOGC=%d %.0f (%d GCs)",
 			run+1, rate, stmts, 100*share, gcRelay, plain, gcPlain, prebuilt, gcPrebuilt, tunedGOGC, tuned, gcTuned)
 		res.relayGOGC = append(res.relayGOGC, tuned)
+		res.allocsPerMessage = append(res.allocsPerMessage, allocs)
 		res.gcRelayGOGC = append(res.gcRelayGOGC, float64(gcTuned))
 		res.relay = append(res.relay, rate)
 		res.plain = append(res.plain, plain)
@@ -99,39 +103,39 @@ func benchThroughput(ctx context.Context, e *env) (throughputResult, error) {
 
 // relayRun enqueues n messages (untimed), then times a relay draining
 // them into a fresh stream.
-func relayRun(ctx context.Context, e *env, store *conduit.Store, counter *statementCounter, n int) (rate, stmtsPerBatch, publishShare float64, gcs uint32, err error) {
+func relayRun(ctx context.Context, e *env, store *conduit.Store, counter *statementCounter, n int) (rate, stmtsPerBatch, publishShare float64, gcs uint32, allocsPerMessage float64, err error) {
 	if err := enqueue(ctx, store, e.messages(0, n)); err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	// Untimed, what autovacuum would do by then: the drain is not
 	// measured against a background analyze of the rows just written.
 	if _, err := store.Pool().Exec(ctx, "VACUUM ANALYZE conduit.outbox"); err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	s, err := e.newStream(ctx)
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	defer e.deleteStream(s)
 	pub, err := e.publisher(s)
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	timed := &timedPublisher{pub: pub}
 	relay, err := conduit.NewRelay(store, timed, &conduit.RelayConfig{BatchSize: e.opts.batchSize, InstanceID: "relay-bench"})
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	counter.reset()
 	allocs, gcs := allocations(), gcCycles()
 	start := time.Now()
 	if err := relay.Drain(ctx); err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	elapsed := time.Since(start)
 	allocs, gcs = allocations()-allocs, gcCycles()-gcs
 	if err := checkStored(ctx, s, n); err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	calls := max(timed.calls.Load(), 1)
 	stmts := counter.n.Load()
@@ -143,7 +147,7 @@ func relayRun(ctx context.Context, e *env, store *conduit.Store, counter *statem
 		log.Printf("    allocations: %.1f per message (the process's, during the drain)", float64(allocs)/float64(n))
 	}
 	return float64(n) / elapsed.Seconds(), float64(stmts) / float64(calls),
-		float64(timed.busy.Load()) / float64(elapsed), gcs, nil
+		float64(timed.busy.Load()) / float64(elapsed), gcs, float64(allocs) / float64(n), nil
 }
 
 // plainRun times the conduitnats publisher publishing n messages in
