@@ -26,13 +26,7 @@ func TestOutboxListForRelayLeanMatchesGenerated(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	url := pgtest.URLFor(t, pgtest.NewDB(t, Migrations(), Migrate))
-	pool := pgtest.Connect(t, url)
-	store, err := NewStore(pool, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
+	url, pool, store := relayReadStore(t)
 
 	big := []byte(strings.Repeat("payload ", 1<<17)) // 1 MiB
 	msgs := []Message{
@@ -181,13 +175,7 @@ func TestOutboxListForRelayIntoReusesPage(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	url := pgtest.URLFor(t, pgtest.NewDB(t, Migrations(), Migrate))
-	pool := pgtest.Connect(t, url)
-	store, err := NewStore(pool, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
+	url, pool, store := relayReadStore(t)
 	var msgs []Message
 	for i := range 600 {
 		m := NewMessage(fmt.Sprintf("topic-%d", i%7), fmt.Sprintf("key-%d", i%13), []byte(strings.Repeat(strconv.Itoa(i), 1+i%50)))
@@ -240,6 +228,20 @@ func TestOutboxListForRelayIntoReusesPage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// relayReadStore returns the URL of a new migrated database, a pool on it
+// and a Store over the pool.
+func relayReadStore(t *testing.T) (string, *pgxpool.Pool, *Store) {
+	t.Helper()
+	url := pgtest.URLFor(t, pgtest.NewDB(t, Migrations(), Migrate))
+	pool := pgtest.Connect(t, url)
+	store, err := NewStore(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	return url, pool, store
 }
 
 // waitReadable waits until n messages of the outbox are below the safe
