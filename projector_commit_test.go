@@ -23,7 +23,11 @@ func TestProjectorLeaseTakenMidBatchCommitsNothing(t *testing.T) {
 	ctx := testContext(t)
 	store, pool := newStore(t, nil)
 	createLedger(t, pool)
-	appendN(t, store, "s", 10)
+	last := appendN(t, store, "s", 10)
+	// All ten in the first batch: with a transaction of a parallel test
+	// holding the horizon back, the first batch could hold only the events
+	// below it, and commit them legitimately before the takeover.
+	waitHorizon(t, ctx, pool, last.Position.TransactionID)
 	var taken atomic.Bool
 	l := &ledger{name: "ledger", fail: func(e conduit.Event) error {
 		if e.StreamVersion == 5 && taken.CompareAndSwap(false, true) {
