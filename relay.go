@@ -776,8 +776,10 @@ func (r *Relay) getPage() *dbgen.OutboxPage {
 	return &dbgen.OutboxPage{}
 }
 
-// putPage gives back a read buffer whose rows are no longer used.
+// putPage gives back a read buffer whose rows are no longer used, cleared
+// (it holds none of their texts and payloads while it waits).
 func (r *Relay) putPage(p *dbgen.OutboxPage) {
+	p.Release()
 	r.pagesMu.Lock()
 	defer r.pagesMu.Unlock()
 	if len(r.pages) < 2 {

@@ -191,7 +191,6 @@ func TestPublishReservedHeaders(t *testing.T) {
 	m.Headers = map[string]string{
 		conduitnats.KeyHeader:          "forged",
 		jetstream.MsgIDHeader:          "forged",
-		"nats-msg-id":                  "forged", // the same header, not in canonical form
 		jetstream.ExpectedStreamHeader: name,
 	}
 	if n, err := p.Publish(t.Context(), []conduit.Message{m}); n != 1 || err != nil {

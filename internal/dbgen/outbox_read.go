@@ -28,15 +28,22 @@ func (q *Queries) OutboxListForRelayLean(ctx context.Context, arg OutboxListForR
 // OutboxPage holds the buffers of OutboxListForRelayInto that outlive a
 // page: the rows' slice, the offsets of their values, the buffer their texts
 // are gathered in before they become one string, and the size of the last
-// page's payloads. A page's rows are valid until the next read into the same
-// OutboxPage; their texts and payloads are never reused (they live in memory
-// of their own, handed on with the messages). The zero value is ready; an
-// OutboxPage is used by one read at a time.
+// full page's payloads. A page's rows are valid until the next read into the
+// same OutboxPage, or its Release; their texts and payloads are never reused
+// (they live in memory of their own, handed on with the messages). The zero
+// value is ready; an OutboxPage is used by one read at a time.
 type OutboxPage struct {
 	rows         []OutboxListForRelayRow
 	spans        []outboxSpans
 	texts        []byte
 	payloadBytes int
+}
+
+// Release clears the page's rows, keeping their slice: a page waiting for
+// its next read holds none of its last rows' texts and payloads.
+func (p *OutboxPage) Release() {
+	clear(p.rows)
+	p.rows = p.rows[:0]
 }
 
 // outboxPageKeepBytes bounds the text buffer an OutboxPage keeps, and the
@@ -45,9 +52,11 @@ type OutboxPage struct {
 const outboxPageKeepBytes = 4 << 20
 
 // OutboxListForRelayInto is OutboxListForRelayLean reading into page (nil:
-// buffers of its own), whose rows' slice and text buffer it reuses and
-// whose last payload size sizes this page's payload buffer at once. The
-// rows it returns are page's: a second read into page overwrites them.
+// buffers of its own), whose rows' slice and text buffer it reuses. After a
+// full page (MaxCount rows: a relay catching up), the next page's payload
+// buffer is made at once for as many bytes as that page's payloads (at most
+// outboxPageKeepBytes); after a short one it grows as it reads. The rows it
+// returns are page's: a second read into page, or Release, overwrites them.
 func (q *Queries) OutboxListForRelayInto(ctx context.Context, arg OutboxListForRelayParams, page *OutboxPage) ([]OutboxListForRelayRow, error) {
 	if page == nil {
 		page = &OutboxPage{}
@@ -114,7 +123,10 @@ func (q *Queries) OutboxListForRelayInto(ctx context.Context, arg OutboxListForR
 	if previous > len(items) {
 		clear(items[len(items):previous])
 	}
-	page.rows, page.spans, page.payloadBytes = items, spans, len(payloads)
+	page.rows, page.spans, page.payloadBytes = items, spans, 0
+	if len(items) == int(arg.MaxCount) {
+		page.payloadBytes = len(payloads)
+	}
 	if cap(texts) <= outboxPageKeepBytes {
 		page.texts = texts
 	} else {
