@@ -185,10 +185,11 @@ type Relay struct {
 	head *Position
 	// pages are the read buffers not in use: a batch's rows are read into
 	// one, the batch after it into another while it is published, and each
-	// goes back once its batch is done (see dbgen.OutboxPage).
-	pagesMu sync.Mutex
-	pages   []*dbgen.OutboxPage
-	index   []int // batch's, kept for the next batch
+	// goes back once its batch is done (see dbgen.OutboxPage). Taken and
+	// given back by the goroutine in Run or Drain only (a read ahead's page
+	// is taken before its goroutine starts).
+	pages []*dbgen.OutboxPage
+	index []int // batch's, kept for the next batch
 }
 
 // NewRelay returns a relay of store's outbox to pub. It does not touch the
@@ -766,8 +767,6 @@ func (r *Relay) list(ctx context.Context, after Position, page *dbgen.OutboxPage
 
 // getPage returns a read buffer not in use.
 func (r *Relay) getPage() *dbgen.OutboxPage {
-	r.pagesMu.Lock()
-	defer r.pagesMu.Unlock()
 	if n := len(r.pages); n > 0 {
 		p := r.pages[n-1]
 		r.pages = r.pages[:n-1]
@@ -780,8 +779,6 @@ func (r *Relay) getPage() *dbgen.OutboxPage {
 // (it holds none of their texts and payloads while it waits).
 func (r *Relay) putPage(p *dbgen.OutboxPage) {
 	p.Release()
-	r.pagesMu.Lock()
-	defer r.pagesMu.Unlock()
 	if len(r.pages) < 2 {
 		r.pages = append(r.pages, p)
 	}
