@@ -531,3 +531,76 @@ func TestRebuildProjectionOnlineTwoTables(t *testing.T) {
 	}
 	checkNoShadow(t, store, pool, "pair")
 }
+
+// An online rebuild asked for while the projector's swap of the previous
+// one commits: the call's check must see the tables as the swap left them
+// (the new live table in its schema), not the swapped-in table's new name
+// against a snapshot from before the swap (which made it refuse the new
+// live table as "not an ordinary read table": seen in CI). The swap is
+// held open in a transaction as the projector's is; a session waiting for
+// an ACCESS EXCLUSIVE lock on conduit.projections behind it makes the
+// call take its snapshot before the swap commits and look the table up
+// after.
+func TestRebuildProjectionOnlineDuringSwap(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	appendN(t, store, "seed", 3)
+	if err := newProjector(t, store, &ledger{name: "ledger"}, nil).CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RebuildProjectionOnline(ctx, "ledger"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The projector's swap, not committed yet.
+	swap, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = swap.Rollback(context.Background()) }()
+	if _, err := swap.Exec(ctx, `SELECT 1 FROM conduit.projections WHERE name = 'ledger' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := swap.Exec(ctx, `SELECT conduit.swap_shadow_tables('ledger')`); err != nil {
+		t.Fatal(err)
+	}
+	swapPID := backendPID(t, ctx, swap)
+
+	// A session queued for conduit.projections behind the swap.
+	gate, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = gate.Rollback(context.Background()) }()
+	gatePID := backendPID(t, ctx, gate)
+	gated := make(chan error, 1)
+	go func() {
+		_, err := gate.Exec(ctx, `LOCK TABLE conduit.projections IN ACCESS EXCLUSIVE MODE`)
+		gated <- err
+	}()
+	waitBlockedBy(t, ctx, pool, swapPID)
+
+	// The call queues behind that session.
+	rebuilt := make(chan error, 1)
+	go func() { rebuilt <- store.RebuildProjectionOnline(ctx, "ledger") }()
+	waitBlockedBy(t, ctx, pool, gatePID)
+
+	if err := swap.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gated; err != nil {
+		t.Fatal(err)
+	}
+	if err := gate.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-rebuilt; err != nil {
+		t.Fatalf("RebuildProjectionOnline while a swap committed: %v", err)
+	}
+	st, err := store.ProjectionStatus(ctx, "ledger")
+	if err != nil || st.OnlineRebuild == nil {
+		t.Fatalf("status %+v, %v; want a new online rebuild begun", st, err)
+	}
+}
