@@ -239,77 +239,244 @@ func containsNUL(s string) bool {
 }
 
 // checkJSON returns why b cannot be stored as jsonb, or "".
-// Beyond json.Valid, jsonb refuses invalid UTF-8, the escape \u0000 and
-// unpaired UTF-16 surrogate escapes in strings; each would fail inside the
-// database and abort the caller's transaction, so look for them here.
+// Beyond JSON's grammar (what json.Valid accepts, nesting depth included),
+// jsonb refuses invalid UTF-8, the escape \u0000, unpaired UTF-16
+// surrogate escapes in strings and numbers beyond PostgreSQL's numeric;
+// each would fail inside the database and abort the caller's transaction,
+// so look for them here. One pass over b, allocating nothing below 64
+// levels of nesting: it runs on every event of every append. When b has
+// several faults the reason is the first of: not valid JSON, not valid
+// UTF-8, then the first other fault in b.
 func checkJSON(b []byte) string {
-	if !json.Valid(b) {
-		return "not valid JSON"
-	}
-	if !utf8.Valid(b) {
-		return "not valid UTF-8"
-	}
-	inString := false
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if !inString {
-			switch {
-			case c == '"':
-				inString = true
-			case c == '-' || (c >= '0' && c <= '9'):
-				// json.Valid guarantees a number literal starts here.
-				n := numberLength(b[i:])
-				if reason := checkNumeric(b[i : i+n]); reason != "" {
-					return reason
+	const notJSON = "not valid JSON"
+	var (
+		stackBuf [64]byte // '{' or '[' per open container
+		stack    = stackBuf[:0]
+		badUTF8  bool
+		reason   string // the first fault of the other kinds
+		i        = skipJSONSpace(b, 0)
+	)
+	for {
+		// A value starts at i.
+		if i >= len(b) {
+			return notJSON
+		}
+		switch c := b[i]; {
+		case c == '{' || c == '[':
+			if len(stack) == jsonMaxDepth {
+				return notJSON
+			}
+			i = skipJSONSpace(b, i+1)
+			if i < len(b) && b[i] == c+2 { // '}' or ']': empty
+				i++
+				break
+			}
+			stack = append(stack, c)
+			if c == '{' {
+				var ok bool
+				if i, ok = checkJSONKey(b, i, &badUTF8, &reason); !ok {
+					return notJSON
 				}
-				i += n - 1
 			}
 			continue
+		case c == '"':
+			var ok bool
+			if i, ok = checkJSONString(b, i, &badUTF8, &reason); !ok {
+				return notJSON
+			}
+		case c == '-' || (c >= '0' && c <= '9'):
+			n := jsonNumberLength(b[i:])
+			if n == 0 {
+				return notJSON
+			}
+			if reason == "" {
+				reason = checkNumeric(b[i : i+n])
+			}
+			i += n
+		case c == 't' && hasJSONLiteral(b[i:], "true"):
+			i += 4
+		case c == 'f' && hasJSONLiteral(b[i:], "false"):
+			i += 5
+		case c == 'n' && hasJSONLiteral(b[i:], "null"):
+			i += 4
+		default:
+			return notJSON
 		}
-		switch c {
-		case '"':
-			inString = false
-		case '\\':
-			// json.Valid guarantees a complete escape follows.
-			if b[i+1] != 'u' {
-				i++ // skip the escaped character
+		// A value ended before i: close containers, or go to the next value.
+		for {
+			i = skipJSONSpace(b, i)
+			if len(stack) == 0 {
+				switch {
+				case i != len(b):
+					return notJSON
+				case badUTF8:
+					return "not valid UTF-8"
+				}
+				return reason
+			}
+			if i >= len(b) {
+				return notJSON
+			}
+			top := stack[len(stack)-1]
+			if b[i] == top+2 {
+				stack = stack[:len(stack)-1]
+				i++
 				continue
 			}
-			r := hex4(b[i+2 : i+6])
-			switch {
-			case r == 0:
-				return `contains \u0000, which PostgreSQL's jsonb cannot store`
-			case r >= 0xD800 && r <= 0xDBFF: // high surrogate: a low one must follow
-				if i+12 > len(b) || b[i+6] != '\\' || b[i+7] != 'u' {
-					return "contains an unpaired UTF-16 surrogate escape"
-				}
-				if lo := hex4(b[i+8 : i+12]); lo < 0xDC00 || lo > 0xDFFF {
-					return "contains an unpaired UTF-16 surrogate escape"
-				}
-				i += 11
-			case r >= 0xDC00 && r <= 0xDFFF:
-				return "contains an unpaired UTF-16 surrogate escape"
-			default:
-				i += 5
+			if b[i] != ',' {
+				return notJSON
 			}
+			i = skipJSONSpace(b, i+1)
+			if top == '{' {
+				var ok bool
+				if i, ok = checkJSONKey(b, i, &badUTF8, &reason); !ok {
+					return notJSON
+				}
+			}
+			break
 		}
 	}
-	return ""
 }
 
-// numberLength returns the length of the JSON number literal at the start
-// of b.
-func numberLength(b []byte) int {
-	n := 0
-	for n < len(b) {
-		switch c := b[n]; {
-		case c >= '0' && c <= '9', c == '-', c == '+', c == '.', c == 'e', c == 'E':
-			n++
+// jsonMaxDepth is encoding/json's nesting limit (json.Valid refuses more).
+const jsonMaxDepth = 10000
+
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+func hasJSONLiteral(b []byte, lit string) bool {
+	return len(b) >= len(lit) && string(b[:len(lit)]) == lit
+}
+
+// checkJSONKey checks an object's key and its colon at i, and returns where
+// the value starts.
+func checkJSONKey(b []byte, i int, badUTF8 *bool, reason *string) (int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return i, false
+	}
+	i, ok := checkJSONString(b, i, badUTF8, reason)
+	if !ok {
+		return i, false
+	}
+	i = skipJSONSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return i, false
+	}
+	return skipJSONSpace(b, i+1), true
+}
+
+// checkJSONString checks the string whose opening quote is at i and
+// returns the index after its closing quote; false if it is not valid
+// JSON. It records invalid UTF-8, and the first \u0000 or unpaired
+// surrogate escape in *reason.
+func checkJSONString(b []byte, i int, badUTF8 *bool, reason *string) (int, bool) {
+	for i++; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			return i + 1, true
+		case c < 0x20:
+			return i, false
+		case c == '\\':
+			if i+1 >= len(b) {
+				return i, false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+				continue
+			case 'u':
+			default:
+				return i, false
+			}
+			if i+6 > len(b) {
+				return i, false
+			}
+			r := hex4(b[i+2 : i+6])
+			if r < 0 {
+				return i, false
+			}
+			i += 6
+			fault := ""
+			switch {
+			case r == 0:
+				fault = `contains \u0000, which PostgreSQL's jsonb cannot store`
+			case r >= 0xD800 && r <= 0xDBFF: // high surrogate: a low one must follow
+				lo := -1
+				if i+6 <= len(b) && b[i] == '\\' && b[i+1] == 'u' {
+					lo = hex4(b[i+2 : i+6])
+				}
+				if lo >= 0xDC00 && lo <= 0xDFFF {
+					i += 6
+				} else {
+					// (Not consumed: a following escape is checked as
+					// itself.)
+					fault = "contains an unpaired UTF-16 surrogate escape"
+				}
+			case r >= 0xDC00 && r <= 0xDFFF:
+				fault = "contains an unpaired UTF-16 surrogate escape"
+			}
+			if fault != "" && *reason == "" {
+				*reason = fault
+			}
+		case c < utf8.RuneSelf:
+			i++
 		default:
-			return n
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				*badUTF8 = true
+			}
+			i += size
 		}
 	}
-	return n
+	return i, false
+}
+
+// jsonNumberLength returns the length of the JSON number at the start of b,
+// 0 if none starts there.
+func jsonNumberLength(b []byte) int {
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		i = skipDigits(b, i+1)
+	default:
+		return 0
+	}
+	if i < len(b) && b[i] == '.' {
+		j := skipDigits(b, i+1)
+		if j == i+1 {
+			return 0
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := skipDigits(b, i)
+		if j == i {
+			return 0
+		}
+		i = j
+	}
+	return i
+}
+
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // Limits of PostgreSQL's numeric, in which jsonb stores numbers.
@@ -374,7 +541,7 @@ func checkNumeric(lit []byte) string {
 	return ""
 }
 
-// hex4 decodes four hex digits (validated by json.Valid); -1 if not hex.
+// hex4 decodes four hex digits; -1 if not hex.
 func hex4(h []byte) int {
 	n := 0
 	for _, c := range h {
