@@ -292,12 +292,7 @@ func TestRebuildProjectionOnlineRefuses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
-			store, pool := newStore(t, nil)
-			createLedger(t, pool)
-			appendN(t, store, "seed", 3)
-			if err := newProjector(t, store, &ledger{name: "ledger"}, nil).CatchUp(ctx); err != nil {
-				t.Fatal(err)
-			}
+			store, pool := newCaughtUpLedger(t)
 			if _, err := pool.Exec(ctx, tc.setup); err != nil {
 				t.Fatal(err)
 			}
@@ -308,6 +303,19 @@ func TestRebuildProjectionOnlineRefuses(t *testing.T) {
 			checkNoShadow(t, store, pool, "ledger")
 		})
 	}
+}
+
+// newCaughtUpLedger is a store whose projection "ledger" has registered
+// and applied three events, its projector stopped.
+func newCaughtUpLedger(t *testing.T) (*conduit.Store, *pgxpool.Pool) {
+	t.Helper()
+	store, pool := newStore(t, nil)
+	createLedger(t, pool)
+	appendN(t, store, "seed", 3)
+	if err := newProjector(t, store, &ledger{name: "ledger"}, nil).CatchUp(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	return store, pool
 }
 
 func checkNoShadow(t *testing.T, store *conduit.Store, pool *pgxpool.Pool, name string) {
@@ -544,12 +552,7 @@ func TestRebuildProjectionOnlineTwoTables(t *testing.T) {
 func TestRebuildProjectionOnlineDuringSwap(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	store, pool := newStore(t, nil)
-	createLedger(t, pool)
-	appendN(t, store, "seed", 3)
-	if err := newProjector(t, store, &ledger{name: "ledger"}, nil).CatchUp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	store, pool := newCaughtUpLedger(t)
 	if err := store.RebuildProjectionOnline(ctx, "ledger"); err != nil {
 		t.Fatal(err)
 	}
