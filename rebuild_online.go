@@ -82,7 +82,9 @@ type shadowTablesKey struct{}
 // foreign key depending on it, a trigger, foreign key, policy or
 // publication of its own (see README, Rebuild without downtime). The
 // projector checks its own role likewise before it replays anything (the
-// status shows the error). Calling it again restarts the replay.
+// status shows the error). Calling it again restarts the replay; a call
+// made while a projector's batch holds the projection (a swap, say) waits
+// for that batch's transaction, then checks the tables as it left them.
 // ErrNotFound if the projection never ran.
 func (s *Store) RebuildProjectionOnline(ctx context.Context, name string) error {
 	if checkName("projection", name) != nil {
