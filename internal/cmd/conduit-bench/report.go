@@ -27,7 +27,9 @@ func (r report) markdown() string {
 	p("Do not edit by hand: a rerun overwrites the file, figures and text alike (the text lives in\n")
 	p("`internal/cmd/conduit-bench/report.go`).\n\n")
 	p("Conduit and a raw pgx baseline do the same work against the same database in one run. Every figure is\n")
-	p("the **median of %d runs** unless its row says otherwise; the ratio is Conduit's median over the baseline's.\n\n", r.opts.runs)
+	p("the **median of %d runs** unless its row says otherwise; the ratio is Conduit's median over the baseline's.\n", r.opts.runs)
+	p("In brackets after a ratio: the lowest and the highest of the runs' paired ratios (each run of Conduit over the\n")
+	p("baseline's run of the same round, measured one after the other): how far this machine's noise moved it.\n\n")
 
 	if len(r.rows) > 0 {
 		p("## Results\n\n")
@@ -39,8 +41,12 @@ func (r report) markdown() string {
 				group = row.group
 				p("| **%s** | | | | | | | |\n", group)
 			}
-			p("| %s | %s | %s | %.2f× | ≥ %.2g× | %s | %s | %s |\n", r.rowName(row), rate(row.conduit.rate), rate(row.raw.rate),
-				row.ratio(), row.target, yesNo(row.met()), latencies(row, row.conduit), latencies(row, row.raw))
+			spread := ""
+			if lo, hi, ok := row.ratioRange(); ok {
+				spread = fmt.Sprintf(" (%.2f–%.2f)", lo, hi)
+			}
+			p("| %s | %s | %s | %.2f×%s | ≥ %.2g× | %s | %s | %s |\n", r.rowName(row), rate(row.conduit.rate), rate(row.raw.rate),
+				row.ratio(), spread, row.target, yesNo(row.met()), latencies(row, row.conduit), latencies(row, row.raw))
 		}
 		p("\nBaselines:\n")
 		for _, row := range r.rows {
@@ -216,8 +222,12 @@ func (r report) summary() string {
 		if !row.met() {
 			met = "NOT MET"
 		}
-		fmt.Fprintf(&b, "%-33s %-38s conduit %9s  base %9s  %.2fx (target >= %.2gx) %s\n",
-			row.group, row.name, rate(row.conduit.rate), rate(row.raw.rate), row.ratio(), row.target, met)
+		spread := ""
+		if lo, hi, ok := row.ratioRange(); ok {
+			spread = fmt.Sprintf(" (runs %.2f-%.2f)", lo, hi)
+		}
+		fmt.Fprintf(&b, "%-33s %-38s conduit %9s  base %9s  %.2fx%s (target >= %.2gx) %s\n",
+			row.group, row.name, rate(row.conduit.rate), rate(row.raw.rate), row.ratio(), spread, row.target, met)
 	}
 	for _, l := range r.latency {
 		met := ""

@@ -132,6 +132,30 @@ type diagnostic struct {
 func (r row) ratio() float64 { return r.conduit.rate / r.raw.rate }
 func (r row) met() bool      { return r.ratio() >= r.target }
 
+// ratioRange is the lowest and the highest of the runs' paired ratios:
+// Conduit's run over the baseline's run of the same round (compare
+// measures each round's variants one after the other). ok is false unless
+// both sides have the same two or more runs.
+func (r row) ratioRange() (lo, hi float64, ok bool) {
+	c, b := r.conduit.runs, r.raw.runs
+	if len(c) < 2 || len(c) != len(b) {
+		return 0, 0, false
+	}
+	for i := range c {
+		if b[i].rate <= 0 {
+			return 0, 0, false
+		}
+		x := c[i].rate / b[i].rate
+		if i == 0 || x < lo {
+			lo = x
+		}
+		if i == 0 || x > hi {
+			hi = x
+		}
+	}
+	return lo, hi, true
+}
+
 // payload is a small, realistic event body (about 90 bytes).
 func payload(buf []byte, writer, seq int) []byte {
 	buf = append(buf[:0], `{"account":"acct-`...)
