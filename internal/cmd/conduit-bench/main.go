@@ -138,6 +138,7 @@ func run(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
+	findServer(ctx, srv)
 
 	rep := report{opts: o, env: env, started: time.Now(), loadBefore: srv.activity(ctx)}
 	for _, w := range workloads {

@@ -14,13 +14,17 @@ import (
 type sample struct {
 	rate     float64       // events per second
 	p50, p99 time.Duration // per-operation latency; zero where not measured
+	// CPU time per event, in µs, of this process and of the server (zero
+	// when the server is not on this machine); see cpu.go.
+	clientCPU, serverCPU float64
 }
 
 // stats summarises the runs of one variant by their medians.
 type stats struct {
-	runs     []sample
-	rate     float64
-	p50, p99 time.Duration
+	runs                 []sample
+	rate                 float64
+	p50, p99             time.Duration
+	clientCPU, serverCPU float64 // µs per event
 }
 
 func summarize(runs []sample) stats {
@@ -28,6 +32,8 @@ func summarize(runs []sample) stats {
 	s.rate = median(runs, func(x sample) float64 { return x.rate })
 	s.p50 = time.Duration(median(runs, func(x sample) float64 { return float64(x.p50) }))
 	s.p99 = time.Duration(median(runs, func(x sample) float64 { return float64(x.p99) }))
+	s.clientCPU = median(runs, func(x sample) float64 { return x.clientCPU })
+	s.serverCPU = median(runs, func(x sample) float64 { return x.serverCPU })
 	return s
 }
 
@@ -66,6 +72,7 @@ func timedRun(ctx context.Context, ops []func(context.Context) (int, error), d t
 		events    int
 		firstErr  error
 	)
+	cpu := markCPU()
 	begin := time.Now()
 	deadline := begin.Add(d)
 	for _, op := range ops {
@@ -98,6 +105,7 @@ func timedRun(ctx context.Context, ops []func(context.Context) (int, error), d t
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
+	client, server := cpu.since()
 	if firstErr != nil {
 		return sample{}, firstErr
 	}
@@ -105,11 +113,16 @@ func timedRun(ctx context.Context, ops []func(context.Context) (int, error), d t
 		return sample{}, err
 	}
 	slices.Sort(latencies)
-	return sample{
+	s := sample{
 		rate: float64(events) / elapsed.Seconds(),
 		p50:  percentile(latencies, 0.50),
 		p99:  percentile(latencies, 0.99),
-	}, nil
+	}
+	if events > 0 {
+		s.clientCPU = float64(client.Microseconds()) / float64(events)
+		s.serverCPU = float64(server.Microseconds()) / float64(events)
+	}
+	return s, nil
 }
 
 func percentile(sorted []time.Duration, q float64) time.Duration {

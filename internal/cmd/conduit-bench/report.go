@@ -130,6 +130,8 @@ func (r report) markdown() string {
 		p("\n")
 	}
 
+	r.cpuSection(p)
+
 	p("## Where the time goes\n\n")
 	if missed := r.missed(); len(missed) == 0 {
 		p("Every target is met in this run.\n\n")
@@ -393,6 +395,18 @@ this 2-core machine), so at 1 writer nothing changes.
   interleaved runs (a store without the wait as one more variant, since removed) the wait gave 1.33× and
   1.44× the appends per second at 8 writers; at 32 writers 1.02× and 0.86×, within this machine's noise
   there (the queue refills while a batch is in flight, so the wait seldom applies).
+- What bounds it (*CPU per event*, measured on every run since 2026-12-01). At 8 writers Conduit spends
+  about a third less CPU per append than the raw INSERTs, at 32 writers well over half less, but it uses
+  about one of the two cores where the baselines use about one and a half: with one batch in flight, the
+  commit's WAL flush, the round trip and the callers' turn back to the next append are waits. Two batches
+  in flight use more of the machine but make smaller batches, and a batch has a fixed cost of about 200 µs
+  of server CPU whatever its size (the statement's executor start, the commit and its flush; measured with
+  ` + "`conduit.append_batch_one`" + ` from raw pgx at 2, 4, 8 and 32 appends: about 14 µs more per append), so two lanes
+  still lost on 2026-12-01 with the fix below (8 writers: 11.2k against 12.8k appends/s, server CPU per
+  append 77–81 µs against 47). Sending the batch as two plain statements in one round trip instead of the
+  PL/pgSQL function (lock, then the statement with its own snapshot) cost the same. The ratio against the
+  minimal table therefore moves with the machine: when commits are slow (a loaded machine) every baseline
+  row pays one and batching wins more; on a quiet machine its commits are cheap and the ratio is lower.
 - A batch's cost. Backend CPU per append, read from /proc around 2000 statements on one connection (commit
   included, synchronous_commit off, the machine loaded): a raw single-row INSERT about 80–100 µs, the
   single-event ` + "`EventAppendOne`" + ` about 160–180 µs, and ` + "`conduit.append_batch`" + ` with 8 single-event appends about
@@ -423,9 +437,9 @@ refuses a retry; the unique index stops a reused id). Ids go as text.
   post-commit NOTIFY borrows one of the W pool connections about 200 times a second (at 1 writer: the only
   one); where Conduit falls below the diagnostic, that is where the difference goes. The NOTIFY rows, with
   a pool of W + 1, isolate the NOTIFY's share.
-- At 8 and 32 writers both cores are saturated (backends, WAL writer, the Go client), so every µs of server
-  CPU per append comes straight off throughput, and the head probe reads the index pages the other writers
-  are inserting into; a blind INSERT reads nothing. At 1 writer the round trip and the commit's WAL flush
+- At 8 and 32 writers the W connections of the raw variants keep both cores nearly busy (*CPU per event*),
+  so every µs of server CPU per append comes straight off their throughput, and the head probe reads the
+  index pages the other writers are inserting into; a blind INSERT reads nothing. At 1 writer the round trip and the commit's WAL flush
   dominate and the gap is smallest.
 
 **100-event appends (target ≥ 0.9×): per-event work the baseline does not do, and an index it does not keep.**
@@ -445,6 +459,22 @@ validating the 100 events took roughly a tenth of an append's time; the validati
 UTF-8, a scan for what jsonb refuses) is now one pass, about 3× faster (` + "`BenchmarkCheckJSON`" + `), a gain of a few
 percent at most here, below what this machine resolves. At one writer the coalesced NOTIFY takes the pool's
 only connection up to 200 times a second.
+
+**Appends that enqueue an outbox message (target ≥ 0.85×): a second row per append.** A ` + "`Config.Outbox`" + ` rule's
+message is written in the append's own statement (` + "`EventAppendOneOutbox`" + `, or ` + "`conduit.append_batch_one_outbox`" + ` for
+a batch): one more INSERT in the plan and one more row per append, with its index entry
+` + "`(transaction_id, position)`" + `, its partition's routing, a position from a sequence and the headers parsed to jsonb; in Go, the
+rule's message, its checks, the headers' JSON and six more arrays to encode. The *CPU per event* rows show the
+cost: the message adds about a quarter of the server's CPU per append and about a fifth of the client's, and at 8
+writers, with one batch in flight, the added work is on the batch's path, so the throughput ratio follows the CPU
+ratio. From raw pgx (one connection, ` + "`synchronous_commit`" + ` off, 2026-12-01): ` + "`conduit.append_batch_one`" + ` with 8
+appends about 322 µs a call, ` + "`append_batch_one_outbox`" + ` with the same 8 and no message 333 µs, one message 348 µs,
+8 messages 385 µs: about 10 µs for the second INSERT in the plan, 15 µs for its first row (the partition
+opened, its index), 5 µs for each further row. Variants of the table (not partitioned, no index, a cached
+sequence, the partition written directly, the generation given rather than defaulted) all came within this
+machine's noise of each other: no one part of the row dominates. Not done: a layout that writes less per
+message (one row for the messages of a batch, or a rule's message kept as a reference to its event), which
+changes the outbox's format.
 
 **Appends with a synchronous projection: alone, measured against savepoint batches.** A projection's
 failure must roll back its own append only, so a batch of such appends needs a savepoint per append. A
@@ -528,5 +558,48 @@ back; transaction ids travel as binary ` + "`xid8`" + ` instead of through text 
 with ` + "`synchronous_commit`" + ` off unless ` + "`ProjectorConfig.DurableCommit`" + ` (no WAL flush wait per batch: a server
 crash loses only whole batches, rows and checkpoint together, which the projector then re-applies). The
 hand-written loops commit with the server's default (on); the *DurableCommit* diagnostic row is Conduit
-under the same rule.
+under the same rule. The batch functions keep their generic plan (migration 15,
+` + "`SET plan_cache_mode = force_generic_plan`" + `): PL/pgSQL chose, per session, custom plans for batches of a few appends, planning the whole
+statement again at each batch (from raw pgx, 2 appends per call: about 600 µs of server CPU a call against 240 µs
+with the generic plan; 4: 630 against 270); batches of 8 already had the generic plan, so the rows above at 8
+and 32 writers did not move, but fewer concurrent writers (2 to 6 appends a batch) did.
 `
+
+// cpuSection is the CPU time per event of each row's two sides and its
+// diagnostics (see cpu.go), when the server's was measured.
+func (r report) cpuSection(p func(format string, args ...any)) {
+	if !serverLocal || len(r.rows) == 0 {
+		return
+	}
+	p("## CPU per event\n\n")
+	p("What each variant cost the machine, beside how fast it went: CPU time per event written or read, in µs, of\n")
+	p("the benchmark process (the Go client: Conduit or the raw pgx loop, the pool, the runtime) and of the\n")
+	p("server's processes (backends, WAL writer, checkpointer, autovacuum: their time on a CPU, from\n")
+	p("`/proc/PID/schedstat`), medians of the same runs as the results. Where a row is bound by the machine's\n")
+	p("CPUs the throughput ratio follows the inverse of the CPU ratio; where it is bound by waits (a commit's\n")
+	p("flush, a lock, a round trip, one batch at a time) it falls short of what its CPU time would allow: events/s\n")
+	p("times µs/event is the share of a core in use. Noise moves these figures far less than throughput.\n\n")
+	p("| Workload | Variant | Client µs/event | Server µs/event | Total | Baseline's total / this |\n")
+	p("|---|---|---:|---:|---:|---:|\n")
+	for _, row := range r.rows {
+		base := row.raw.clientCPU + row.raw.serverCPU
+		if base == 0 || row.conduit.clientCPU+row.conduit.serverCPU == 0 {
+			continue
+		}
+		name := strings.ToLower(row.group) + ", " + row.name
+		line := func(variant string, s stats) {
+			total := s.clientCPU + s.serverCPU
+			ratio := "–"
+			if total > 0 {
+				ratio = fmt.Sprintf("%.2f×", base/total)
+			}
+			p("| %s | %s | %.1f | %.1f | %.1f | %s |\n", name, variant, s.clientCPU, s.serverCPU, total, ratio)
+		}
+		line("Conduit", row.conduit)
+		line("baseline", row.raw)
+		for _, d := range row.diagnostics {
+			line(d.name, d.s)
+		}
+	}
+	p("\n")
+}

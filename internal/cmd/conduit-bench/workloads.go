@@ -19,7 +19,7 @@ type workload struct {
 }
 
 var workloads = []workload{
-	{"append", "single-event appends at 1, 8 and 32 writers", rowsOf(benchAppends)},
+	{"append", "single-event appends at 1, 8 and 32 writers", benchAppends},
 	{"batch", "100-event appends", benchBatchAppends},
 	{"syncproj", "single-event appends with a synchronous projection, alone (as Append sends them) against savepoint batches", rowsOf(benchSyncProjection)},
 	{"outbox", "single-event appends that also enqueue an outbox message, against the same appends without", rowsOf(benchOutboxAppends)},
@@ -130,7 +130,18 @@ type diagnostic struct {
 }
 
 func (r row) ratio() float64 { return r.conduit.rate / r.raw.rate }
-func (r row) met() bool      { return r.ratio() >= r.target }
+
+func (r row) met() bool { return r.ratio() >= r.target }
+
+// diagnostic is the diagnostic variant of that name.
+func (r row) diagnostic(name string) (stats, bool) {
+	for _, d := range r.diagnostics {
+		if d.name == name {
+			return d.s, true
+		}
+	}
+	return stats{}, false
+}
 
 // ratioRange is the lowest and the highest of the runs' paired ratios:
 // Conduit's run over the baseline's run of the same round (compare
