@@ -64,9 +64,7 @@ func TestAppendBatchFunctionsGenericPlanUsesIndexes(t *testing.T) {
 	ctx := testContext(t)
 	_, pool := newStore(t, nil)
 	for _, sql := range []string{
-		`INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
-		 SELECT 's-' || (i / 100), i % 100 + 1, gen_random_uuid(), 't', '{}' FROM generate_series(0, 199999) AS i`,
-		`ANALYZE conduit.events`,
+		largeLog, `ANALYZE conduit.events`,
 	} {
 		if _, err := pool.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)

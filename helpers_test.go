@@ -20,6 +20,12 @@ func newPool(t testing.TB) *pgxpool.Pool {
 	return pgtest.NewPool(t, conduit.Migrations(), conduit.Migrate)
 }
 
+// largeLog fills conduit.events with 200,000 events, 100 in each of 2,000
+// streams, in one statement: a log large enough for the planner to prefer
+// its indexes only if the query lets it (run ANALYZE after).
+const largeLog = `INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
+	SELECT 's-' || (i / 100), i % 100 + 1, gen_random_uuid(), 't', '{}' FROM generate_series(0, 199999) AS i`
+
 // newStore returns a store on a fresh, migrated database.
 func newStore(t testing.TB, cfg *conduit.Config) (*conduit.Store, *pgxpool.Pool) {
 	t.Helper()

@@ -178,9 +178,7 @@ func TestCheckpointSaveGenericPlanUsesIndex(t *testing.T) {
 	}
 	defer conn.Release()
 	for _, sql := range []string{
-		`INSERT INTO conduit.events (stream_id, stream_version, event_id, event_type, data)
-		 SELECT 's-' || (i / 100), i % 100 + 1, gen_random_uuid(), 't', '{}' FROM generate_series(0, 199999) AS i`,
-		`ANALYZE conduit.events`,
+		largeLog, `ANALYZE conduit.events`,
 		`SET plan_cache_mode = force_generic_plan`,
 		`PREPARE save AS ` + dbgen.ProjectionCheckpointSaveSQL,
 	} {
