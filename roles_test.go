@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
@@ -259,6 +260,60 @@ func TestApplicationRoleAppendsAndReads(t *testing.T) {
 	}
 }
 
+// The application role's batches of appends enqueue their outbox rules'
+// messages. Concurrent Appends go in one statement, the batch functions;
+// conduit.append_batch_one_outbox names the generation its messages go to,
+// which grant_application did not let the role choose: every such batch
+// failed for want of a privilege and its appends were sent again one by
+// one (each succeeding, so only the lost batching showed). The functions
+// are called as the role, as a batch calls them; then the plainest user
+// code, concurrent Appends under a rule, enqueues a message per append.
+func TestApplicationRoleBatchesOutboxAppends(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	r := newRoles(t)
+	conn, err := r.appPool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer conn.Release()
+		for name, call := range batchFunctionCalls(t) {
+			callBatchFunction(t, ctx, conn.Conn(), name, call, 0)
+		}
+	}()
+
+	store, err := conduit.NewStore(r.appPool, &conduit.Config{Outbox: []conduit.OutboxRule{
+		{EventType: "order_paid", Topic: "orders.paid"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := store.OutboxStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 10
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			var err error
+			for i := 0; i < each && err == nil; i++ {
+				_, err = store.Append(ctx, fmt.Sprintf("order-%d-%d", w, i), conduit.NoStream, mustEvent(t, "order_paid", i))
+			}
+			errs <- err
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append as the application role: %v", err)
+		}
+	}
+	if st, err := store.OutboxStatus(ctx); err != nil || st.Pending != before.Pending+writers*each {
+		t.Fatalf("outbox status %+v, %v; want %d pending", st, err, before.Pending+writers*each)
+	}
+}
+
 // The application role runs projectors: Run with wake-ups, CatchUp,
 // WaitFor, status, parked events, rebuild.
 func TestApplicationRoleRunsProjectors(t *testing.T) {
@@ -390,7 +445,7 @@ EXECUTE ON FUNCTION conduit.swap_shadow_tables(text)
 EXECUTE ON FUNCTION conduit.swap_shadow_tables_00009(text)
 INSERT (stream_id, stream_version, event_id, event_type, data, metadata) ON conduit.events
 SELECT ON conduit.events
-INSERT (message_id, topic, key, payload, headers) ON conduit.outbox
+INSERT (generation, message_id, topic, key, payload, headers) ON conduit.outbox
 SELECT ON conduit.outbox
 DELETE ON conduit.outbox_dead
 INSERT ON conduit.outbox_dead

@@ -6,15 +6,17 @@
 -- a stream of that name, conduit.append_stream_lock), before the
 -- transaction has an id if it wrote nothing yet: two transactions
 -- enqueueing to one key go one after the other, so their ids, the order the
--- relay delivers in, follow the order of their commits.
+-- relay delivers in, follow the order of their commits. The messages go to
+-- the current generation, read once for the statement (the column's
+-- default is a PL/pgSQL call per message).
 WITH locks AS MATERIALIZED (
     SELECT bool_and(conduit.append_stream_lock(k.key)) AS locked
       FROM (SELECT DISTINCT u.key FROM unnest(sqlc.arg(keys)::text[]) AS u(key)
              WHERE u.key <> '' ORDER BY u.key) AS k
 )
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM locks,
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT g.current, u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
+  FROM locks, (SELECT og.current FROM conduit.outbox_generation og) AS g,
        ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
                   unnest(sqlc.arg(keys)::text[]), unnest(sqlc.arg(payloads)::bytea[]),
                   unnest(sqlc.arg(headers)::text[]))
@@ -25,7 +27,8 @@ SELECT u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
 -- name: EventAppendManyOutbox :many
 -- EventAppendMany that also enqueues the messages the store's outbox rules
 -- made of the events, in the same statement (one round trip, one implicit
--- transaction): they are inserted only if the events are.
+-- transaction): they are inserted only if the events are. The generation
+-- is read once, as in OutboxEnqueue.
 WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
@@ -41,9 +44,10 @@ SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT m.id::uuid, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb
-  FROM ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT g.current, m.id::uuid, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb
+  FROM (SELECT og.current FROM conduit.outbox_generation og) AS g,
+       ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
                   unnest(sqlc.arg(keys)::text[]), unnest(sqlc.arg(payloads)::bytea[]),
                   unnest(sqlc.arg(headers)::text[]))
        WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
@@ -58,7 +62,8 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 -- name: EventAppendOneOutbox :one
 -- EventAppendOne that also enqueues one message (a Config.Outbox rule's),
 -- in the same statement: inserted only if the event is. Single values, not
--- arrays: the common case of a rule, at the cost of one round trip.
+-- arrays: the common case of a rule, at the cost of one round trip. The
+-- generation is read once, as in OutboxEnqueue.
 WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
@@ -71,9 +76,9 @@ SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uu
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = sqlc.arg(event_id)::text::uuid))
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT sqlc.arg(message_id)::text::uuid, sqlc.arg(topic)::text, sqlc.arg(key)::text, sqlc.arg(payload)::bytea,
-       NULLIF(sqlc.arg(headers)::text, '')::jsonb
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT (SELECT og.current FROM conduit.outbox_generation og), sqlc.arg(message_id)::text::uuid, sqlc.arg(topic)::text,
+       sqlc.arg(key)::text, sqlc.arg(payload)::bytea, NULLIF(sqlc.arg(headers)::text, '')::jsonb
   FROM ins
 )
 SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at FROM ins;

@@ -225,10 +225,11 @@ func TestDoctorGrants(t *testing.T) {
 	if c := check(t, rep, "grants"); c.Status != checkOK || len(c.Details) != 0 {
 		t.Fatalf("grants after grant_application: %+v", c)
 	}
-	// One missing, one too many.
+	// Two missing, one too many.
 	id := pgx.Identifier{role}.Sanitize()
 	for _, sql := range []string{
 		"REVOKE EXECUTE ON FUNCTION conduit.rebuild_projection(text) FROM " + id,
+		"REVOKE INSERT (generation) ON conduit.outbox FROM " + id,
 		"GRANT UPDATE ON conduit.events TO " + id,
 	} {
 		if _, err := store.Pool().Exec(ctx, sql); err != nil {
@@ -238,8 +239,9 @@ func TestDoctorGrants(t *testing.T) {
 	rep = decode[doctorJSON](t, mustRun(t, ExitCheckFailed, url, "", "doctor", "--json", "--app-role", role))
 	c := check(t, rep, "grants")
 	if c.Status != checkFail || !slices.Contains(c.Details, "missing: EXECUTE on conduit.rebuild_projection(text)") ||
+		!slices.Contains(c.Details, "missing: INSERT on conduit.outbox.generation") ||
 		!slices.Contains(c.Details, "must not hold: UPDATE on conduit.events") {
-		t.Fatalf("grants with one missing and one too many: %+v", c)
+		t.Fatalf("grants with two missing and one too many: %+v", c)
 	}
 	rep = decode[doctorJSON](t, mustRun(t, ExitCheckFailed, url, "", "doctor", "--json", "--app-role", "no_such_role_at_all"))
 	if c := check(t, rep, "grants"); c.Status != checkFail || !strings.Contains(c.Summary, "does not exist") {
@@ -269,6 +271,11 @@ func TestDoctorGrantListMatchesGrantApplication(t *testing.T) {
 		SELECT 'column', att.attname::text, a.privilege_type
 		  FROM pg_attribute att, aclexplode(att.attacl) a
 		 WHERE att.attrelid = 'conduit.events'::regclass
+		   AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
+		UNION ALL
+		SELECT 'outbox column', 'conduit.outbox.' || att.attname, a.privilege_type
+		  FROM pg_attribute att, aclexplode(att.attacl) a
+		 WHERE att.attrelid = 'conduit.outbox'::regclass
 		   AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
 		UNION ALL
 		SELECT 'schema', n.nspname::text, a.privilege_type

@@ -147,6 +147,8 @@ SELECT c.object::text AS object, c.privilege::text AS privilege, c.want::boolean
             WHEN 'schema' THEN has_schema_privilege($1::text, c.object, c.privilege)
             WHEN 'table' THEN has_table_privilege($1::text, c.object, c.privilege)
             WHEN 'column' THEN has_column_privilege($1::text, 'conduit.events', c.object, c.privilege)
+            WHEN 'outbox column' THEN has_column_privilege($1::text, 'conduit.outbox',
+                                                           substring(c.object FROM '[^.]+$'), c.privilege)
             WHEN 'sequence' THEN has_sequence_privilege($1::text, c.object, c.privilege)
             ELSE has_function_privilege($1::text, c.object, c.privilege)
         END)::boolean AS granted
@@ -185,6 +187,14 @@ SELECT c.object::text AS object, c.privilege::text AS privilege, c.want::boolean
         ('function', 'conduit.skip_parked_event(text, uuid)', 'EXECUTE', true),
         ('function', 'conduit.rebuild_projection(text)', 'EXECUTE', true),
         ('table', 'conduit.outbox', 'SELECT', true),
+        ('outbox column', 'conduit.outbox.message_id', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.topic', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.key', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.payload', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.headers', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.generation', 'INSERT', true),
+        ('outbox column', 'conduit.outbox.transaction_id', 'INSERT', false),
+        ('outbox column', 'conduit.outbox.position', 'INSERT', false),
         ('table', 'conduit.outbox', 'UPDATE', false),
         ('table', 'conduit.outbox', 'DELETE', false),
         ('sequence', 'conduit.outbox_position_seq', 'USAGE', true),

@@ -29,9 +29,10 @@ SELECT $2::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT m.id::uuid, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb
-  FROM ROWS FROM (unnest($8::text[]), unnest($9::text[]),
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT g.current, m.id::uuid, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb
+  FROM (SELECT og.current FROM conduit.outbox_generation og) AS g,
+       ROWS FROM (unnest($8::text[]), unnest($9::text[]),
                   unnest($10::text[]), unnest($11::bytea[]),
                   unnest($12::text[]))
        WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
@@ -68,7 +69,8 @@ type EventAppendManyOutboxRow struct {
 
 // EventAppendMany that also enqueues the messages the store's outbox rules
 // made of the events, in the same statement (one round trip, one implicit
-// transaction): they are inserted only if the events are.
+// transaction): they are inserted only if the events are. The generation
+// is read once, as in OutboxEnqueue.
 func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendManyOutboxParams) ([]EventAppendManyOutboxRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendManyOutbox,
 		arg.EveryRow,
@@ -120,9 +122,9 @@ SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
         OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT $7::text::uuid, $8::text, $9::text, $10::bytea,
-       NULLIF($11::text, '')::jsonb
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT (SELECT og.current FROM conduit.outbox_generation og), $7::text::uuid, $8::text,
+       $9::text, $10::bytea, NULLIF($11::text, '')::jsonb
   FROM ins
 )
 SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at FROM ins
@@ -151,7 +153,8 @@ type EventAppendOneOutboxRow struct {
 
 // EventAppendOne that also enqueues one message (a Config.Outbox rule's),
 // in the same statement: inserted only if the event is. Single values, not
-// arrays: the common case of a rule, at the cost of one round trip.
+// arrays: the common case of a rule, at the cost of one round trip. The
+// generation is read once, as in OutboxEnqueue.
 func (q *Queries) EventAppendOneOutbox(ctx context.Context, arg EventAppendOneOutboxParams) (EventAppendOneOutboxRow, error) {
 	row := q.db.QueryRow(ctx, eventAppendOneOutbox,
 		arg.StreamID,
@@ -419,9 +422,9 @@ WITH locks AS MATERIALIZED (
       FROM (SELECT DISTINCT u.key FROM unnest($3::text[]) AS u(key)
              WHERE u.key <> '' ORDER BY u.key) AS k
 )
-INSERT INTO conduit.outbox (message_id, topic, key, payload, headers)
-SELECT u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM locks,
+INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
+SELECT g.current, u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
+  FROM locks, (SELECT og.current FROM conduit.outbox_generation og) AS g,
        ROWS FROM (unnest($1::text[]), unnest($2::text[]),
                   unnest($3::text[]), unnest($4::bytea[]),
                   unnest($5::text[]))
@@ -445,7 +448,9 @@ type OutboxEnqueueParams struct {
 // a stream of that name, conduit.append_stream_lock), before the
 // transaction has an id if it wrote nothing yet: two transactions
 // enqueueing to one key go one after the other, so their ids, the order the
-// relay delivers in, follow the order of their commits.
+// relay delivers in, follow the order of their commits. The messages go to
+// the current generation, read once for the statement (the column's
+// default is a PL/pgSQL call per message).
 func (q *Queries) OutboxEnqueue(ctx context.Context, arg OutboxEnqueueParams) error {
 	_, err := q.db.Exec(ctx, outboxEnqueue,
 		arg.MessageIds,
