@@ -26,9 +26,13 @@ var (
 
 	// ErrTransactionOrder: the append ran in a transaction whose id is older
 	// than that of the stream's last event, which would make the global
-	// log's order disagree with the stream's. Roll back and retry the whole
-	// transaction; IsRetryable reports true. Only AppendTx can return it.
-	ErrTransactionOrder = errors.New("conduit: transaction older than the stream's last event")
+	// log's order disagree with the stream's; or the enqueue ran in a
+	// transaction whose id is older than that of a message of the same key
+	// that committed first, which would make the relay deliver the key's
+	// messages out of the order of their commits. Roll back and retry the
+	// whole transaction; IsRetryable reports true. Only AppendTx and
+	// EnqueueTx can return it, and only in a transaction that wrote before.
+	ErrTransactionOrder = errors.New("conduit: transaction older than the stream's last event or the key's last message")
 
 	// ErrInvalidEvent: the input was refused before anything was written.
 	// The error is a *ValidationError naming the field.
@@ -128,14 +132,24 @@ func (e *DuplicateEventIDError) Error() string {
 func (e *DuplicateEventIDError) Is(target error) bool { return target == ErrDuplicateEventID }
 
 // TransactionOrderError reports an append refused to keep the stream's order
-// equal to the global log's order (see ErrTransactionOrder).
+// equal to the global log's order, or an enqueue refused to keep a key's
+// order of messages equal to the order of their commits (see
+// ErrTransactionOrder).
 type TransactionOrderError struct {
+	// StreamID is the stream of a refused append ("" for an enqueue).
 	StreamID string
 	// Version is the stream's last version, written by a younger transaction.
 	Version int64
+	// Key is the message key of a refused enqueue ("" for an append): a
+	// younger transaction enqueued to it, and committed, after this
+	// transaction had its id.
+	Key string
 }
 
 func (e *TransactionOrderError) Error() string {
+	if e.StreamID == "" {
+		return fmt.Sprintf("conduit: enqueue to key %q refused: a younger transaction enqueued to it and committed since this transaction first wrote; retry the transaction", e.Key)
+	}
 	return fmt.Sprintf("conduit: append to stream %q refused: its version %d was written by a younger transaction; retry the transaction", e.StreamID, e.Version)
 }
 

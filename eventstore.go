@@ -465,7 +465,12 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, streamID string, expect
 	q := s.queries.WithTx(tx)
 	res, stored, err := s.appendEvents(ctx, q, a, true, false)
 	if err == nil && !res.Duplicate && a.msgs.len() > 0 {
-		err = q.OutboxEnqueue(ctx, a.msgs.params())
+		var refused *TransactionOrderError
+		if err = enqueue(ctx, q, &a.msgs); errors.As(err, &refused) {
+			// The events are written; without their messages they must
+			// never commit.
+			_ = q.TransactionAbort(ctx, err.Error())
+		}
 	}
 	if err == nil && !res.Duplicate {
 		if err = applyProjections(ctx, tx, s.cfg.Projections, withData(stored, events)); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/conduit-es/conduit/internal/dberr"
 	"github.com/conduit-es/conduit/internal/dbgen"
 )
 
@@ -269,7 +270,7 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) error
 	if err != nil {
 		return err
 	}
-	if err := s.queries.WithTx(tx).OutboxEnqueue(ctx, a.params()); err != nil {
+	if err := enqueue(ctx, s.queries.WithTx(tx), &a); err != nil {
 		return s.dbError(ctx, err, "enqueue")
 	}
 	return nil
@@ -283,10 +284,26 @@ func (s *Store) Enqueue(ctx context.Context, msgs ...Message) error {
 	if err != nil {
 		return err
 	}
-	if err := s.queries.OutboxEnqueue(ctx, a.params()); err != nil {
+	if err := enqueue(ctx, s.queries, &a); err != nil {
 		return s.dbError(ctx, err, "enqueue")
 	}
 	s.Notify()
+	return nil
+}
+
+// enqueue runs the enqueue statement (conduit.outbox_enqueue) on q: nil, a
+// *TransactionOrderError when it refused, having written nothing, or the
+// database's error.
+func enqueue(ctx context.Context, q *dbgen.Queries, a *outboxArgs) error {
+	r, err := q.OutboxEnqueue(ctx, a.params())
+	switch {
+	case err != nil:
+		return err
+	case r.Status == dberr.StatusTransactionOrder:
+		return &TransactionOrderError{Key: r.Key}
+	case r.Status != dberr.StatusOK:
+		return fmt.Errorf("conduit: outbox_enqueue returned unknown status %q", r.Status)
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
 )
@@ -735,5 +736,200 @@ func TestOutboxRelaySaveAheadFindsLeaseGone(t *testing.T) {
 		if !slices.IsSorted(firstsOfKey) {
 			t.Errorf("key %s: first deliveries out of order: %q", key, firstsOfKey)
 		}
+	}
+}
+
+// A rule's message keyed by something other than its stream keeps its key's
+// order of commits: the append takes the key's lock as well as the
+// stream's, before its transaction has an id, so it waits for a
+// transaction that holds the key, and its id (the relay's order) comes
+// after that one's. So do the batch functions that concurrent appends go
+// through.
+func TestOutboxRuleKeyOrderFollowsCommits(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	const key = "customer-7"
+	store, pool := newStore(t, &conduit.Config{Outbox: []conduit.OutboxRule{{
+		EventType: "order_paid",
+		Message: func(e conduit.Event) (conduit.Message, error) {
+			return conduit.Message{Topic: "billing", Key: key, Payload: []byte(e.StreamID)}, nil
+		},
+	}}})
+	// holdKey enqueues payload to the key in a transaction left open.
+	holdKey := func(payload string) pgx.Tx {
+		t.Helper()
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+		if err := store.EnqueueTx(ctx, tx, conduit.NewMessage("billing", key, []byte(payload))); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	// waitsFor runs f, checks that it waits for holder's lock, commits
+	// holder, and waits for f.
+	waitsFor := func(what string, holder pgx.Tx, f func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- f() }()
+		waitBlockedOrDone(t, ctx, pool, backendPID(t, ctx, holder), done, what)
+		if err := holder.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+
+	waitsFor("an append alone", holdKey("held-1"), func() error {
+		_, err := store.Append(ctx, "order-1", conduit.NoStream, mustEvent(t, "order_paid", 1))
+		return err
+	})
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for i, name := range []string{"append_batch_one_outbox", "append_batch"} {
+		q, args := keyedBatchCall(name, key, i)
+		waitsFor(name, holdKey(fmt.Sprintf("held-%d", i+2)), func() error {
+			_, err := conn.Exec(ctx, q, args...)
+			return err
+		})
+	}
+
+	rec := &recorder{}
+	drain(t, ctx, newRelay(t, store, rec, nil))
+	want := []string{"held-1", "order-1", "held-2", "append_batch_one_outbox", "held-3", "append_batch"}
+	if got := rec.payloads(key); !slices.Equal(got, want) {
+		t.Fatalf("key %s delivered %q; want the order of commits, %q", key, got, want)
+	}
+}
+
+// keyedBatchCall is a call of batch function fn (as a batch of appends
+// calls it) with two single-event appends to new streams, the first of
+// which enqueues a message to key, whose payload is fn's name.
+func keyedBatchCall(fn, key string, i int) (string, []any) {
+	streams := []string{fmt.Sprintf("%s-%d-a", fn, i), fmt.Sprintf("%s-%d-b", fn, i)}
+	ids := []string{uuid.NewString(), uuid.NewString()}
+	types, data, meta := []string{"noted", "noted"}, []string{`{}`, `{}`}, []string{"", ""}
+	msg := []any{[]int32{1}, []string{uuid.NewString()}, []string{"billing"}, []string{key}, [][]byte{[]byte(fn)}, []string{""}}
+	if fn == "append_batch" {
+		return `SELECT conduit.append_batch($1::text[], $2::bigint[], $3::integer[], $4::text[]::uuid[], $5::text[], $6::text[], $7::text[],
+		                                   $8::integer[], $9::text[]::uuid[], $10::text[], $11::text[], $12::bytea[], $13::text[])`,
+			append([]any{streams, []int64{0, 0}, []int32{1, 2}, ids, types, data, meta}, msg...)
+	}
+	return `SELECT conduit.append_batch_one_outbox($1::text[], $2::bigint[], $3::text[]::uuid[], $4::text[], $5::text[], $6::text[],
+	                                             $7::integer[], $8::text[]::uuid[], $9::text[], $10::text[], $11::bytea[], $12::text[])`,
+		append([]any{streams, []int64{0, 0}, ids, types, data, meta}, msg...)
+}
+
+// waitBlockedOrDone waits until some session waits for a lock held by the
+// session with process id pid; it fails if done says f ended first.
+func waitBlockedOrDone(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid int, done <-chan error, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var blocked bool
+		err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))", pid).Scan(&blocked)
+		if err != nil {
+			t.Fatalf("%s: wait for a session blocked by %d: %v", what, pid, err)
+		}
+		if blocked {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("%s did not wait for the transaction holding the key (it returned %v): it commits first, "+
+				"but its transaction id, the relay's order, is the younger", what, err)
+		case <-ctx.Done():
+			t.Fatalf("%s: no session got blocked by %d: %v", what, pid, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// EnqueueTx in a transaction that wrote before it: a transaction that
+// enqueued to the same key and committed meanwhile is younger, so by
+// transaction id, the relay's order, this message would go first though it
+// commits last. It is refused (ErrTransactionOrder, as an append is),
+// nothing is enqueued and the transaction stays usable; the retried
+// transaction's message goes after, in the order of commits.
+func TestOutboxEnqueueTxAfterAWriteKeepsCommitOrder(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, nil)
+	write := func(tx pgx.Tx) {
+		t.Helper()
+		if _, err := store.AppendTx(ctx, tx, "audit-1", conduit.Any, mustEvent(t, "noted", 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	older, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx) //nolint:errcheck
+	write(older)              // older has its transaction id now
+	if err := store.Enqueue(ctx, conduit.NewMessage("t", "k", []byte("younger"))); err != nil {
+		t.Fatal(err)
+	}
+	err = store.EnqueueTx(ctx, older, conduit.NewMessage("t", "k", []byte("older")))
+	var toe *conduit.TransactionOrderError
+	if !errors.As(err, &toe) || toe.Key != "k" || !errors.Is(err, conduit.ErrTransactionOrder) || !conduit.IsRefused(err) {
+		t.Fatalf("EnqueueTx after a younger transaction enqueued to the key = %v; want a *TransactionOrderError for key k", err)
+	}
+	var one int
+	if err := older.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the transaction is not usable after the refusal: %v", err)
+	}
+	if err := older.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = store.InTx(ctx, func(tx pgx.Tx) error {
+		write(tx)
+		return store.EnqueueTx(ctx, tx, conduit.NewMessage("t", "k", []byte("older")))
+	})
+	if err != nil {
+		t.Fatalf("the retried transaction: %v", err)
+	}
+	rec := &recorder{}
+	drain(t, ctx, newRelay(t, store, rec, nil))
+	if got := rec.payloads(""); !slices.Equal(got, []string{"younger", "older"}) {
+		t.Fatalf("delivered %q; want younger, older", got)
+	}
+}
+
+// AppendTx's rule messages go through the same check: refused, the events
+// it wrote must not commit without them, so the transaction is aborted.
+func TestOutboxAppendTxRuleMessageRefusedAbortsTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store, pool := newStore(t, &conduit.Config{Outbox: []conduit.OutboxRule{{EventType: "order_paid", Topic: "orders"}}})
+	older, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx) //nolint:errcheck
+	if _, err := store.AppendTx(ctx, older, "audit-2", conduit.Any, mustEvent(t, "noted", 1)); err != nil {
+		t.Fatal(err)
+	}
+	// A younger transaction enqueues to the key the rule's message will
+	// have: the stream's id.
+	if err := store.Enqueue(ctx, conduit.NewMessage("orders", "order-5", []byte("younger"))); err != nil {
+		t.Fatal(err)
+	}
+	_, err = store.AppendTx(ctx, older, "order-5", conduit.NoStream, mustEvent(t, "order_paid", 1))
+	if !errors.Is(err, conduit.ErrTransactionOrder) {
+		t.Fatalf("AppendTx whose rule message is refused = %v; want ErrTransactionOrder", err)
+	}
+	if err := older.Commit(ctx); err == nil {
+		t.Fatal("the transaction committed the events without their message")
+	}
+	if n := countEvents(t, ctx, pool, "order-5"); n != 0 {
+		t.Fatalf("%d events stored without their message", n)
 	}
 }

@@ -1,35 +1,30 @@
--- name: OutboxEnqueue :exec
+-- name: OutboxEnqueue :one
 -- Enqueues messages, from arrays, in the caller's transaction (or as one
 -- statement of its own), in array order: positions are taken in that
--- order. headers are JSON objects as text, '' for none. First it locks each
--- key until the transaction ends, in key order (the lock an append takes on
--- a stream of that name, conduit.append_stream_lock), before the
--- transaction has an id if it wrote nothing yet: two transactions
--- enqueueing to one key go one after the other, so their ids, the order the
--- relay delivers in, follow the order of their commits. The messages go to
--- the current generation, read once for the statement (the column's
--- default is a PL/pgSQL call per message).
-WITH locks AS MATERIALIZED (
-    SELECT bool_and(conduit.append_stream_lock(k.key)) AS locked
-      FROM (SELECT DISTINCT u.key FROM unnest(sqlc.arg(keys)::text[]) AS u(key)
-             WHERE u.key <> '' ORDER BY u.key) AS k
-)
-INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
-SELECT g.current, u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM locks, (SELECT og.current FROM conduit.outbox_generation og) AS g,
-       ROWS FROM (unnest(sqlc.arg(message_ids)::text[]), unnest(sqlc.arg(topics)::text[]),
-                  unnest(sqlc.arg(keys)::text[]), unnest(sqlc.arg(payloads)::bytea[]),
-                  unnest(sqlc.arg(headers)::text[]))
-       WITH ORDINALITY AS u(id, topic, key, payload, headers, ord)
- WHERE locks.locked IS NOT FALSE
- ORDER BY u.ord;
+-- order. headers are JSON objects as text, '' for none. It locks each key
+-- until the transaction ends (the lock an append takes on a stream of that
+-- name), so that two transactions enqueueing to one key go one after the
+-- other, and refuses ('transaction_order', the key) a transaction that
+-- wrote before and is older than one that enqueued to the key and
+-- committed: see conduit.outbox_enqueue (migration 17).
+SELECT r.r_status::text AS status, COALESCE(r.r_key, '')::text AS key
+  FROM conduit.outbox_enqueue(sqlc.arg(message_ids)::text[]::uuid[], sqlc.arg(topics)::text[],
+                              sqlc.arg(keys)::text[], sqlc.arg(payloads)::bytea[],
+                              sqlc.arg(headers)::text[]) AS r;
 
 -- name: EventAppendManyOutbox :many
 -- EventAppendMany that also enqueues the messages the store's outbox rules
 -- made of the events, in the same statement (one round trip, one implicit
 -- transaction): they are inserted only if the events are. The generation
--- is read once, as in OutboxEnqueue.
-WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
+-- is read once per statement. It takes the messages' keys' locks with the
+-- stream's, in hash order, as every append and enqueue takes them (see
+-- migration 17): a key's messages keep the order of their commits.
+WITH lock AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.id)) AS locked
+      FROM (SELECT DISTINCT ON (hashtext(u.id)) u.id
+              FROM unnest(array_prepend(sqlc.arg(stream_id)::text, sqlc.arg(keys)::text[])) AS u(id)
+             WHERE u.id <> ''
+             ORDER BY hashtext(u.id), u.id) AS k),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
@@ -63,8 +58,14 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 -- EventAppendOne that also enqueues one message (a Config.Outbox rule's),
 -- in the same statement: inserted only if the event is. Single values, not
 -- arrays: the common case of a rule, at the cost of one round trip. The
--- generation is read once, as in OutboxEnqueue.
-WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock(sqlc.arg(stream_id)::text) AS locked),
+-- generation is read once per statement. It takes the message's key's lock
+-- with the stream's, as EventAppendManyOutbox does.
+WITH lock AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.id)) AS locked
+      FROM (SELECT DISTINCT ON (hashtext(u.id)) u.id
+              FROM unnest(ARRAY[sqlc.arg(stream_id)::text, sqlc.arg(key)::text]) AS u(id)
+             WHERE u.id <> ''
+             ORDER BY hashtext(u.id), u.id) AS k),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head(sqlc.arg(stream_id)::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT sqlc.arg(stream_id)::text, head.version + 1, sqlc.arg(event_id)::text::uuid, sqlc.arg(event_type)::text,

@@ -14,26 +14,31 @@ import (
 )
 
 const eventAppendManyOutbox = `-- name: EventAppendManyOutbox :many
-WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock($2::text) AS locked),
+WITH lock AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.id)) AS locked
+      FROM (SELECT DISTINCT ON (hashtext(u.id)) u.id
+              FROM unnest(array_prepend($2::text, $3::text[])) AS u(id)
+             WHERE u.id <> ''
+             ORDER BY hashtext(u.id), u.id) AS k),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head($2::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
 SELECT $2::text, head.version + u.ord, u.id::uuid, u.typ, u.dat::jsonb, NULLIF(u.meta, '')::jsonb
   FROM head,
-       ROWS FROM (unnest($3::text[]), unnest($4::text[]),
-                  unnest($5::text[]), unnest($6::text[]))
+       ROWS FROM (unnest($4::text[]), unnest($5::text[]),
+                  unnest($6::text[]), unnest($7::text[]))
            WITH ORDINALITY AS u(id, typ, dat, meta, ord)
- WHERE conduit.append_verdict($7::bigint, head.version, head.tx,
+ WHERE conduit.append_verdict($8::bigint, head.version, head.tx,
            COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
-   AND ($7::bigint >= 0 OR $7::bigint = -2
-        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($3::text[])[1]::uuid))
+   AND ($8::bigint >= 0 OR $8::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = ($4::text[])[1]::uuid))
  ORDER BY u.ord
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
 INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
 SELECT g.current, m.id::uuid, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb
   FROM (SELECT og.current FROM conduit.outbox_generation og) AS g,
-       ROWS FROM (unnest($8::text[]), unnest($9::text[]),
-                  unnest($10::text[]), unnest($11::bytea[]),
+       ROWS FROM (unnest($9::text[]), unnest($10::text[]),
+                  unnest($3::text[]), unnest($11::bytea[]),
                   unnest($12::text[]))
        WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
  WHERE EXISTS (SELECT 1 FROM ins)
@@ -48,6 +53,7 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 type EventAppendManyOutboxParams struct {
 	EveryRow   bool
 	StreamID   string
+	Keys       []string
 	EventIds   []string
 	Types      []string
 	Data       []string
@@ -55,7 +61,6 @@ type EventAppendManyOutboxParams struct {
 	Expected   int64
 	MessageIds []string
 	Topics     []string
-	Keys       []string
 	Payloads   [][]byte
 	Headers    []string
 }
@@ -70,11 +75,14 @@ type EventAppendManyOutboxRow struct {
 // EventAppendMany that also enqueues the messages the store's outbox rules
 // made of the events, in the same statement (one round trip, one implicit
 // transaction): they are inserted only if the events are. The generation
-// is read once, as in OutboxEnqueue.
+// is read once per statement. It takes the messages' keys' locks with the
+// stream's, in hash order, as every append and enqueue takes them (see
+// migration 17): a key's messages keep the order of their commits.
 func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendManyOutboxParams) ([]EventAppendManyOutboxRow, error) {
 	rows, err := q.db.Query(ctx, eventAppendManyOutbox,
 		arg.EveryRow,
 		arg.StreamID,
+		arg.Keys,
 		arg.EventIds,
 		arg.Types,
 		arg.Data,
@@ -82,7 +90,6 @@ func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendMany
 		arg.Expected,
 		arg.MessageIds,
 		arg.Topics,
-		arg.Keys,
 		arg.Payloads,
 		arg.Headers,
 	)
@@ -110,21 +117,26 @@ func (q *Queries) EventAppendManyOutbox(ctx context.Context, arg EventAppendMany
 }
 
 const eventAppendOneOutbox = `-- name: EventAppendOneOutbox :one
-WITH lock AS MATERIALIZED (SELECT conduit.append_stream_lock($1::text) AS locked),
+WITH lock AS MATERIALIZED (
+    SELECT bool_and(conduit.append_stream_lock(k.id)) AS locked
+      FROM (SELECT DISTINCT ON (hashtext(u.id)) u.id
+              FROM unnest(ARRAY[$1::text, $2::text]) AS u(id)
+             WHERE u.id <> ''
+             ORDER BY hashtext(u.id), u.id) AS k),
 head AS (SELECT h.version, h.last_tx AS tx FROM lock, conduit.stream_head($1::text, lock.locked) AS h(version, last_tx)), ins AS (
 INSERT INTO conduit.events AS e (stream_id, stream_version, event_id, event_type, data, metadata)
-SELECT $1::text, head.version + 1, $2::text::uuid, $3::text,
-       $4::text::jsonb, NULLIF($5::text, '')::jsonb
+SELECT $1::text, head.version + 1, $3::text::uuid, $4::text,
+       $5::text::jsonb, NULLIF($6::text, '')::jsonb
   FROM head
- WHERE conduit.append_verdict($6::bigint, head.version, head.tx,
+ WHERE conduit.append_verdict($7::bigint, head.version, head.tx,
            COALESCE(pg_current_xact_id_if_assigned(), pg_snapshot_xmax(pg_current_snapshot()))) = 'ok'
-   AND ($6::bigint >= 0 OR $6::bigint = -2
-        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $2::text::uuid))
+   AND ($7::bigint >= 0 OR $7::bigint = -2
+        OR NOT EXISTS (SELECT 1 FROM conduit.events x WHERE x.event_id = $3::text::uuid))
 RETURNING e.stream_version, e.transaction_id, e.global_position, e.recorded_at
 ), msg AS (
 INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
-SELECT (SELECT og.current FROM conduit.outbox_generation og), $7::text::uuid, $8::text,
-       $9::text, $10::bytea, NULLIF($11::text, '')::jsonb
+SELECT (SELECT og.current FROM conduit.outbox_generation og), $8::text::uuid, $9::text,
+       $2::text, $10::bytea, NULLIF($11::text, '')::jsonb
   FROM ins
 )
 SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded_at FROM ins
@@ -132,6 +144,7 @@ SELECT ins.stream_version, ins.transaction_id, ins.global_position, ins.recorded
 
 type EventAppendOneOutboxParams struct {
 	StreamID  string
+	Key       string
 	EventID   string
 	EventType string
 	Data      string
@@ -139,7 +152,6 @@ type EventAppendOneOutboxParams struct {
 	Expected  int64
 	MessageID string
 	Topic     string
-	Key       string
 	Payload   []byte
 	Headers   string
 }
@@ -154,10 +166,12 @@ type EventAppendOneOutboxRow struct {
 // EventAppendOne that also enqueues one message (a Config.Outbox rule's),
 // in the same statement: inserted only if the event is. Single values, not
 // arrays: the common case of a rule, at the cost of one round trip. The
-// generation is read once, as in OutboxEnqueue.
+// generation is read once per statement. It takes the message's key's lock
+// with the stream's, as EventAppendManyOutbox does.
 func (q *Queries) EventAppendOneOutbox(ctx context.Context, arg EventAppendOneOutboxParams) (EventAppendOneOutboxRow, error) {
 	row := q.db.QueryRow(ctx, eventAppendOneOutbox,
 		arg.StreamID,
+		arg.Key,
 		arg.EventID,
 		arg.EventType,
 		arg.Data,
@@ -165,7 +179,6 @@ func (q *Queries) EventAppendOneOutbox(ctx context.Context, arg EventAppendOneOu
 		arg.Expected,
 		arg.MessageID,
 		arg.Topic,
-		arg.Key,
 		arg.Payload,
 		arg.Headers,
 	)
@@ -416,21 +429,11 @@ func (q *Queries) OutboxDeadSave(ctx context.Context, arg OutboxDeadSaveParams) 
 	return i, err
 }
 
-const outboxEnqueue = `-- name: OutboxEnqueue :exec
-WITH locks AS MATERIALIZED (
-    SELECT bool_and(conduit.append_stream_lock(k.key)) AS locked
-      FROM (SELECT DISTINCT u.key FROM unnest($3::text[]) AS u(key)
-             WHERE u.key <> '' ORDER BY u.key) AS k
-)
-INSERT INTO conduit.outbox (generation, message_id, topic, key, payload, headers)
-SELECT g.current, u.id::uuid, u.topic, u.key, u.payload, NULLIF(u.headers, '')::jsonb
-  FROM locks, (SELECT og.current FROM conduit.outbox_generation og) AS g,
-       ROWS FROM (unnest($1::text[]), unnest($2::text[]),
-                  unnest($3::text[]), unnest($4::bytea[]),
-                  unnest($5::text[]))
-       WITH ORDINALITY AS u(id, topic, key, payload, headers, ord)
- WHERE locks.locked IS NOT FALSE
- ORDER BY u.ord
+const outboxEnqueue = `-- name: OutboxEnqueue :one
+SELECT r.r_status::text AS status, COALESCE(r.r_key, '')::text AS key
+  FROM conduit.outbox_enqueue($1::text[]::uuid[], $2::text[],
+                              $3::text[], $4::bytea[],
+                              $5::text[]) AS r
 `
 
 type OutboxEnqueueParams struct {
@@ -441,25 +444,30 @@ type OutboxEnqueueParams struct {
 	Headers    []string
 }
 
+type OutboxEnqueueRow struct {
+	Status string
+	Key    string
+}
+
 // Enqueues messages, from arrays, in the caller's transaction (or as one
 // statement of its own), in array order: positions are taken in that
-// order. headers are JSON objects as text, ” for none. First it locks each
-// key until the transaction ends, in key order (the lock an append takes on
-// a stream of that name, conduit.append_stream_lock), before the
-// transaction has an id if it wrote nothing yet: two transactions
-// enqueueing to one key go one after the other, so their ids, the order the
-// relay delivers in, follow the order of their commits. The messages go to
-// the current generation, read once for the statement (the column's
-// default is a PL/pgSQL call per message).
-func (q *Queries) OutboxEnqueue(ctx context.Context, arg OutboxEnqueueParams) error {
-	_, err := q.db.Exec(ctx, outboxEnqueue,
+// order. headers are JSON objects as text, ” for none. It locks each key
+// until the transaction ends (the lock an append takes on a stream of that
+// name), so that two transactions enqueueing to one key go one after the
+// other, and refuses ('transaction_order', the key) a transaction that
+// wrote before and is older than one that enqueued to the key and
+// committed: see conduit.outbox_enqueue (migration 17).
+func (q *Queries) OutboxEnqueue(ctx context.Context, arg OutboxEnqueueParams) (OutboxEnqueueRow, error) {
+	row := q.db.QueryRow(ctx, outboxEnqueue,
 		arg.MessageIds,
 		arg.Topics,
 		arg.Keys,
 		arg.Payloads,
 		arg.Headers,
 	)
-	return err
+	var i OutboxEnqueueRow
+	err := row.Scan(&i.Status, &i.Key)
+	return i, err
 }
 
 const outboxHead = `-- name: OutboxHead :one
