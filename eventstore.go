@@ -446,8 +446,9 @@ func (s *Store) appendAlone(ctx context.Context, a appendArgs, events []EventDat
 //
 // Besides Append's errors it may return *TransactionOrderError
 // (ErrTransactionOrder) when tx had written before it appended and a younger
-// transaction has appended to the stream since: roll back and retry the
-// transaction.
+// transaction has appended to the stream since, or (Config.Outbox) has
+// enqueued to a key of the events' messages since (see EnqueueTx; tx is
+// then aborted): roll back and retry the transaction.
 //
 // AppendTx cannot know when tx commits, so it wakes no projector: call
 // Notify after the commit, or use InTx.

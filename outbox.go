@@ -31,7 +31,10 @@ type Message struct {
 	// Key orders messages: a key's messages are delivered in the order their
 	// transactions committed (for messages of one transaction, in the order
 	// they were enqueued), and a dead letter holds back the later messages of
-	// its key only. An empty key puts the message in no key's order: it
+	// its key only. (Enqueues and appends hold the key's lock until their
+	// transaction ends; see EnqueueTx for the one refusal that keeps this
+	// order. Rows inserted into conduit.outbox by hand are delivered in
+	// transaction id order.) An empty key puts the message in no key's order: it
 	// waits for no other message, and none waits for it. At most 1024
 	// bytes.
 	Key string
@@ -110,7 +113,12 @@ const (
 // append's own statement (one round trip, the same transaction): an append
 // that rolls back, or is refused, enqueues nothing, and an idempotent retry
 // of an append enqueues nothing again. Set rules in Config.Outbox; they
-// apply to Append, AppendTx and Entity updates alike.
+// apply to Append, AppendTx and Entity updates alike. An append takes its
+// messages' keys' locks with its stream's, so a message keyed by something
+// else than its stream keeps its key's order of commits too; in AppendTx
+// the messages are enqueued as EnqueueTx enqueues, and a refusal
+// (ErrTransactionOrder) aborts the transaction, whose events must not
+// commit without them.
 type OutboxRule struct {
 	// EventType is the type of the events the rule maps. One rule per type.
 	EventType string
@@ -263,7 +271,16 @@ func (a *outboxArgs) params() dbgen.OutboxEnqueueParams {
 // ID (within JetStream's duplicate window), so enqueue each message once
 // per commit, and make its ID once (NewMessage) and reuse it on a retry.
 //
-// Errors: *ValidationError (ErrInvalidEvent) before anything is sent, or a
+// Each key's lock (the lock an append takes on a stream of that name) is
+// held until tx ends, so transactions that enqueue to one key go one after
+// the other. In a transaction that wrote before (its id, the relay's order,
+// was given then), an enqueue to a key that a younger transaction enqueued
+// to and committed meanwhile is refused: its message would be delivered
+// before that one's, though it commits after it.
+//
+// Errors: *ValidationError (ErrInvalidEvent) before anything is sent;
+// *TransactionOrderError (ErrTransactionOrder) for such a refusal, with
+// nothing written and tx usable: roll back and retry the transaction; or a
 // database error.
 func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	a, err := s.newOutboxArgs(ctx, msgs)
