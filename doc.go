@@ -64,8 +64,9 @@
 // one transaction id, with global positions in call order; a stream appears
 // at most once in a batch (a later append to it goes in the next batch), so
 // per-stream order stays global order and readers, the safe horizon and
-// projectors see nothing new. The batch takes its streams' locks in one
-// fixed order, so batches never deadlock each other.
+// projectors see nothing new. The batch takes its streams' locks (and its
+// outbox messages' keys', the same locks) in one fixed order, so batches
+// never deadlock each other.
 //
 // A batch's failure never turns into a wrong answer: if the database
 // refuses the batch's statement (a unique violation caused by a writer that
