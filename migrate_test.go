@@ -265,3 +265,56 @@ func TestMigrateCurrentNeedsOnlyRead(t *testing.T) {
 		t.Errorf("version %d, %v after the refused MigrateTo; want %d", current, err, latest)
 	}
 }
+
+// A role granted before migration 16 (conduit.grant_application at version
+// 15) may name an outbox message's generation after it, as a role granted
+// after it may; migrating back down takes that privilege back.
+func TestMigrateGrantsGenerationToRolesGrantedBefore(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	pool := pgtest.Connect(t, emptyDB(t))
+	if err := conduit.MigrateTo(ctx, pool, 15); err != nil {
+		t.Fatal(err)
+	}
+	var role string
+	if err := pool.QueryRow(ctx, `SELECT 'conduit_test_app_' || md5(random()::text)`).Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE ROLE `+r); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, sql := range []string{`DROP OWNED BY ` + r, `DROP ROLE ` + r} {
+			if _, err := pool.Exec(context.Background(), sql); err != nil {
+				t.Errorf("%s: %v", sql, err)
+			}
+		}
+	})
+	if _, err := pool.Exec(ctx, `SELECT conduit.grant_application($1)`, role); err != nil {
+		t.Fatal(err)
+	}
+	mayName := func() bool {
+		t.Helper()
+		var ok bool
+		if err := pool.QueryRow(ctx, `SELECT has_column_privilege($1, 'conduit.outbox', 'generation', 'INSERT')`, role).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if mayName() {
+		t.Fatal("at version 15 the role may already name the generation: the test shows nothing")
+	}
+	if err := conduit.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if !mayName() {
+		t.Fatal("after migration 16 the role granted before it may not name the generation")
+	}
+	if err := conduit.MigrateTo(ctx, pool, 15); err != nil {
+		t.Fatal(err)
+	}
+	if mayName() {
+		t.Fatal("back at version 15 the role still may name the generation")
+	}
+}
