@@ -896,11 +896,14 @@ func TestProjectorThreeInstancesKillsAndPauses(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			if _, err := appendRetry(actx, store, fmt.Sprintf("acct-%d", i%5), faultDeposit(t, int64(i%7), false)); err != nil {
-				if actx.Err() == nil {
-					appendDone <- err
-					return
-				}
+			// ctx, not actx: stopAppends ends the loop between appends and
+			// must not cut one in flight. A cancelled append's outcome is
+			// unknown: its statement may still commit after the last
+			// progress check has read the log's last position, and the
+			// instances, stopped by then, would not apply it.
+			if _, err := appendRetry(ctx, store, fmt.Sprintf("acct-%d", i%5), faultDeposit(t, int64(i%7), false)); err != nil {
+				appendDone <- err
+				return
 			}
 			appended.Add(1)
 		}
