@@ -475,7 +475,7 @@ sequence, the partition written directly, the generation given rather than defau
 machine's noise of each other: no one part of the row dominates. Naming the generation in the single-event
 statement rather than calling the column default's PL/pgSQL function (migration 16; it also takes a message's
 key's lock with the stream's, migration 17, one lock when the key is the stream) left the statement's server CPU
-where it was: 150 against 152 µs, medians of 9 rounds of 1,000 (2026-12-01). Not done: writing less per message (one row
+where it was: 152 µs against 150 before, medians of 9 rounds of 1,000 (2026-12-01). Not done: writing less per message (one row
 for a batch's messages, a cheaper Go path) would by these figures still leave the ratio near 0.84; what would
 meet the target is not writing a rule's message at append time at all (a relay that reads the ruled events from
 the log, as a projector does, beside the outbox's explicit messages), a change to the outbox's design.
