@@ -130,6 +130,13 @@ func backendPID(t testing.TB, ctx context.Context, tx pgx.Tx) int {
 // polling.
 func waitBlockedBy(t testing.TB, ctx context.Context, pool *pgxpool.Pool, pid int) {
 	t.Helper()
+	waitBlockedOrDone(t, ctx, pool, pid, nil, "")
+}
+
+// waitBlockedOrDone is waitBlockedBy failing, if done is not nil, when done
+// says what should be blocked (named what) ended first.
+func waitBlockedOrDone(t testing.TB, ctx context.Context, pool *pgxpool.Pool, pid int, done <-chan error, what string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -142,6 +149,8 @@ func waitBlockedBy(t testing.TB, ctx context.Context, pool *pgxpool.Pool, pid in
 			return
 		}
 		select {
+		case err := <-done: // never, when done is nil
+			t.Fatalf("%s did not wait for the transaction holding the lock (it returned %v)", what, err)
 		case <-ctx.Done():
 			t.Fatalf("no session got blocked by %d: %v", pid, ctx.Err())
 		case <-time.After(5 * time.Millisecond):

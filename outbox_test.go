@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/conduit-es/conduit"
 )
@@ -824,32 +823,6 @@ func keyedBatchCall(fn, key string, i int) (string, []any) {
 	return `SELECT conduit.append_batch_one_outbox($1::text[], $2::bigint[], $3::text[]::uuid[], $4::text[], $5::text[], $6::text[],
 	                                             $7::integer[], $8::text[]::uuid[], $9::text[], $10::text[], $11::bytea[], $12::text[])`,
 		append([]any{streams, []int64{0, 0}, ids, types, data, meta}, msg...)
-}
-
-// waitBlockedOrDone waits until some session waits for a lock held by the
-// session with process id pid; it fails if done says f ended first.
-func waitBlockedOrDone(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid int, done <-chan error, what string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		var blocked bool
-		err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))", pid).Scan(&blocked)
-		if err != nil {
-			t.Fatalf("%s: wait for a session blocked by %d: %v", what, pid, err)
-		}
-		if blocked {
-			return
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("%s did not wait for the transaction holding the key (it returned %v): it commits first, "+
-				"but its transaction id, the relay's order, is the younger", what, err)
-		case <-ctx.Done():
-			t.Fatalf("%s: no session got blocked by %d: %v", what, pid, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }
 
 // EnqueueTx in a transaction that wrote before it: a transaction that
